@@ -1,0 +1,150 @@
+//! API keys and the admin audit log.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::DomainError;
+use crate::ids::TenantId;
+use crate::time::Timestamp;
+
+/// What a key may do.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KeyScope {
+    /// Everything.
+    Admin,
+    /// Record, check and read one tenant's usage.
+    Tenant(TenantId),
+}
+
+impl KeyScope {
+    /// `admin` or `tenant`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeyScope::Admin => "admin",
+            KeyScope::Tenant(_) => "tenant",
+        }
+    }
+    /// The tenant of a tenant key.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            KeyScope::Admin => None,
+            KeyScope::Tenant(t) => Some(t),
+        }
+    }
+}
+
+/// An API key as stored: its SHA-256 hash, never the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Public id, shown in lists and in the audit log.
+    pub id: Uuid,
+    /// What it may do.
+    pub scope: KeyScope,
+    /// Lowercase hex SHA-256 of the secret key.
+    pub key_hash: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last authenticated a request (updated at most once a minute).
+    pub last_used_at: Option<Timestamp>,
+    /// When it was revoked; a revoked key authenticates nothing.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// What an audit entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    /// A usage record was reset.
+    Reset,
+    /// A plan was created or replaced.
+    PlanPut,
+    /// A plan was deleted.
+    PlanDelete,
+    /// A subscription was created or changed.
+    SubscriptionPut,
+    /// A subscription was removed.
+    SubscriptionDelete,
+    /// An override was set.
+    OverridePut,
+    /// An override was removed.
+    OverrideDelete,
+    /// A key was created.
+    KeyCreate,
+    /// A key was revoked.
+    KeyRevoke,
+}
+
+impl AuditAction {
+    /// The wire name (`reset`, `plan.put`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Reset => "reset",
+            AuditAction::PlanPut => "plan.put",
+            AuditAction::PlanDelete => "plan.delete",
+            AuditAction::SubscriptionPut => "subscription.put",
+            AuditAction::SubscriptionDelete => "subscription.delete",
+            AuditAction::OverridePut => "override.put",
+            AuditAction::OverrideDelete => "override.delete",
+            AuditAction::KeyCreate => "key.create",
+            AuditAction::KeyRevoke => "key.revoke",
+        }
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuditAction {
+    type Err = DomainError;
+    fn from_str(raw: &str) -> Result<AuditAction, DomainError> {
+        let all = [
+            AuditAction::Reset,
+            AuditAction::PlanPut,
+            AuditAction::PlanDelete,
+            AuditAction::SubscriptionPut,
+            AuditAction::SubscriptionDelete,
+            AuditAction::OverridePut,
+            AuditAction::OverrideDelete,
+            AuditAction::KeyCreate,
+            AuditAction::KeyRevoke,
+        ];
+        all.into_iter()
+            .find(|a| a.as_str() == raw)
+            .ok_or_else(|| DomainError::invalid("action", format!("unknown audit action {raw:?}")))
+    }
+}
+
+/// One entry of the admin audit log: who changed what, when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Time-ordered id (UUID v7).
+    pub id: Uuid,
+    /// When.
+    pub at: Timestamp,
+    /// The key that did it; `None` for the CLI acting on the database directly.
+    pub key_id: Option<Uuid>,
+    /// What (`AuditAction::as_str`).
+    pub action: String,
+    /// The tenant concerned, if any.
+    pub tenant_id: Option<TenantId>,
+    /// The change itself.
+    pub details: serde_json::Value,
+}
+
+impl AuditEntry {
+    /// A new entry.
+    pub fn new(
+        at: Timestamp,
+        key_id: Option<Uuid>,
+        action: AuditAction,
+        tenant_id: Option<TenantId>,
+        details: serde_json::Value,
+    ) -> AuditEntry {
+        AuditEntry { id: Uuid::now_v7(), at, key_id, action: action.as_str().to_owned(), tenant_id, details }
+    }
+}

@@ -1,0 +1,22 @@
+//! Tally's domain: tenants, metrics, usage events and records, quota limits, plans,
+//! subscriptions and periods. No I/O, no clock: callers pass `now`.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod period;
+pub mod quota;
+pub mod time;
+pub mod usage;
+
+pub use admin::{ApiKey, AuditAction, AuditEntry, KeyScope};
+pub use error::DomainError;
+pub use ids::{Amount, IdempotencyKey, Metadata, MetricCode, Name, PlanCode, TenantId};
+pub use period::{Period, PeriodKind};
+pub use quota::{Entitlement, LimitEnforcement, Override, Plan, PlanSpec, QuotaLimit, Subscription, Tenant};
+pub use time::Timestamp;
+pub use usage::{
+    EventReceipt, RecordedEvent, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest, decide,
+};

@@ -1,0 +1,55 @@
+//! Instants: UTC, microsecond precision (what PostgreSQL and SQLite both keep exactly).
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+use crate::error::DomainError;
+
+/// An instant in UTC, truncated to whole microseconds.
+pub type Timestamp = DateTime<Utc>;
+
+/// Truncates to whole microseconds, the precision every store keeps.
+pub fn truncate(t: DateTime<Utc>) -> Timestamp {
+    t.trunc_subsecs(6)
+}
+
+/// Parses RFC 3339 with any offset (which is required), truncated to microseconds, in UTC.
+pub fn parse_rfc3339(raw: &str) -> Result<Timestamp, DomainError> {
+    DateTime::parse_from_rfc3339(raw).map(|t| truncate(t.with_timezone(&Utc))).map_err(|_| {
+        DomainError::invalid("timestamp", format!("must be RFC 3339 with an offset, got {raw:?}"))
+    })
+}
+
+/// Formats as RFC 3339 in UTC with a `Z` suffix, as every response does.
+pub fn format_rfc3339(t: Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// Microseconds since the Unix epoch.
+pub fn to_micros(t: Timestamp) -> i64 {
+    t.timestamp_micros()
+}
+
+/// The instant `micros` microseconds after the Unix epoch.
+pub fn from_micros(micros: i64) -> Result<Timestamp, DomainError> {
+    DateTime::from_timestamp_micros(micros).ok_or(DomainError::PeriodOutOfRange)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_converted_and_a_missing_offset_is_refused() {
+        let t = parse_rfc3339("2026-11-29T12:00:00+02:00").expect("offset");
+        assert_eq!(format_rfc3339(t), "2026-11-29T10:00:00Z");
+        assert!(parse_rfc3339("2026-11-29T10:00:00").is_err());
+        assert!(parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn sub_microsecond_digits_are_truncated() {
+        let t = parse_rfc3339("2026-11-29T10:00:00.123456789Z").expect("nanos");
+        assert_eq!(format_rfc3339(t), "2026-11-29T10:00:00.123456Z");
+        assert_eq!(from_micros(to_micros(t)).expect("range"), t);
+    }
+}

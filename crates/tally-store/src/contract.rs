@@ -1,0 +1,842 @@
+//! The contract suite: one set of behaviours every store adapter must show, instantiated
+//! by each adapter's tests with `contract_suite!`. A new store behaviour starts life here.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::Duration;
+use tally_domain::{
+    Amount, ApiKey, AuditAction, AuditEntry, IdempotencyKey, KeyScope, LimitEnforcement, Metadata,
+    MetricCode, Name, PeriodKind, PlanCode, PlanSpec, QuotaLimit, RecordedEvent, TenantId, Timestamp,
+    UsageError, UsageOutcome, UsageRecord, UsageRequest,
+};
+use uuid::Uuid;
+
+use crate::{EntitlementLookup, EventCursor, EventQuery, PutOutcome, Store, StoreError};
+
+/// Instantiates every contract case as a `#[tokio::test]` for the store that `$make` (an
+/// async closure or function returning the store) builds afresh for each case.
+#[macro_export]
+macro_rules! contract_suite {
+    ($make:expr) => {
+        $crate::contract_suite!(@cases $make;
+            plan_put_creates_then_versions_and_an_equal_put_changes_nothing,
+            plan_versions_are_kept_newest_first,
+            a_plan_with_subscribers_cannot_be_deleted,
+            tenants_are_created_renamed_and_listed_by_id,
+            subscription_keeps_its_anchor_and_started_at_moves_only_with_the_plan,
+            without_a_subscription_usage_is_refused,
+            overrides_replace_plan_entries_and_add_metrics,
+            entitlement_lookup_tells_missing_tenant_from_no_subscription,
+            recording_usage_counts_it_and_appends_the_event,
+            hard_limit_refusal_writes_nothing_on_a_cold_period,
+            hard_limit_allows_exactly_up_to_the_limit,
+            soft_limit_records_past_the_limit_and_says_exceeded,
+            a_metric_without_a_limit_is_quota_not_found,
+            unknown_tenant_is_tenant_not_found,
+            replay_returns_the_original_answer_and_records_nothing,
+            a_reused_key_with_another_payload_is_a_conflict,
+            a_refused_request_consumes_no_key,
+            batch_items_apply_in_order_each_on_its_own,
+            a_key_repeated_inside_a_batch_replays_the_earlier_item,
+            a_lowered_limit_applies_to_the_next_request,
+            usage_counts_in_the_period_of_its_timestamp,
+            reset_sets_the_counter_to_zero_and_is_audited,
+            usage_repository_operations_follow_the_seed,
+            events_are_newest_first_filtered_and_keyset_paginated,
+            event_recorder_appends_without_touching_counters,
+            metadata_and_timestamps_round_trip_exactly,
+            keys_are_stored_found_listed_touched_and_revoked,
+            audit_log_is_newest_first_and_filtered_by_tenant,
+            verify_inputs_hold_records_event_sums_and_resets,
+            one_tenant_never_sees_another_tenants_rows,
+            concurrent_writers_never_overshoot_a_hard_limit_on_a_warm_record,
+            concurrent_writers_never_overshoot_a_hard_limit_on_a_cold_period,
+            concurrent_retries_over_twenty_keys_record_twenty_events
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let store = ($make)().await;
+                $crate::contract::$case(store).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+
+pub fn t(s: &str) -> Timestamp {
+    tally_domain::time::parse_rfc3339(s).unwrap()
+}
+
+/// The fixed "now" of the suite, and the anchor of its subscriptions.
+pub fn now() -> Timestamp {
+    t("2026-11-29T10:00:00Z")
+}
+
+pub fn anchor() -> Timestamp {
+    t("2026-11-15T00:00:00Z")
+}
+
+pub fn tenant(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+
+pub fn metric(s: &str) -> MetricCode {
+    MetricCode::parse(s).unwrap()
+}
+
+pub fn plan_code(s: &str) -> PlanCode {
+    PlanCode::parse(s).unwrap()
+}
+
+pub fn limit(m: &str, value: Option<i64>, enforcement: LimitEnforcement, period: PeriodKind) -> QuotaLimit {
+    QuotaLimit::new(metric(m), value, enforcement, period).unwrap()
+}
+
+pub fn spec(name: &str, limits: Vec<QuotaLimit>) -> PlanSpec {
+    PlanSpec::new(Name::parse(name).unwrap(), limits).unwrap()
+}
+
+pub fn audit(action: AuditAction, tenant_id: Option<&TenantId>) -> AuditEntry {
+    AuditEntry::new(now(), None, action, tenant_id.cloned(), serde_json::json!({}))
+}
+
+pub fn req(tenant_id: &str, m: &str, amount: i64) -> UsageRequest {
+    UsageRequest {
+        tenant_id: tenant(tenant_id),
+        metric_code: metric(m),
+        amount: Amount::new(amount).unwrap(),
+        idempotency_key: None,
+        metadata: Metadata::default(),
+        timestamp: None,
+    }
+}
+
+pub fn keyed(mut r: UsageRequest, key: &str) -> UsageRequest {
+    r.idempotency_key = Some(IdempotencyKey::parse(key).unwrap());
+    r
+}
+
+/// Creates plan `code` with `limits`, tenant `tenant_id` subscribed to it at `anchor()`.
+pub async fn setup<S: Store>(store: &S, tenant_id: &str, code: &str, limits: Vec<QuotaLimit>) {
+    let tid = tenant(tenant_id);
+    store
+        .put_plan(&plan_code(code), &spec(code, limits), now(), &audit(AuditAction::PlanPut, None))
+        .await
+        .unwrap();
+    store.put_tenant(&tid, &Name::parse(tenant_id).unwrap(), now()).await.unwrap();
+    store
+        .put_subscription(
+            &tid,
+            &plan_code(code),
+            Some(anchor()),
+            now(),
+            &audit(AuditAction::SubscriptionPut, Some(&tid)),
+        )
+        .await
+        .unwrap();
+}
+
+fn hard(m: &str, value: i64) -> QuotaLimit {
+    limit(m, Some(value), LimitEnforcement::Hard, PeriodKind::Month)
+}
+
+pub async fn apply_one<S: Store>(store: &S, r: UsageRequest) -> Result<UsageOutcome, UsageError> {
+    apply_one_at(store, r, now()).await
+}
+
+pub async fn apply_one_at<S: Store>(
+    store: &S,
+    r: UsageRequest,
+    at: Timestamp,
+) -> Result<UsageOutcome, UsageError> {
+    let mut out = store.apply_usage(&[r], at).await.unwrap();
+    assert_eq!(out.len(), 1);
+    out.remove(0)
+}
+
+async fn all_events<S: Store>(store: &S, tenant_id: &str) -> Vec<RecordedEvent> {
+    let q = EventQuery { metric_code: None, from: None, to: None, limit: 1_000, after: None };
+    store.get_events_for_metric(&tenant(tenant_id), &q).await.unwrap()
+}
+
+async fn current<S: Store>(store: &S, tenant_id: &str, m: &str) -> Option<i64> {
+    match store.get_current_period(&tenant(tenant_id), &metric(m), now()).await {
+        Ok(r) => Some(r.current_usage),
+        Err(StoreError::NotFound(_)) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Plans, tenants, subscriptions, overrides
+
+pub async fn plan_put_creates_then_versions_and_an_equal_put_changes_nothing<S: Store>(store: S) {
+    let code = plan_code("pro");
+    let a = audit(AuditAction::PlanPut, None);
+    let v1 = store.put_plan(&code, &spec("Pro", vec![hard("api_calls", 10)]), now(), &a).await.unwrap();
+    let PutOutcome::Created(p1) = v1 else { panic!("first put creates: {v1:?}") };
+    assert_eq!((p1.version, p1.created_at, p1.updated_at), (1, now(), now()));
+
+    let later = now() + Duration::seconds(5);
+    let same = store.put_plan(&code, &spec("Pro", vec![hard("api_calls", 10)]), later, &a).await.unwrap();
+    let PutOutcome::Unchanged(p_same) = same else { panic!("equal put is unchanged: {same:?}") };
+    assert_eq!((p_same.version, p_same.updated_at), (1, now()));
+
+    let changed = store.put_plan(&code, &spec("Pro", vec![hard("api_calls", 20)]), later, &a).await.unwrap();
+    let PutOutcome::Updated(p2) = changed else { panic!("a change updates: {changed:?}") };
+    assert_eq!((p2.version, p2.created_at, p2.updated_at), (2, now(), later));
+    assert_eq!(p2.limits, vec![hard("api_calls", 20)]);
+
+    let found = store.find_plan(&code).await.unwrap().unwrap();
+    assert_eq!(found, p2);
+    assert_eq!(store.find_plan(&plan_code("nope")).await.unwrap(), None);
+    store.put_plan(&plan_code("free"), &spec("Free", vec![]), now(), &a).await.unwrap();
+    let codes: Vec<String> =
+        store.list_plans().await.unwrap().into_iter().map(|p| p.code.to_string()).collect();
+    assert_eq!(codes, ["free", "pro"]);
+    // Only the two changes were audited, not the equal put.
+    let entries = store.list_audit(None, None, 100).await.unwrap();
+    assert_eq!(entries.iter().filter(|e| e.action == "plan.put").count(), 3);
+}
+
+pub async fn plan_versions_are_kept_newest_first<S: Store>(store: S) {
+    let code = plan_code("pro");
+    let a = audit(AuditAction::PlanPut, None);
+    for value in [1, 2, 3] {
+        store.put_plan(&code, &spec("Pro", vec![hard("api_calls", value)]), now(), &a).await.unwrap();
+    }
+    let versions = store.list_plan_versions(&code).await.unwrap();
+    let seen: Vec<(i64, Option<i64>)> = versions.iter().map(|p| (p.version, p.limits[0].limit)).collect();
+    assert_eq!(seen, [(3, Some(3)), (2, Some(2)), (1, Some(1))]);
+    assert!(store.list_plan_versions(&plan_code("never")).await.unwrap().is_empty());
+}
+
+pub async fn a_plan_with_subscribers_cannot_be_deleted<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let del = audit(AuditAction::PlanDelete, None);
+    let err = store.delete_plan(&plan_code("pro"), &del).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.list_subscribers(&plan_code("pro"), 100).await.unwrap(), vec![tenant("acme")]);
+    store.delete_subscription(&tenant("acme"), &audit(AuditAction::SubscriptionDelete, None)).await.unwrap();
+    store.delete_plan(&plan_code("pro"), &del).await.unwrap();
+    assert_eq!(store.find_plan(&plan_code("pro")).await.unwrap(), None);
+    let err = store.delete_plan(&plan_code("pro"), &del).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+pub async fn tenants_are_created_renamed_and_listed_by_id<S: Store>(store: S) {
+    let name = |s: &str| Name::parse(s).unwrap();
+    let created = store.put_tenant(&tenant("beta"), &name("Beta"), now()).await.unwrap();
+    assert!(created.is_created());
+    let same = store.put_tenant(&tenant("beta"), &name("Beta"), now()).await.unwrap();
+    assert!(matches!(same, PutOutcome::Unchanged(_)), "{same:?}");
+    let renamed = store.put_tenant(&tenant("beta"), &name("Beta GmbH"), now()).await.unwrap();
+    let PutOutcome::Updated(t) = renamed else { panic!("rename updates") };
+    assert_eq!((t.name.as_str(), t.created_at), ("Beta GmbH", now()));
+    for id in ["alpha", "gamma", "delta"] {
+        store.put_tenant(&tenant(id), &name(id), now()).await.unwrap();
+    }
+    let page1 = store.list_tenants(None, 2).await.unwrap();
+    let ids1: Vec<&str> = page1.iter().map(|t| t.tenant_id.as_str()).collect();
+    assert_eq!(ids1, ["alpha", "beta"]);
+    let page2 = store.list_tenants(Some(&page1[1].tenant_id), 10).await.unwrap();
+    let ids2: Vec<&str> = page2.iter().map(|t| t.tenant_id.as_str()).collect();
+    assert_eq!(ids2, ["delta", "gamma"]);
+    let found = store.find_tenant(&tenant("gamma")).await.unwrap().unwrap();
+    assert_eq!(found.name.as_str(), "gamma");
+    assert_eq!(store.find_tenant(&tenant("nobody")).await.unwrap(), None);
+    // Internal ids (which name schemas) are unique.
+    let all = store.list_tenants(None, 10).await.unwrap();
+    let mut internal: Vec<u64> = all.iter().map(|t| t.internal_id).collect();
+    internal.sort_unstable();
+    internal.dedup();
+    assert_eq!(internal.len(), 4);
+}
+
+pub async fn subscription_keeps_its_anchor_and_started_at_moves_only_with_the_plan<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let a = audit(AuditAction::PlanPut, None);
+    store.put_plan(&plan_code("big"), &spec("Big", vec![hard("api_calls", 100)]), now(), &a).await.unwrap();
+    let sa = audit(AuditAction::SubscriptionPut, None);
+    let later = now() + Duration::hours(1);
+    let same_plan =
+        store.put_subscription(&tenant("acme"), &plan_code("pro"), None, later, &sa).await.unwrap();
+    assert_eq!((same_plan.anchor, same_plan.started_at), (anchor(), now()));
+    let moved = store.put_subscription(&tenant("acme"), &plan_code("big"), None, later, &sa).await.unwrap();
+    assert_eq!((moved.plan_code.as_str(), moved.anchor, moved.started_at), ("big", anchor(), later));
+    let new_anchor = t("2026-11-20T00:00:00Z");
+    let re = store
+        .put_subscription(&tenant("acme"), &plan_code("big"), Some(new_anchor), later, &sa)
+        .await
+        .unwrap();
+    assert_eq!((re.anchor, re.started_at), (new_anchor, later));
+    assert_eq!(store.find_subscription(&tenant("acme")).await.unwrap(), Some(re));
+
+    store.put_tenant(&tenant("fresh"), &Name::parse("Fresh").unwrap(), now()).await.unwrap();
+    let fresh = store.put_subscription(&tenant("fresh"), &plan_code("pro"), None, later, &sa).await.unwrap();
+    assert_eq!((fresh.anchor, fresh.started_at), (later, later));
+
+    let err =
+        store.put_subscription(&tenant("ghost"), &plan_code("pro"), None, later, &sa).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err =
+        store.put_subscription(&tenant("acme"), &plan_code("ghost"), None, later, &sa).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+pub async fn without_a_subscription_usage_is_refused<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    apply_one(&store, req("acme", "api_calls", 1)).await.unwrap();
+    let del = audit(AuditAction::SubscriptionDelete, None);
+    store.delete_subscription(&tenant("acme"), &del).await.unwrap();
+    let err = apply_one(&store, req("acme", "api_calls", 1)).await.unwrap_err();
+    assert_eq!(err, UsageError::NoSubscription { tenant: tenant("acme") });
+    let err = store.delete_subscription(&tenant("acme"), &del).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(all_events(&store, "acme").await.len(), 1);
+}
+
+pub async fn overrides_replace_plan_entries_and_add_metrics<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let oa = audit(AuditAction::OverridePut, None);
+    store.put_override(&tenant("acme"), &hard("api_calls", 1), &oa).await.unwrap();
+    let extra = limit("exports", None, LimitEnforcement::None, PeriodKind::Day);
+    store.put_override(&tenant("acme"), &extra, &oa).await.unwrap();
+    // Setting it again replaces it.
+    store.put_override(&tenant("acme"), &hard("api_calls", 2), &oa).await.unwrap();
+    let overrides = store.list_overrides(&tenant("acme")).await.unwrap();
+    assert_eq!(overrides, vec![hard("api_calls", 2), extra.clone()]);
+
+    assert!(apply_one(&store, req("acme", "api_calls", 2)).await.is_ok());
+    let err = apply_one(&store, req("acme", "api_calls", 1)).await.unwrap_err();
+    assert!(matches!(err, UsageError::QuotaExceeded { limit: 2, .. }), "{err:?}");
+    let out = apply_one(&store, req("acme", "exports", 7)).await.unwrap();
+    assert_eq!((out.limit, out.enforcement), (None, LimitEnforcement::None));
+    assert_eq!(out.period.start(), t("2026-11-29T00:00:00Z"));
+
+    let od = audit(AuditAction::OverrideDelete, None);
+    store.delete_override(&tenant("acme"), &metric("exports"), &od).await.unwrap();
+    let err = store.delete_override(&tenant("acme"), &metric("exports"), &od).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = store.put_override(&tenant("ghost"), &extra, &oa).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = apply_one(&store, req("acme", "exports", 1)).await.unwrap_err();
+    assert_eq!(err, UsageError::QuotaNotFound { metric: metric("exports") });
+}
+
+pub async fn entitlement_lookup_tells_missing_tenant_from_no_subscription<S: Store>(store: S) {
+    assert_eq!(store.find_entitlement(&tenant("ghost")).await.unwrap(), EntitlementLookup::TenantMissing);
+    store.put_tenant(&tenant("bare"), &Name::parse("Bare").unwrap(), now()).await.unwrap();
+    assert_eq!(store.find_entitlement(&tenant("bare")).await.unwrap(), EntitlementLookup::NoSubscription);
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let EntitlementLookup::Found(e) = store.find_entitlement(&tenant("acme")).await.unwrap() else {
+        panic!("subscribed tenant has an entitlement")
+    };
+    assert_eq!(e.subscription.anchor, anchor());
+    assert_eq!(e.limit_for(&metric("api_calls")), Some(&hard("api_calls", 10)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Applying usage
+
+pub async fn recording_usage_counts_it_and_appends_the_event<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let first = apply_one(&store, req("acme", "api_calls", 5)).await.unwrap();
+    assert_eq!(
+        (first.current_usage, first.remaining, first.exceeded, first.replayed),
+        (5, Some(95), false, false)
+    );
+    assert_eq!((first.period.start(), first.period.end()), (anchor(), t("2026-12-15T00:00:00Z")));
+    let second = apply_one(&store, req("acme", "api_calls", 7)).await.unwrap();
+    assert_eq!(second.current_usage, 12);
+    assert_eq!(current(&store, "acme", "api_calls").await, Some(12));
+    let events = all_events(&store, "acme").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].event.id, second.event_id, "newest first");
+    assert_eq!(
+        (events[0].event.amount, events[0].event.timestamp, events[0].event.created_at),
+        (7, now(), now())
+    );
+}
+
+pub async fn hard_limit_refusal_writes_nothing_on_a_cold_period<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let err = apply_one(&store, req("acme", "api_calls", 11)).await.unwrap_err();
+    let UsageError::QuotaExceeded { current, limit, requested, period, .. } = err else { panic!("{err:?}") };
+    assert_eq!((current, limit, requested, period.end()), (0, 10, 11, t("2026-12-15T00:00:00Z")));
+    assert_eq!(current_or_none(&store).await, None, "no record was created");
+    assert!(all_events(&store, "acme").await.is_empty());
+}
+
+async fn current_or_none<S: Store>(store: &S) -> Option<i64> {
+    current(store, "acme", "api_calls").await
+}
+
+pub async fn hard_limit_allows_exactly_up_to_the_limit<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    assert_eq!(apply_one(&store, req("acme", "api_calls", 10)).await.unwrap().remaining, Some(0));
+    let err = apply_one(&store, req("acme", "api_calls", 1)).await.unwrap_err();
+    assert!(matches!(err, UsageError::QuotaExceeded { current: 10, .. }), "{err:?}");
+    assert_eq!(current_or_none(&store).await, Some(10));
+    assert_eq!(all_events(&store, "acme").await.len(), 1);
+}
+
+pub async fn soft_limit_records_past_the_limit_and_says_exceeded<S: Store>(store: S) {
+    let soft = limit("storage_bytes", Some(10), LimitEnforcement::Soft, PeriodKind::Month);
+    setup(&store, "acme", "pro", vec![soft]).await;
+    let a = apply_one(&store, req("acme", "storage_bytes", 10)).await.unwrap();
+    assert!(!a.exceeded);
+    let b = apply_one(&store, req("acme", "storage_bytes", 5)).await.unwrap();
+    assert_eq!(
+        (b.current_usage, b.exceeded, b.remaining, b.enforcement),
+        (15, true, Some(0), LimitEnforcement::Soft)
+    );
+}
+
+pub async fn a_metric_without_a_limit_is_quota_not_found<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let err = apply_one(&store, req("acme", "exports", 1)).await.unwrap_err();
+    assert_eq!(err, UsageError::QuotaNotFound { metric: metric("exports") });
+}
+
+pub async fn unknown_tenant_is_tenant_not_found<S: Store>(store: S) {
+    let err = apply_one(&store, req("ghost", "api_calls", 1)).await.unwrap_err();
+    assert_eq!(err, UsageError::TenantNotFound { tenant: tenant("ghost") });
+}
+
+pub async fn replay_returns_the_original_answer_and_records_nothing<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let mut r = keyed(req("acme", "api_calls", 3), "req-1");
+    r.metadata = Metadata::new(serde_json::json!({"a": 1, "b": [1, 2]})).unwrap();
+    let first = apply_one(&store, r.clone()).await.unwrap();
+    apply_one(&store, req("acme", "api_calls", 4)).await.unwrap();
+    // Same payload, metadata keys in another order: a replay with the counters as they were.
+    r.metadata = Metadata::new(serde_json::json!({"b": [1, 2], "a": 1})).unwrap();
+    let again = apply_one_at(&store, r, now() + Duration::seconds(30)).await.unwrap();
+    assert_eq!(again, UsageOutcome { replayed: true, ..first.clone() });
+    assert_eq!(current_or_none(&store).await, Some(7));
+    assert_eq!(all_events(&store, "acme").await.len(), 2);
+    // The same key on another tenant is another key.
+    setup(&store, "beta", "pro", vec![hard("api_calls", 100)]).await;
+    let other = apply_one(&store, keyed(req("beta", "api_calls", 3), "req-1")).await.unwrap();
+    assert!(!other.replayed);
+}
+
+pub async fn a_reused_key_with_another_payload_is_a_conflict<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100), hard("exports", 5)]).await;
+    apply_one(&store, keyed(req("acme", "api_calls", 3), "k")).await.unwrap();
+    let conflicts = [
+        keyed(req("acme", "api_calls", 4), "k"),
+        keyed(req("acme", "exports", 3), "k"),
+        UsageRequest { timestamp: Some(now()), ..keyed(req("acme", "api_calls", 3), "k") },
+        UsageRequest {
+            metadata: Metadata::new(serde_json::json!({"x": 1})).unwrap(),
+            ..keyed(req("acme", "api_calls", 3), "k")
+        },
+    ];
+    for r in conflicts {
+        let err = apply_one(&store, r).await.unwrap_err();
+        assert!(matches!(err, UsageError::IdempotencyConflict { .. }), "{err:?}");
+    }
+    assert_eq!(current_or_none(&store).await, Some(3));
+    assert_eq!(all_events(&store, "acme").await.len(), 1);
+}
+
+pub async fn a_refused_request_consumes_no_key<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 5)]).await;
+    let err = apply_one(&store, keyed(req("acme", "api_calls", 6), "k")).await.unwrap_err();
+    assert!(matches!(err, UsageError::QuotaExceeded { .. }));
+    // Whatever the payload, the key is free.
+    let ok = apply_one(&store, keyed(req("acme", "api_calls", 2), "k")).await.unwrap();
+    assert!(!ok.replayed);
+    assert_eq!(ok.current_usage, 2);
+}
+
+pub async fn batch_items_apply_in_order_each_on_its_own<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10), hard("exports", 100)]).await;
+    let batch = [
+        req("acme", "api_calls", 6),
+        req("acme", "api_calls", 6),
+        req("acme", "exports", 1),
+        req("acme", "nope", 1),
+        req("acme", "api_calls", 4),
+    ];
+    let out = store.apply_usage(&batch, now()).await.unwrap();
+    assert_eq!(out.len(), 5);
+    assert_eq!(out[0].as_ref().map(|o| o.current_usage), Ok(6));
+    assert!(matches!(out[1], Err(UsageError::QuotaExceeded { current: 6, .. })), "{:?}", out[1]);
+    assert_eq!(out[2].as_ref().map(|o| o.current_usage), Ok(1));
+    assert!(matches!(out[3], Err(UsageError::QuotaNotFound { .. })));
+    assert_eq!(out[4].as_ref().map(|o| o.current_usage), Ok(10));
+    assert_eq!(current_or_none(&store).await, Some(10));
+    assert_eq!(all_events(&store, "acme").await.len(), 3);
+    assert!(store.apply_usage(&[], now()).await.unwrap().is_empty());
+}
+
+pub async fn a_key_repeated_inside_a_batch_replays_the_earlier_item<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let batch = [
+        keyed(req("acme", "api_calls", 20), "refused"),
+        keyed(req("acme", "api_calls", 2), "refused"),
+        keyed(req("acme", "api_calls", 3), "k"),
+        keyed(req("acme", "api_calls", 3), "k"),
+        keyed(req("acme", "api_calls", 4), "k"),
+    ];
+    let out = store.apply_usage(&batch, now()).await.unwrap();
+    assert!(matches!(out[0], Err(UsageError::QuotaExceeded { .. })));
+    assert_eq!(out[1].as_ref().map(|o| (o.current_usage, o.replayed)), Ok((2, false)));
+    let first = out[2].clone().unwrap();
+    assert_eq!(out[3], Ok(UsageOutcome { replayed: true, ..first }));
+    assert!(matches!(out[4], Err(UsageError::IdempotencyConflict { .. })));
+    assert_eq!(current_or_none(&store).await, Some(5));
+}
+
+pub async fn a_lowered_limit_applies_to_the_next_request<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    apply_one(&store, req("acme", "api_calls", 50)).await.unwrap();
+    let a = audit(AuditAction::PlanPut, None);
+    store.put_plan(&plan_code("pro"), &spec("pro", vec![hard("api_calls", 50)]), now(), &a).await.unwrap();
+    let err = apply_one(&store, req("acme", "api_calls", 1)).await.unwrap_err();
+    assert!(matches!(err, UsageError::QuotaExceeded { current: 50, limit: 50, .. }), "{err:?}");
+}
+
+pub async fn usage_counts_in_the_period_of_its_timestamp<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let mut old = req("acme", "api_calls", 2);
+    old.timestamp = Some(t("2026-11-10T00:00:00Z"));
+    let out = apply_one(&store, old).await.unwrap();
+    assert_eq!((out.period.start(), out.period.end()), (t("2026-10-15T00:00:00Z"), anchor()));
+    apply_one(&store, req("acme", "api_calls", 3)).await.unwrap();
+    let history = store
+        .list_by_tenant_and_metric(&tenant("acme"), &metric("api_calls"), None, None, 100)
+        .await
+        .unwrap();
+    let seen: Vec<(Timestamp, i64)> = history.iter().map(|r| (r.period_start, r.current_usage)).collect();
+    assert_eq!(seen, [(anchor(), 3), (t("2026-10-15T00:00:00Z"), 2)]);
+}
+
+pub async fn reset_sets_the_counter_to_zero_and_is_audited<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    apply_one(&store, req("acme", "api_calls", 10)).await.unwrap();
+    let period = PeriodKind::Month.containing(now(), anchor()).unwrap();
+    let key_id = Uuid::now_v7();
+    let record =
+        store.reset_usage(&tenant("acme"), &metric("api_calls"), period, now(), Some(key_id)).await.unwrap();
+    assert_eq!((record.current_usage, record.period_start), (0, anchor()));
+    assert!(apply_one(&store, req("acme", "api_calls", 10)).await.is_ok());
+    let entries = store.list_audit(Some(&tenant("acme")), None, 100).await.unwrap();
+    let reset = entries.iter().find(|e| e.action == "reset").expect("reset audited");
+    assert_eq!(reset.key_id, Some(key_id));
+    assert_eq!(reset.details["previous_usage"], 10);
+    assert_eq!(reset.details["metric_code"], "api_calls");
+    // A period with no record yet: a zero record.
+    let next = PeriodKind::Month.containing(t("2026-12-20T00:00:00Z"), anchor()).unwrap();
+    let zero = store.reset_usage(&tenant("acme"), &metric("api_calls"), next, now(), None).await.unwrap();
+    assert_eq!((zero.current_usage, zero.period_start), (0, next.start()));
+}
+
+pub async fn usage_repository_operations_follow_the_seed<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let (acme, calls) = (tenant("acme"), metric("api_calls"));
+    let mut periods = Vec::new();
+    for start in
+        ["2026-08-15T00:00:00Z", "2026-09-15T00:00:00Z", "2026-10-15T00:00:00Z", "2026-11-15T00:00:00Z"]
+    {
+        periods.push(PeriodKind::Month.containing(t(start), anchor()).unwrap());
+    }
+    let mut saved = Vec::new();
+    for (i, p) in periods.iter().enumerate() {
+        let mut r = UsageRecord::new(acme.clone(), calls.clone(), *p, now());
+        r.current_usage = i64::try_from(i).unwrap() * 10;
+        store.save(&r).await.unwrap();
+        saved.push(r);
+    }
+    // save() replaces by id.
+    saved[3].current_usage = 99;
+    saved[3].updated_at = now() + Duration::seconds(1);
+    store.save(&saved[3]).await.unwrap();
+    assert_eq!(store.get_by_id(&acme, saved[3].id).await.unwrap(), saved[3]);
+    // A second record for the same period is a conflict.
+    let dup = UsageRecord::new(acme.clone(), calls.clone(), periods[3], now());
+    assert!(matches!(store.save(&dup).await.unwrap_err(), StoreError::Conflict(_)));
+
+    assert_eq!(store.get_current_period(&acme, &calls, now()).await.unwrap(), saved[3]);
+    assert_eq!(store.get_for_period(&acme, &calls, periods[1].start()).await.unwrap(), saved[1]);
+    assert!(matches!(
+        store.get_for_period(&acme, &calls, t("2020-01-01T00:00:00Z")).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    let all = store.list_by_tenant_and_metric(&acme, &calls, None, None, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.id).collect::<Vec<_>>(),
+        saved.iter().rev().map(|r| r.id).collect::<Vec<_>>()
+    );
+    let window = store
+        .list_by_tenant_and_metric(&acme, &calls, Some(periods[1].start()), Some(periods[3].start()), 100)
+        .await
+        .unwrap();
+    assert_eq!(window.iter().map(|r| r.id).collect::<Vec<_>>(), vec![saved[2].id, saved[1].id]);
+    let limited = store.list_by_tenant_and_metric(&acme, &calls, None, None, 1).await.unwrap();
+    assert_eq!(limited.len(), 1);
+
+    store.delete(&acme, saved[0].id).await.unwrap();
+    assert!(matches!(store.get_by_id(&acme, saved[0].id).await.unwrap_err(), StoreError::NotFound(_)));
+    assert!(matches!(store.delete(&acme, saved[0].id).await.unwrap_err(), StoreError::NotFound(_)));
+}
+
+pub async fn events_are_newest_first_filtered_and_keyset_paginated<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 1_000), hard("exports", 1_000)]).await;
+    let base = t("2026-11-29T09:00:00Z");
+    // Five events at distinct minutes, plus two that share one timestamp.
+    for i in 0..5i64 {
+        let mut r = req("acme", if i % 2 == 0 { "api_calls" } else { "exports" }, i + 1);
+        r.timestamp = Some(base + Duration::minutes(i));
+        apply_one(&store, r).await.unwrap();
+    }
+    for amount in [10, 11] {
+        let mut r = req("acme", "api_calls", amount);
+        r.timestamp = Some(base + Duration::minutes(10));
+        apply_one(&store, r).await.unwrap();
+    }
+    let all = all_events(&store, "acme").await;
+    let amounts: Vec<i64> = all.iter().map(|e| e.event.amount).collect();
+    assert_eq!(amounts, [11, 10, 5, 4, 3, 2, 1], "by timestamp then id, descending");
+
+    let q = |metric_code: Option<&str>, from: Option<Timestamp>, to: Option<Timestamp>, limit: u32, after| {
+        EventQuery { metric_code: metric_code.map(metric), from, to, limit, after }
+    };
+    let acme = tenant("acme");
+    let exports =
+        store.get_events_for_metric(&acme, &q(Some("exports"), None, None, 100, None)).await.unwrap();
+    assert_eq!(exports.iter().map(|e| e.event.amount).collect::<Vec<_>>(), [4, 2]);
+    let window = store
+        .get_events_for_metric(
+            &acme,
+            &q(None, Some(base + Duration::minutes(1)), Some(base + Duration::minutes(4)), 100, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        window.iter().map(|e| e.event.amount).collect::<Vec<_>>(),
+        [4, 3, 2],
+        "from inclusive, to exclusive"
+    );
+
+    // Pages of two, following the cursor, see every event exactly once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = store.get_events_for_metric(&acme, &q(None, None, None, 2, after)).await.unwrap();
+        seen.extend(page.iter().map(|e| e.event.amount));
+        if page.len() < 2 {
+            break;
+        }
+        let last = &page[page.len() - 1].event;
+        after = Some(EventCursor { timestamp: last.timestamp, id: last.id });
+    }
+    assert_eq!(seen, amounts);
+}
+
+pub async fn event_recorder_appends_without_touching_counters<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let out = apply_one(&store, keyed(req("acme", "api_calls", 1), "taken")).await.unwrap();
+    let mut copy = all_events(&store, "acme").await.remove(0);
+    assert_eq!(copy.event.id, out.event_id);
+    copy.event.id = Uuid::now_v7();
+    copy.event.idempotency_key = None;
+    copy.event.amount = 4;
+    store.record(&copy).await.unwrap();
+    assert_eq!(all_events(&store, "acme").await.len(), 2);
+    assert_eq!(current_or_none(&store).await, Some(1), "record() counts nothing");
+    // A taken idempotency key is a conflict.
+    copy.event.id = Uuid::now_v7();
+    copy.event.idempotency_key = Some(IdempotencyKey::parse("taken").unwrap());
+    assert!(matches!(store.record(&copy).await.unwrap_err(), StoreError::Conflict(_)));
+}
+
+pub async fn metadata_and_timestamps_round_trip_exactly<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    let mut r = keyed(req("acme", "api_calls", 1), "k-ü");
+    r.idempotency_key = Some(IdempotencyKey::parse("k~!{}").unwrap());
+    r.metadata = Metadata::new(serde_json::json!({
+        "endpoint": "/search", "unicode": "é中😀", "nested": {"n": 1.5, "list": [null, true]},
+        "script": "<script>alert(1)</script>", "quote": "it's \"quoted\""
+    }))
+    .unwrap();
+    r.timestamp = Some(t("2026-11-29T09:59:59.123456Z"));
+    apply_one(&store, r.clone()).await.unwrap();
+    let e = all_events(&store, "acme").await.remove(0);
+    assert_eq!(e.event.metadata, r.metadata);
+    assert_eq!(e.event.timestamp, t("2026-11-29T09:59:59.123456Z"));
+    assert_eq!(e.event.idempotency_key, r.idempotency_key);
+    assert!(e.receipt.timestamp_explicit);
+    // And the replay of it compares equal after the round trip.
+    assert!(apply_one(&store, r).await.unwrap().replayed);
+}
+
+pub async fn keys_are_stored_found_listed_touched_and_revoked<S: Store>(store: S) {
+    store.put_tenant(&tenant("acme"), &Name::parse("Acme").unwrap(), now()).await.unwrap();
+    let admin = ApiKey {
+        id: Uuid::now_v7(),
+        scope: KeyScope::Admin,
+        key_hash: "a".repeat(64),
+        created_at: now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let scoped = ApiKey {
+        id: Uuid::now_v7(),
+        scope: KeyScope::Tenant(tenant("acme")),
+        key_hash: "b".repeat(64),
+        created_at: now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let ka = audit(AuditAction::KeyCreate, None);
+    store.insert_key(&admin, &ka).await.unwrap();
+    store.insert_key(&scoped, &ka).await.unwrap();
+    assert_eq!(store.find_key_by_hash(&"b".repeat(64)).await.unwrap(), Some(scoped.clone()));
+    assert_eq!(store.find_key_by_hash(&"c".repeat(64)).await.unwrap(), None);
+    let later = now() + Duration::minutes(2);
+    store.touch_key(admin.id, later).await.unwrap();
+    let listed = store.list_keys().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].last_used_at, Some(later));
+    let kr = audit(AuditAction::KeyRevoke, None);
+    store.revoke_key(scoped.id, later, &kr).await.unwrap();
+    let revoked = store.find_key_by_hash(&"b".repeat(64)).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(later));
+    assert!(matches!(store.revoke_key(scoped.id, later, &kr).await.unwrap_err(), StoreError::NotFound(_)));
+    assert!(matches!(
+        store.revoke_key(Uuid::now_v7(), later, &kr).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    let actions: Vec<String> =
+        store.list_audit(None, None, 10).await.unwrap().into_iter().map(|e| e.action).collect();
+    assert_eq!(actions, ["key.revoke", "key.create", "key.create"]);
+}
+
+pub async fn audit_log_is_newest_first_and_filtered_by_tenant<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
+    setup(&store, "beta", "pro", vec![hard("api_calls", 10)]).await;
+    let all = store.list_audit(None, None, 100).await.unwrap();
+    // plan.put (acme's setup), subscription.put, plan.put is unchanged for beta, subscription.put.
+    let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["subscription.put", "subscription.put", "plan.put"]);
+    let beta = store.list_audit(Some(&tenant("beta")), None, 100).await.unwrap();
+    assert_eq!(beta.len(), 1);
+    assert_eq!(beta[0].tenant_id, Some(tenant("beta")));
+    let page = store.list_audit(None, Some(all[0].id), 1).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), vec![all[1].id]);
+}
+
+pub async fn verify_inputs_hold_records_event_sums_and_resets<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    apply_one(&store, req("acme", "api_calls", 5)).await.unwrap();
+    apply_one(&store, req("acme", "api_calls", 6)).await.unwrap();
+    let period = PeriodKind::Month.containing(now(), anchor()).unwrap();
+    store.reset_usage(&tenant("acme"), &metric("api_calls"), period, now(), None).await.unwrap();
+    apply_one(&store, req("acme", "api_calls", 2)).await.unwrap();
+    let inputs = store.verify_inputs().await.unwrap();
+    assert_eq!(inputs.records.len(), 1);
+    assert_eq!(inputs.records[0].current_usage, 2);
+    assert_eq!(inputs.records[0].key.period, period);
+    assert_eq!(inputs.events.len(), 1);
+    assert_eq!((inputs.events[0].amount_sum, inputs.events[0].n_events), (13, 3));
+    assert_eq!(inputs.events[0].period_start, anchor());
+    assert_eq!(inputs.resets.len(), 1);
+    assert_eq!((inputs.resets[0].previous_usage, inputs.resets[0].period_start), (11, anchor()));
+}
+
+pub async fn one_tenant_never_sees_another_tenants_rows<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    setup(&store, "beta", "pro", vec![hard("api_calls", 100)]).await;
+    apply_one(&store, req("acme", "api_calls", 5)).await.unwrap();
+    let rec = store.get_current_period(&tenant("acme"), &metric("api_calls"), now()).await.unwrap();
+    let beta = tenant("beta");
+    assert!(matches!(store.get_by_id(&beta, rec.id).await.unwrap_err(), StoreError::NotFound(_)));
+    assert!(matches!(store.delete(&beta, rec.id).await.unwrap_err(), StoreError::NotFound(_)));
+    assert!(all_events(&store, "beta").await.is_empty());
+    assert!(
+        store
+            .list_by_tenant_and_metric(&beta, &metric("api_calls"), None, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(current(&store, "beta", "api_calls").await, None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Concurrency
+
+/// 64 tasks, each recording amount 1 ten times, against a HARD limit of 500 on one record.
+async fn hammer<S: Store>(store: S, warm: bool) {
+    const TASKS: usize = 64;
+    const TRIES_PER_TASK: usize = 10;
+    setup(&store, "acme", "pro", vec![hard("api_calls", 500)]).await;
+    if warm {
+        let period = PeriodKind::Month.containing(now(), anchor()).unwrap();
+        store.save(&UsageRecord::new(tenant("acme"), metric("api_calls"), period, now())).await.unwrap();
+    }
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..TASKS {
+        let (store, accepted, refused) = (store.clone(), accepted.clone(), refused.clone());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..TRIES_PER_TASK {
+                match apply_one(&store, req("acme", "api_calls", 1)).await {
+                    Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                    Err(UsageError::QuotaExceeded { .. }) => refused.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => panic!("unexpected {e:?}"),
+                };
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 500);
+    assert_eq!(refused.load(Ordering::Relaxed), TASKS * TRIES_PER_TASK - 500);
+    assert_eq!(current_or_none(&store).await, Some(500));
+    let inputs = store.verify_inputs().await.unwrap();
+    assert_eq!(inputs.records.len(), 1);
+    assert_eq!((inputs.events[0].n_events, inputs.events[0].amount_sum), (500, 500));
+}
+
+pub async fn concurrent_writers_never_overshoot_a_hard_limit_on_a_warm_record<S: Store>(store: S) {
+    hammer(store, true).await;
+}
+
+pub async fn concurrent_writers_never_overshoot_a_hard_limit_on_a_cold_period<S: Store>(store: S) {
+    hammer(store, false).await;
+}
+
+pub async fn concurrent_retries_over_twenty_keys_record_twenty_events<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 1_000)]).await;
+    let mut handles = Vec::new();
+    for i in 0..200usize {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            apply_one(&store, keyed(req("acme", "api_calls", 1), &format!("key-{}", i % 20))).await
+        }));
+    }
+    let mut fresh = 0;
+    for h in handles {
+        let out = h.await.unwrap().unwrap();
+        if !out.replayed {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 20);
+    assert_eq!(all_events(&store, "acme").await.len(), 20);
+    assert_eq!(current_or_none(&store).await, Some(20));
+}

@@ -1,0 +1,290 @@
+//! The repository traits every adapter implements. Every usage call takes a `TenantId`.
+//!
+//! Adapters implement these with plain `async fn`; the service is generic over the store,
+//! so there is no `dyn`. Each mutating admin operation takes the `AuditEntry` that the
+//! adapter writes in the same transaction as the change (and only when something changed).
+
+use std::future::Future;
+
+use tally_domain::{
+    ApiKey, AuditEntry, MetricCode, MetricCode as Metric, Name, Override, Period, Plan, PlanCode, PlanSpec,
+    QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome,
+    UsageRecord, UsageRequest,
+};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::types::{EntitlementLookup, EventQuery, PutOutcome, VerifyInputs};
+
+/// The seed's usage repository: per-period counters.
+pub trait UsageRepository: Send + Sync {
+    /// Records of `metric` whose `period_start` is in `[from, to)`, newest first, at most `limit`.
+    fn list_by_tenant_and_metric(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<UsageRecord>, StoreError>> + Send;
+
+    /// The record whose period contains `at`; `NotFound` when none.
+    fn get_current_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<UsageRecord, StoreError>> + Send;
+
+    /// The record with this id, of this tenant; `NotFound` when none.
+    fn get_by_id(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> impl Future<Output = Result<UsageRecord, StoreError>> + Send;
+
+    /// Inserts or replaces a record by id (the counter and `updated_at`); a second record
+    /// for the same tenant, metric and period is a `Conflict`.
+    fn save(&self, record: &UsageRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes the record with this id; `NotFound` when none.
+    fn delete(&self, tenant: &TenantId, id: Uuid) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The record of `metric` for the period starting at `period_start`; `NotFound` when none.
+    fn get_for_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period_start: Timestamp,
+    ) -> impl Future<Output = Result<UsageRecord, StoreError>> + Send;
+}
+
+/// The seed's event recorder: the immutable audit trail of usage.
+pub trait EventRecorder: Send + Sync {
+    /// Appends one event as it is, touching no counter (imports use this); a taken
+    /// idempotency key or id is a `Conflict`.
+    fn record(&self, event: &RecordedEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One tenant's events, newest first by `(timestamp, id)`, filtered and keyset-paginated.
+    fn get_events_for_metric(
+        &self,
+        tenant: &TenantId,
+        query: &EventQuery,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+}
+
+/// The one atomic write of the hot path, and the reset beside it.
+pub trait UsageApplier: Send + Sync {
+    /// Applies requests in order, each on its own, in one transaction: for each, finds or
+    /// creates the record of its period, checks the limit read inside this transaction (a
+    /// HARD refusal writes nothing), increments the counter, appends the event, and honours
+    /// the idempotency key. An `Err` means nothing at all was written.
+    fn apply_usage(
+        &self,
+        requests: &[UsageRequest],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Result<UsageOutcome, UsageError>>, StoreError>> + Send;
+
+    /// Sets the counter of `metric` in `period` to zero (creating a zero record when none
+    /// exists) and writes the audit entry `reset` (see `crate::reset_audit`) in the same
+    /// transaction. Returns the record after the reset.
+    fn reset_usage(
+        &self,
+        tenant: &TenantId,
+        metric: &Metric,
+        period: Period,
+        now: Timestamp,
+        key_id: Option<Uuid>,
+    ) -> impl Future<Output = Result<UsageRecord, StoreError>> + Send;
+}
+
+/// Plans, with their version history.
+pub trait PlanStore: Send + Sync {
+    /// Creates the plan (version 1), or replaces it (version + 1 and a history entry) when
+    /// `spec` differs; a put that changes nothing changes nothing, `updated_at` included.
+    /// `audit` is written only when something changed.
+    fn put_plan(
+        &self,
+        code: &PlanCode,
+        spec: &PlanSpec,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<PutOutcome<Plan>, StoreError>> + Send;
+
+    /// The plan, if it exists.
+    fn find_plan(&self, code: &PlanCode) -> impl Future<Output = Result<Option<Plan>, StoreError>> + Send;
+
+    /// Every plan, by code.
+    fn list_plans(&self) -> impl Future<Output = Result<Vec<Plan>, StoreError>> + Send;
+
+    /// Every version of the plan, newest first (empty when the plan never existed).
+    fn list_plan_versions(
+        &self,
+        code: &PlanCode,
+    ) -> impl Future<Output = Result<Vec<Plan>, StoreError>> + Send;
+
+    /// Deletes the plan; `NotFound` when missing, `Conflict` while a tenant subscribes to it.
+    fn delete_plan(
+        &self,
+        code: &PlanCode,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Tenants, their subscriptions and their overrides.
+pub trait TenantStore: Send + Sync {
+    /// Creates the tenant (and, in schema tenancy, its schema) or renames it.
+    fn put_tenant(
+        &self,
+        tenant_id: &TenantId,
+        name: &Name,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<PutOutcome<Tenant>, StoreError>> + Send;
+
+    /// The tenant, if it exists.
+    fn find_tenant(
+        &self,
+        tenant_id: &TenantId,
+    ) -> impl Future<Output = Result<Option<Tenant>, StoreError>> + Send;
+
+    /// Tenants ordered by id, strictly after `after`, at most `limit`.
+    fn list_tenants(
+        &self,
+        after: Option<&TenantId>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send;
+
+    /// Subscribes the tenant to `plan`. Without `anchor` an existing subscription keeps its
+    /// anchor and a new one is anchored at `now`; `started_at` changes only with the plan.
+    /// `NotFound` for an unknown tenant or plan.
+    fn put_subscription(
+        &self,
+        tenant_id: &TenantId,
+        plan: &PlanCode,
+        anchor: Option<Timestamp>,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<Subscription, StoreError>> + Send;
+
+    /// The tenant's subscription, if any.
+    fn find_subscription(
+        &self,
+        tenant_id: &TenantId,
+    ) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
+
+    /// Ends the subscription; `NotFound` when there is none.
+    fn delete_subscription(
+        &self,
+        tenant_id: &TenantId,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Tenants subscribed to `plan`, by id, at most `limit`.
+    fn list_subscribers(
+        &self,
+        plan: &PlanCode,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TenantId>, StoreError>> + Send;
+
+    /// Sets the tenant's own limit for one metric; `NotFound` for an unknown tenant.
+    fn put_override(
+        &self,
+        tenant_id: &TenantId,
+        limit: &QuotaLimit,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the tenant's override of `metric`; `NotFound` when there is none.
+    fn delete_override(
+        &self,
+        tenant_id: &TenantId,
+        metric: &MetricCode,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The tenant's overrides, by metric.
+    fn list_overrides(
+        &self,
+        tenant_id: &TenantId,
+    ) -> impl Future<Output = Result<Vec<Override>, StoreError>> + Send;
+
+    /// The tenant's subscription, plan and overrides, resolved.
+    fn find_entitlement(
+        &self,
+        tenant_id: &TenantId,
+    ) -> impl Future<Output = Result<EntitlementLookup, StoreError>> + Send;
+}
+
+/// API keys, stored as hashes only.
+pub trait KeyStore: Send + Sync {
+    /// Stores a new key and its `key.create` audit entry.
+    fn insert_key(
+        &self,
+        key: &ApiKey,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The key whose hash this is, revoked or not.
+    fn find_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> impl Future<Output = Result<Option<ApiKey>, StoreError>> + Send;
+
+    /// Every key, oldest first.
+    fn list_keys(&self) -> impl Future<Output = Result<Vec<ApiKey>, StoreError>> + Send;
+
+    /// Revokes the key; `NotFound` when there is no such key or it is already revoked.
+    fn revoke_key(
+        &self,
+        id: Uuid,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Notes that the key was used at `now`.
+    fn touch_key(&self, id: Uuid, now: Timestamp) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The admin audit log and the inputs of `tally verify`.
+pub trait AuditStore: Send + Sync {
+    /// Entries newest first (by id), for one tenant when given, strictly before `before`.
+    fn list_audit(
+        &self,
+        tenant_id: Option<&TenantId>,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
+
+    /// Every record's counter, every period's event sum, and every audited reset.
+    fn verify_inputs(&self) -> impl Future<Output = Result<VerifyInputs, StoreError>> + Send;
+
+    /// Answers when the store is reachable.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Everything a Tally store does. Cloning is cheap (a pool handle).
+pub trait Store:
+    UsageRepository
+    + EventRecorder
+    + UsageApplier
+    + PlanStore
+    + TenantStore
+    + KeyStore
+    + AuditStore
+    + Clone
+    + 'static
+{
+}
+
+impl<S> Store for S where
+    S: UsageRepository
+        + EventRecorder
+        + UsageApplier
+        + PlanStore
+        + TenantStore
+        + KeyStore
+        + AuditStore
+        + Clone
+        + 'static
+{
+}

@@ -1,1 +1,605 @@
-//! placeholder
+//! The in-memory store: every trait of tally-store over maps behind one async mutex. For unit
+//! tests only; it keeps nothing across restarts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tally_domain::{
+    ApiKey, AuditEntry, Entitlement, IdempotencyKey, MetricCode, Name, Override, Period, Plan, PlanCode, PlanSpec,
+    QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome, UsageRecord,
+    UsageRequest,
+};
+use tally_store::{
+    AuditStore, EntitlementLookup, EventQuery, EventRecorder, EventTotal, KeyStore, LockedRecord, PlanStore,
+    PutOutcome, RecordKey, RecordTotal, RecordUpdate, StoreError, TenantStore, UsageApplier, UsageRepository,
+    UsageTx, VerifyInputs, apply_in_tx, reset_audit, reset_fact,
+};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+type PeriodKey = (TenantId, MetricCode, Timestamp);
+
+#[derive(Default)]
+struct State {
+    plans: BTreeMap<PlanCode, Plan>,
+    plan_versions: BTreeMap<(PlanCode, i64), Plan>,
+    tenants: BTreeMap<TenantId, Tenant>,
+    subscriptions: BTreeMap<TenantId, Subscription>,
+    overrides: BTreeMap<(TenantId, MetricCode), Override>,
+    keys: Vec<ApiKey>,
+    audit: Vec<AuditEntry>,
+    records: HashMap<Uuid, UsageRecord>,
+    record_ids: HashMap<PeriodKey, Uuid>,
+    events: Vec<RecordedEvent>,
+    event_keys: HashMap<(TenantId, IdempotencyKey), usize>,
+}
+
+impl State {
+    fn entitlement(&self, tenant_id: &TenantId) -> EntitlementLookup {
+        if !self.tenants.contains_key(tenant_id) {
+            return EntitlementLookup::TenantMissing;
+        }
+        let Some(sub) = self.subscriptions.get(tenant_id) else {
+            return EntitlementLookup::NoSubscription;
+        };
+        let Some(plan) = self.plans.get(&sub.plan_code) else {
+            return EntitlementLookup::NoSubscription;
+        };
+        let overrides: Vec<Override> =
+            self.overrides.iter().filter(|((t, _), _)| t == tenant_id).map(|(_, o)| o.clone()).collect();
+        EntitlementLookup::Found(Entitlement::resolve(sub.clone(), plan, &overrides))
+    }
+
+    fn insert_record(&mut self, record: UsageRecord) {
+        let key = (record.tenant_id.clone(), record.metric_code.clone(), record.period_start);
+        self.record_ids.insert(key, record.id);
+        self.records.insert(record.id, record);
+    }
+
+    fn push_event(&mut self, rec: RecordedEvent) {
+        if let Some(k) = &rec.event.idempotency_key {
+            self.event_keys.insert((rec.event.tenant_id.clone(), k.clone()), self.events.len());
+        }
+        self.events.push(rec);
+    }
+}
+
+/// The in-memory store. Clones share one state.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+struct MemTx<'a> {
+    state: &'a mut State,
+}
+
+impl UsageTx for MemTx<'_> {
+    async fn load_entitlements(
+        &mut self,
+        tenants: &[TenantId],
+    ) -> Result<HashMap<TenantId, EntitlementLookup>, StoreError> {
+        Ok(tenants.iter().map(|t| (t.clone(), self.state.entitlement(t))).collect())
+    }
+
+    async fn find_events_by_keys(
+        &mut self,
+        keys: &[(TenantId, IdempotencyKey)],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(keys.iter().filter_map(|k| self.state.event_keys.get(k)).map(|&i| self.state.events[i].clone()).collect())
+    }
+
+    async fn lock_records(
+        &mut self,
+        keys: &[RecordKey],
+        now: Timestamp,
+    ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
+        let mut out = HashMap::new();
+        for key in keys {
+            let pk = (key.tenant_id.clone(), key.metric_code.clone(), key.period.start());
+            let locked = match self.state.record_ids.get(&pk).and_then(|id| self.state.records.get(id)) {
+                Some(r) => LockedRecord { id: r.id, current_usage: r.current_usage, created: false },
+                None => {
+                    let r = UsageRecord::new(key.tenant_id.clone(), key.metric_code.clone(), key.period, now);
+                    let locked = LockedRecord { id: r.id, current_usage: 0, created: true };
+                    self.state.insert_record(r);
+                    locked
+                }
+            };
+            out.insert(key.clone(), locked);
+        }
+        Ok(out)
+    }
+
+    async fn update_records(&mut self, updates: &[RecordUpdate], now: Timestamp) -> Result<(), StoreError> {
+        for u in updates {
+            let r = self.state.records.get_mut(&u.id).ok_or_else(|| StoreError::not_found("usage record"))?;
+            r.current_usage = u.current_usage;
+            r.updated_at = now;
+        }
+        Ok(())
+    }
+
+    async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
+        for (key, id) in keys {
+            self.state.records.remove(id);
+            self.state.record_ids.remove(&(key.tenant_id.clone(), key.metric_code.clone(), key.period.start()));
+        }
+        Ok(())
+    }
+
+    async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+        // Under the one mutex no other writer can take a key between the look-up and here.
+        for rec in events {
+            self.state.push_event(rec.clone());
+        }
+        Ok(())
+    }
+}
+
+impl UsageApplier for MemoryStore {
+    async fn apply_usage(
+        &self,
+        requests: &[UsageRequest],
+        now: Timestamp,
+    ) -> Result<Vec<Result<UsageOutcome, UsageError>>, StoreError> {
+        let mut state = self.state.lock().await;
+        let mut tx = MemTx { state: &mut state };
+        apply_in_tx(&mut tx, requests, now).await
+    }
+
+    async fn reset_usage(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period: Period,
+        now: Timestamp,
+        key_id: Option<Uuid>,
+    ) -> Result<UsageRecord, StoreError> {
+        let mut state = self.state.lock().await;
+        let pk = (tenant.clone(), metric.clone(), period.start());
+        let before = match state.record_ids.get(&pk).and_then(|id| state.records.get(id)) {
+            Some(r) => r.clone(),
+            None => {
+                let r = UsageRecord::new(tenant.clone(), metric.clone(), period, now);
+                state.insert_record(r.clone());
+                r
+            }
+        };
+        state.audit.push(reset_audit(key_id, now, &before));
+        let mut after = before;
+        after.reset(now);
+        state.insert_record(after.clone());
+        Ok(after)
+    }
+}
+
+impl UsageRepository for MemoryStore {
+    async fn list_by_tenant_and_metric(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let state = self.state.lock().await;
+        let mut out: Vec<UsageRecord> = state
+            .records
+            .values()
+            .filter(|r| &r.tenant_id == tenant && &r.metric_code == metric)
+            .filter(|r| from.is_none_or(|f| r.period_start >= f) && to.is_none_or(|t| r.period_start < t))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b.period_start.cmp(&a.period_start));
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn get_current_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        at: Timestamp,
+    ) -> Result<UsageRecord, StoreError> {
+        let state = self.state.lock().await;
+        state
+            .records
+            .values()
+            .find(|r| &r.tenant_id == tenant && &r.metric_code == metric && r.period_start <= at && at < r.period_end)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("usage record"))
+    }
+
+    async fn get_by_id(&self, tenant: &TenantId, id: Uuid) -> Result<UsageRecord, StoreError> {
+        let state = self.state.lock().await;
+        state
+            .records
+            .get(&id)
+            .filter(|r| &r.tenant_id == tenant)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("usage record"))
+    }
+
+    async fn save(&self, record: &UsageRecord) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        let pk = (record.tenant_id.clone(), record.metric_code.clone(), record.period_start);
+        if let Some(other) = state.record_ids.get(&pk) {
+            if *other != record.id {
+                return Err(StoreError::Conflict("quota_usage_record_uq".to_owned()));
+            }
+        }
+        state.insert_record(record.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: Uuid) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        match state.records.get(&id) {
+            Some(r) if &r.tenant_id == tenant => {
+                let pk = (r.tenant_id.clone(), r.metric_code.clone(), r.period_start);
+                state.record_ids.remove(&pk);
+                state.records.remove(&id);
+                Ok(())
+            }
+            _ => Err(StoreError::not_found("usage record")),
+        }
+    }
+
+    async fn get_for_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period_start: Timestamp,
+    ) -> Result<UsageRecord, StoreError> {
+        let state = self.state.lock().await;
+        state
+            .record_ids
+            .get(&(tenant.clone(), metric.clone(), period_start))
+            .and_then(|id| state.records.get(id))
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("usage record"))
+    }
+}
+
+impl EventRecorder for MemoryStore {
+    async fn record(&self, event: &RecordedEvent) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if let Some(k) = &event.event.idempotency_key {
+            if state.event_keys.contains_key(&(event.event.tenant_id.clone(), k.clone())) {
+                return Err(StoreError::Conflict("quota_usage_event_idem_uq".to_owned()));
+            }
+        }
+        if state.events.iter().any(|e| e.event.id == event.event.id) {
+            return Err(StoreError::Conflict("quota_usage_event_pkey".to_owned()));
+        }
+        state.push_event(event.clone());
+        Ok(())
+    }
+
+    async fn get_events_for_metric(
+        &self,
+        tenant: &TenantId,
+        query: &EventQuery,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let state = self.state.lock().await;
+        let mut out: Vec<RecordedEvent> = state
+            .events
+            .iter()
+            .filter(|e| &e.event.tenant_id == tenant)
+            .filter(|e| query.metric_code.as_ref().is_none_or(|m| &e.event.metric_code == m))
+            .filter(|e| query.from.is_none_or(|f| e.event.timestamp >= f))
+            .filter(|e| query.to.is_none_or(|t| e.event.timestamp < t))
+            .filter(|e| query.after.is_none_or(|c| (e.event.timestamp, e.event.id) < (c.timestamp, c.id)))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (b.event.timestamp, b.event.id).cmp(&(a.event.timestamp, a.event.id)));
+        out.truncate(query.limit as usize);
+        Ok(out)
+    }
+}
+
+impl PlanStore for MemoryStore {
+    async fn put_plan(
+        &self,
+        code: &PlanCode,
+        spec: &PlanSpec,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<PutOutcome<Plan>, StoreError> {
+        let mut state = self.state.lock().await;
+        let outcome = match state.plans.get(code) {
+            Some(p) if p.matches(spec) => return Ok(PutOutcome::Unchanged(p.clone())),
+            Some(p) => PutOutcome::Updated(Plan {
+                name: spec.name.clone(),
+                limits: spec.limits.clone(),
+                version: p.version + 1,
+                updated_at: now,
+                ..p.clone()
+            }),
+            None => PutOutcome::Created(Plan {
+                code: code.clone(),
+                name: spec.name.clone(),
+                limits: spec.limits.clone(),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            }),
+        };
+        let plan = match &outcome {
+            PutOutcome::Created(p) | PutOutcome::Updated(p) | PutOutcome::Unchanged(p) => p.clone(),
+        };
+        state.plan_versions.insert((code.clone(), plan.version), plan.clone());
+        state.plans.insert(code.clone(), plan);
+        state.audit.push(audit.clone());
+        Ok(outcome)
+    }
+
+    async fn find_plan(&self, code: &PlanCode) -> Result<Option<Plan>, StoreError> {
+        Ok(self.state.lock().await.plans.get(code).cloned())
+    }
+
+    async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
+        Ok(self.state.lock().await.plans.values().cloned().collect())
+    }
+
+    async fn list_plan_versions(&self, code: &PlanCode) -> Result<Vec<Plan>, StoreError> {
+        let state = self.state.lock().await;
+        let mut out: Vec<Plan> =
+            state.plan_versions.iter().filter(|((c, _), _)| c == code).map(|(_, p)| p.clone()).collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn delete_plan(&self, code: &PlanCode, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if !state.plans.contains_key(code) {
+            return Err(StoreError::not_found(format!("plan {code}")));
+        }
+        if state.subscriptions.values().any(|s| &s.plan_code == code) {
+            return Err(StoreError::Conflict(format!("plan {code} has subscribers")));
+        }
+        state.plans.remove(code);
+        state.plan_versions.retain(|(c, _), _| c != code);
+        state.audit.push(audit.clone());
+        Ok(())
+    }
+}
+
+impl TenantStore for MemoryStore {
+    async fn put_tenant(&self, tenant_id: &TenantId, name: &Name, now: Timestamp) -> Result<PutOutcome<Tenant>, StoreError> {
+        let mut state = self.state.lock().await;
+        if let Some(t) = state.tenants.get_mut(tenant_id) {
+            if &t.name == name {
+                return Ok(PutOutcome::Unchanged(t.clone()));
+            }
+            t.name = name.clone();
+            return Ok(PutOutcome::Updated(t.clone()));
+        }
+        let t = Tenant {
+            tenant_id: tenant_id.clone(),
+            name: name.clone(),
+            internal_id: Uuid::new_v4().as_u64_pair().0,
+            created_at: now,
+        };
+        state.tenants.insert(tenant_id.clone(), t.clone());
+        Ok(PutOutcome::Created(t))
+    }
+
+    async fn find_tenant(&self, tenant_id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.state.lock().await.tenants.get(tenant_id).cloned())
+    }
+
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: u32) -> Result<Vec<Tenant>, StoreError> {
+        let state = self.state.lock().await;
+        Ok(state
+            .tenants
+            .values()
+            .filter(|t| after.is_none_or(|a| &t.tenant_id > a))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn put_subscription(
+        &self,
+        tenant_id: &TenantId,
+        plan: &PlanCode,
+        anchor: Option<Timestamp>,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<Subscription, StoreError> {
+        let mut state = self.state.lock().await;
+        if !state.tenants.contains_key(tenant_id) {
+            return Err(StoreError::not_found(format!("tenant {tenant_id}")));
+        }
+        if !state.plans.contains_key(plan) {
+            return Err(StoreError::not_found(format!("plan {plan}")));
+        }
+        let sub = match state.subscriptions.get(tenant_id) {
+            Some(old) => Subscription {
+                tenant_id: tenant_id.clone(),
+                plan_code: plan.clone(),
+                anchor: anchor.unwrap_or(old.anchor),
+                started_at: if &old.plan_code == plan { old.started_at } else { now },
+            },
+            None => Subscription {
+                tenant_id: tenant_id.clone(),
+                plan_code: plan.clone(),
+                anchor: anchor.unwrap_or(now),
+                started_at: now,
+            },
+        };
+        state.subscriptions.insert(tenant_id.clone(), sub.clone());
+        state.audit.push(audit.clone());
+        Ok(sub)
+    }
+
+    async fn find_subscription(&self, tenant_id: &TenantId) -> Result<Option<Subscription>, StoreError> {
+        Ok(self.state.lock().await.subscriptions.get(tenant_id).cloned())
+    }
+
+    async fn delete_subscription(&self, tenant_id: &TenantId, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        state.subscriptions.remove(tenant_id).ok_or_else(|| StoreError::not_found("subscription"))?;
+        state.audit.push(audit.clone());
+        Ok(())
+    }
+
+    async fn list_subscribers(&self, plan: &PlanCode, limit: u32) -> Result<Vec<TenantId>, StoreError> {
+        let state = self.state.lock().await;
+        Ok(state
+            .subscriptions
+            .values()
+            .filter(|s| &s.plan_code == plan)
+            .map(|s| s.tenant_id.clone())
+            .take(limit as usize)
+            .collect())
+    }
+
+    async fn put_override(&self, tenant_id: &TenantId, limit: &QuotaLimit, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if !state.tenants.contains_key(tenant_id) {
+            return Err(StoreError::not_found(format!("tenant {tenant_id}")));
+        }
+        state.overrides.insert((tenant_id.clone(), limit.metric_code.clone()), limit.clone());
+        state.audit.push(audit.clone());
+        Ok(())
+    }
+
+    async fn delete_override(
+        &self,
+        tenant_id: &TenantId,
+        metric: &MetricCode,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        state
+            .overrides
+            .remove(&(tenant_id.clone(), metric.clone()))
+            .ok_or_else(|| StoreError::not_found("override"))?;
+        state.audit.push(audit.clone());
+        Ok(())
+    }
+
+    async fn list_overrides(&self, tenant_id: &TenantId) -> Result<Vec<Override>, StoreError> {
+        let state = self.state.lock().await;
+        Ok(state.overrides.iter().filter(|((t, _), _)| t == tenant_id).map(|(_, o)| o.clone()).collect())
+    }
+
+    async fn find_entitlement(&self, tenant_id: &TenantId) -> Result<EntitlementLookup, StoreError> {
+        Ok(self.state.lock().await.entitlement(tenant_id))
+    }
+}
+
+impl KeyStore for MemoryStore {
+    async fn insert_key(&self, key: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if state.keys.iter().any(|k| k.id == key.id || k.key_hash == key.key_hash) {
+            return Err(StoreError::Conflict("tally_api_key".to_owned()));
+        }
+        state.keys.push(key.clone());
+        state.audit.push(audit.clone());
+        Ok(())
+    }
+
+    async fn find_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.state.lock().await.keys.iter().find(|k| k.key_hash == key_hash).cloned())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        Ok(self.state.lock().await.keys.clone())
+    }
+
+    async fn revoke_key(&self, id: Uuid, now: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        let key = state
+            .keys
+            .iter_mut()
+            .find(|k| k.id == id && k.revoked_at.is_none())
+            .ok_or_else(|| StoreError::not_found(format!("key {id}")))?;
+        key.revoked_at = Some(now);
+        state.audit.push(audit.clone());
+        Ok(())
+    }
+
+    async fn touch_key(&self, id: Uuid, now: Timestamp) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if let Some(k) = state.keys.iter_mut().find(|k| k.id == id) {
+            k.last_used_at = Some(now);
+        }
+        Ok(())
+    }
+}
+
+impl AuditStore for MemoryStore {
+    async fn list_audit(
+        &self,
+        tenant_id: Option<&TenantId>,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let state = self.state.lock().await;
+        let mut out: Vec<AuditEntry> = state
+            .audit
+            .iter()
+            .filter(|e| tenant_id.is_none_or(|t| e.tenant_id.as_ref() == Some(t)))
+            .filter(|e| before.is_none_or(|b| e.id < b))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b.id.cmp(&a.id));
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn verify_inputs(&self) -> Result<VerifyInputs, StoreError> {
+        let state = self.state.lock().await;
+        let mut records: Vec<RecordTotal> = state
+            .records
+            .values()
+            .map(|r| {
+                Ok(RecordTotal {
+                    id: r.id,
+                    key: RecordKey { tenant_id: r.tenant_id.clone(), metric_code: r.metric_code.clone(), period: r.period()? },
+                    current_usage: r.current_usage,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut sums: BTreeMap<PeriodKey, (i64, i64)> = BTreeMap::new();
+        for e in &state.events {
+            let k = (e.event.tenant_id.clone(), e.event.metric_code.clone(), e.receipt.period.start());
+            let entry = sums.entry(k).or_default();
+            entry.0 = entry.0.saturating_add(e.event.amount);
+            entry.1 += 1;
+        }
+        let events = sums
+            .into_iter()
+            .map(|((tenant_id, metric_code, period_start), (amount_sum, n_events))| EventTotal {
+                tenant_id,
+                metric_code,
+                period_start,
+                amount_sum,
+                n_events,
+            })
+            .collect();
+        let mut resets = Vec::new();
+        for entry in &state.audit {
+            if let Some(fact) = reset_fact(entry)? {
+                resets.push(fact);
+            }
+        }
+        Ok(VerifyInputs { records, events, resets })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -663,7 +663,7 @@ pub async fn event_recorder_appends_without_touching_counters<S: Store>(store: S
 
 pub async fn metadata_and_timestamps_round_trip_exactly<S: Store>(store: S) {
     setup(&store, "acme", "pro", vec![hard("api_calls", 10)]).await;
-    let mut r = keyed(req("acme", "api_calls", 1), "k-ü");
+    let mut r = keyed(req("acme", "api_calls", 1), "k-u");
     r.idempotency_key = Some(IdempotencyKey::parse("k~!{}").unwrap());
     r.metadata = Metadata::new(serde_json::json!({
         "endpoint": "/search", "unicode": "é中😀", "nested": {"n": 1.5, "list": [null, true]},

@@ -1,0 +1,2 @@
+//! The shared contract suite on the in-memory store.
+tally_store::contract_suite!(|| async { tally_store_memory::MemoryStore::new() });

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tally_domain::{
-    ApiKey, AuditEntry, Entitlement, IdempotencyKey, MetricCode, Name, Override, Period, Plan, PlanCode, PlanSpec,
-    QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome, UsageRecord,
-    UsageRequest,
+    ApiKey, AuditEntry, Entitlement, IdempotencyKey, MetricCode, Name, Override, Period, Plan, PlanCode,
+    PlanSpec, QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome,
+    UsageRecord, UsageRequest,
 };
 use tally_store::{
     AuditStore, EntitlementLookup, EventQuery, EventRecorder, EventTotal, KeyStore, LockedRecord, PlanStore,
@@ -93,7 +93,11 @@ impl UsageTx for MemTx<'_> {
         &mut self,
         keys: &[(TenantId, IdempotencyKey)],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(keys.iter().filter_map(|k| self.state.event_keys.get(k)).map(|&i| self.state.events[i].clone()).collect())
+        Ok(keys
+            .iter()
+            .filter_map(|k| self.state.event_keys.get(k))
+            .map(|&i| self.state.events[i].clone())
+            .collect())
     }
 
     async fn lock_records(
@@ -130,7 +134,11 @@ impl UsageTx for MemTx<'_> {
     async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
         for (key, id) in keys {
             self.state.records.remove(id);
-            self.state.record_ids.remove(&(key.tenant_id.clone(), key.metric_code.clone(), key.period.start()));
+            self.state.record_ids.remove(&(
+                key.tenant_id.clone(),
+                key.metric_code.clone(),
+                key.period.start(),
+            ));
         }
         Ok(())
     }
@@ -213,7 +221,12 @@ impl UsageRepository for MemoryStore {
         state
             .records
             .values()
-            .find(|r| &r.tenant_id == tenant && &r.metric_code == metric && r.period_start <= at && at < r.period_end)
+            .find(|r| {
+                &r.tenant_id == tenant
+                    && &r.metric_code == metric
+                    && r.period_start <= at
+                    && at < r.period_end
+            })
             .cloned()
             .ok_or_else(|| StoreError::not_found("usage record"))
     }
@@ -374,7 +387,12 @@ impl PlanStore for MemoryStore {
 }
 
 impl TenantStore for MemoryStore {
-    async fn put_tenant(&self, tenant_id: &TenantId, name: &Name, now: Timestamp) -> Result<PutOutcome<Tenant>, StoreError> {
+    async fn put_tenant(
+        &self,
+        tenant_id: &TenantId,
+        name: &Name,
+        now: Timestamp,
+    ) -> Result<PutOutcome<Tenant>, StoreError> {
         let mut state = self.state.lock().await;
         if let Some(t) = state.tenants.get_mut(tenant_id) {
             if &t.name == name {
@@ -464,7 +482,12 @@ impl TenantStore for MemoryStore {
             .collect())
     }
 
-    async fn put_override(&self, tenant_id: &TenantId, limit: &QuotaLimit, audit: &AuditEntry) -> Result<(), StoreError> {
+    async fn put_override(
+        &self,
+        tenant_id: &TenantId,
+        limit: &QuotaLimit,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         if !state.tenants.contains_key(tenant_id) {
             return Err(StoreError::not_found(format!("tenant {tenant_id}")));
@@ -567,7 +590,11 @@ impl AuditStore for MemoryStore {
             .map(|r| {
                 Ok(RecordTotal {
                     id: r.id,
-                    key: RecordKey { tenant_id: r.tenant_id.clone(), metric_code: r.metric_code.clone(), period: r.period()? },
+                    key: RecordKey {
+                        tenant_id: r.tenant_id.clone(),
+                        metric_code: r.metric_code.clone(),
+                        period: r.period()?,
+                    },
                     current_usage: r.current_usage,
                 })
             })

@@ -1,0 +1,326 @@
+//! Usage use cases: record (single and batch), check, current usage, history, events, reset.
+
+use chrono::Duration;
+use tally_domain::limits::{EVENT_BATCH_LEN_MAX, EVENT_FUTURE_SECONDS_MAX, PAGE_LEN_MAX};
+use tally_domain::{
+    Amount, DomainError, LimitEnforcement, MetricCode, Period, PeriodKind, PlanCode, RecordedEvent, TenantId,
+    Timestamp, UsageError, UsageOutcome, UsageRecord, UsageRequest, decide,
+};
+use tally_store::{EntitlementLookup, EventCursor, EventQuery, Store, StoreError};
+use uuid::Uuid;
+
+use crate::{ServiceError, Tally};
+
+/// The answer of `check`: what recording would do, without recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// Whether recording the amount now would be accepted.
+    pub allowed: bool,
+    /// The metric.
+    pub metric_code: MetricCode,
+    /// Usage before the hypothetical amount.
+    pub current_usage: i64,
+    /// The limit; `None` is unlimited.
+    pub limit: Option<i64>,
+    /// `max(limit - current_usage, 0)`.
+    pub remaining: Option<i64>,
+    /// The enforcement.
+    pub enforcement: LimitEnforcement,
+    /// The current period.
+    pub period: Period,
+}
+
+/// One metric's current period, for `usage`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricUsage {
+    /// The metric.
+    pub metric_code: MetricCode,
+    /// Usage in the current period (0 when nothing was recorded).
+    pub current_usage: i64,
+    /// The limit.
+    pub limit: Option<i64>,
+    /// `max(limit - current_usage, 0)`.
+    pub remaining: Option<i64>,
+    /// The enforcement.
+    pub enforcement: LimitEnforcement,
+    /// The period kind.
+    pub period_kind: PeriodKind,
+    /// The current period.
+    pub period: Period,
+    /// `current_usage > limit`.
+    pub exceeded: bool,
+}
+
+/// A tenant's current usage of every metric of its plan and overrides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantUsage {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// Its plan.
+    pub plan_code: PlanCode,
+    /// One entry per metric, by metric code.
+    pub metrics: Vec<MetricUsage>,
+}
+
+/// A page of events and where the next one starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventPage {
+    /// Newest first.
+    pub events: Vec<RecordedEvent>,
+    /// Pass back to get the next page; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// A filter over a tenant's events, as a client gives it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this metric.
+    pub metric_code: Option<MetricCode>,
+    /// `timestamp >= from`.
+    pub from: Option<Timestamp>,
+    /// `timestamp < to`.
+    pub to: Option<Timestamp>,
+    /// Page length, `1..=PAGE_LEN_MAX`.
+    pub limit: u32,
+    /// An opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+/// Encodes an event cursor as `<timestamp micros>_<uuid>`.
+pub fn encode_event_cursor(c: &EventCursor) -> String {
+    format!("{}_{}", tally_domain::time::to_micros(c.timestamp), c.id.simple())
+}
+
+/// Decodes a cursor made by `encode_event_cursor`.
+pub fn decode_event_cursor(raw: &str) -> Result<EventCursor, DomainError> {
+    let bad = || DomainError::invalid("cursor", "is not a cursor this server issued");
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let id = Uuid::try_parse(id).map_err(|_| bad())?;
+    Ok(EventCursor { timestamp: tally_domain::time::from_micros(micros).map_err(|_| bad())?, id })
+}
+
+/// Checks a page length.
+pub fn check_page_limit(limit: u32) -> Result<u32, DomainError> {
+    if limit == 0 || limit > PAGE_LEN_MAX {
+        return Err(DomainError::invalid(
+            "limit",
+            format!("must be between 1 and {PAGE_LEN_MAX}, got {limit}"),
+        ));
+    }
+    Ok(limit)
+}
+
+impl<S: Store> Tally<S> {
+    fn check_window(&self, req: &UsageRequest, now: Timestamp) -> Result<(), UsageError> {
+        let Some(ts) = req.timestamp else { return Ok(()) };
+        let earliest = now - self.config.max_event_age;
+        let latest = now + Duration::seconds(EVENT_FUTURE_SECONDS_MAX);
+        if ts < earliest || ts > latest {
+            return Err(UsageError::EventOutOfWindow { timestamp: ts, earliest, latest });
+        }
+        Ok(())
+    }
+
+    /// Records one usage event.
+    #[tracing::instrument(skip_all, fields(tenant = %req.tenant_id, metric = %req.metric_code))]
+    pub async fn record(&self, req: UsageRequest) -> Result<UsageOutcome, ServiceError> {
+        let now = self.now();
+        self.check_window(&req, now)?;
+        let mut out = self.store.apply_usage(std::slice::from_ref(&req), now).await?;
+        match out.pop() {
+            Some(result) => result.map_err(ServiceError::from),
+            None => Err(ServiceError::Internal("store answered no result".to_owned())),
+        }
+    }
+
+    /// Records up to `EVENT_BATCH_LEN_MAX` events in order, each on its own. Items that
+    /// failed validation before reaching here are passed as `Err` and answered in place.
+    #[tracing::instrument(skip_all, fields(n_events = items.len()))]
+    pub async fn record_batch(
+        &self,
+        items: Vec<Result<UsageRequest, DomainError>>,
+    ) -> Result<Vec<Result<UsageOutcome, ServiceError>>, ServiceError> {
+        if items.len() > EVENT_BATCH_LEN_MAX {
+            return Err(ServiceError::Invalid(DomainError::invalid(
+                "events",
+                format!("at most {EVENT_BATCH_LEN_MAX} events per batch, got {}", items.len()),
+            )));
+        }
+        let now = self.now();
+        let mut answers: Vec<Option<Result<UsageOutcome, ServiceError>>> = Vec::with_capacity(items.len());
+        let mut valid = Vec::with_capacity(items.len());
+        for item in items {
+            match item.map_err(ServiceError::from).and_then(|r| {
+                self.check_window(&r, now)?;
+                Ok(r)
+            }) {
+                Ok(r) => {
+                    valid.push(r);
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let mut applied = if valid.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            self.store.apply_usage(&valid, now).await?.into_iter()
+        };
+        Ok(answers
+            .into_iter()
+            .map(|a| match a {
+                Some(done) => done,
+                None => match applied.next() {
+                    Some(r) => r.map_err(ServiceError::from),
+                    None => Err(ServiceError::Internal("store answered too few results".to_owned())),
+                },
+            })
+            .collect())
+    }
+
+    /// What recording `amount` of `metric` now would do. Changes nothing.
+    pub async fn check(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        amount: Amount,
+    ) -> Result<CheckOutcome, ServiceError> {
+        let now = self.now();
+        let entitlement = self.entitlement(tenant).await?;
+        let limit = entitlement
+            .limit_for(metric)
+            .ok_or_else(|| UsageError::QuotaNotFound { metric: metric.clone() })?
+            .clone();
+        let period = limit.period.containing(now, entitlement.subscription.anchor)?;
+        let current = self.usage_in(tenant, metric, period).await?;
+        let allowed = match decide(&limit, period, current, amount) {
+            Ok(_) => true,
+            Err(UsageError::QuotaExceeded { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(CheckOutcome {
+            allowed,
+            metric_code: metric.clone(),
+            current_usage: current,
+            limit: limit.limit,
+            remaining: limit.remaining(current),
+            enforcement: limit.enforcement,
+            period,
+        })
+    }
+
+    /// The current period of every metric on the tenant's plan and overrides.
+    pub async fn usage(&self, tenant: &TenantId) -> Result<TenantUsage, ServiceError> {
+        let now = self.now();
+        let entitlement = self.entitlement(tenant).await?;
+        let mut metrics = Vec::with_capacity(entitlement.limits.len());
+        for (metric, limit) in &entitlement.limits {
+            let period = limit.period.containing(now, entitlement.subscription.anchor)?;
+            let current = self.usage_in(tenant, metric, period).await?;
+            metrics.push(MetricUsage {
+                metric_code: metric.clone(),
+                current_usage: current,
+                limit: limit.limit,
+                remaining: limit.remaining(current),
+                enforcement: limit.enforcement,
+                period_kind: limit.period,
+                period,
+                exceeded: limit.is_exceeded(current),
+            });
+        }
+        Ok(TenantUsage {
+            tenant_id: tenant.clone(),
+            plan_code: entitlement.subscription.plan_code.clone(),
+            metrics,
+        })
+    }
+
+    /// Records of `metric` whose period starts in `[from, to)`, newest first.
+    pub async fn history(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, ServiceError> {
+        let limit = check_page_limit(limit)?;
+        self.require_tenant(tenant).await?;
+        Ok(self.store.list_by_tenant_and_metric(tenant, metric, from, to, limit).await?)
+    }
+
+    /// A page of the tenant's events, newest first.
+    pub async fn events(&self, tenant: &TenantId, filter: &EventFilter) -> Result<EventPage, ServiceError> {
+        let limit = check_page_limit(filter.limit)?;
+        let after = filter.cursor.as_deref().map(decode_event_cursor).transpose()?;
+        self.require_tenant(tenant).await?;
+        let query = EventQuery {
+            metric_code: filter.metric_code.clone(),
+            from: filter.from,
+            to: filter.to,
+            limit: limit + 1,
+            after,
+        };
+        let mut events = self.store.get_events_for_metric(tenant, &query).await?;
+        let next_cursor = if events.len() > limit as usize {
+            events.truncate(limit as usize);
+            events
+                .last()
+                .map(|e| encode_event_cursor(&EventCursor { timestamp: e.event.timestamp, id: e.event.id }))
+        } else {
+            None
+        };
+        Ok(EventPage { events, next_cursor })
+    }
+
+    /// Sets the current period's counter of `metric` to zero, audited with `key_id`.
+    pub async fn reset(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        key_id: Option<Uuid>,
+    ) -> Result<UsageRecord, ServiceError> {
+        let now = self.now();
+        let entitlement = self.entitlement(tenant).await?;
+        let limit = entitlement
+            .limit_for(metric)
+            .ok_or_else(|| UsageError::QuotaNotFound { metric: metric.clone() })?;
+        let period = limit.period.containing(now, entitlement.subscription.anchor)?;
+        Ok(self.store.reset_usage(tenant, metric, period, now, key_id).await?)
+    }
+
+    /// The tenant's entitlement, or the error that says why there is none.
+    pub async fn entitlement(&self, tenant: &TenantId) -> Result<tally_domain::Entitlement, ServiceError> {
+        match self.store.find_entitlement(tenant).await? {
+            EntitlementLookup::Found(e) => Ok(e),
+            EntitlementLookup::NoSubscription => {
+                Err(UsageError::NoSubscription { tenant: tenant.clone() }.into())
+            }
+            EntitlementLookup::TenantMissing => Err(ServiceError::NotFound(format!("tenant {tenant}"))),
+        }
+    }
+
+    async fn usage_in(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period: Period,
+    ) -> Result<i64, ServiceError> {
+        match self.store.get_for_period(tenant, metric, period.start()).await {
+            Ok(r) => Ok(r.current_usage),
+            Err(StoreError::NotFound(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn require_tenant(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<tally_domain::Tenant, ServiceError> {
+        self.store
+            .find_tenant(tenant)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("tenant {tenant}")))
+    }
+}

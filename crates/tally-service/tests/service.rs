@@ -1,0 +1,215 @@
+//! The use cases over the in-memory store, with a clock the tests move.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use tally_domain::{
+    Amount, DomainError, KeyScope, LimitEnforcement, Metadata, MetricCode, Name, PeriodKind, PlanCode,
+    PlanSpec, QuotaLimit, TenantId, Timestamp, UsageError, UsageRequest,
+};
+use tally_service::usage::EventFilter;
+use tally_service::{ManualClock, ServiceConfig, ServiceError, Tally};
+use tally_store::UsageRepository;
+use tally_store_memory::MemoryStore;
+
+fn t(s: &str) -> Timestamp {
+    tally_domain::time::parse_rfc3339(s).unwrap()
+}
+
+fn m(s: &str) -> MetricCode {
+    MetricCode::parse(s).unwrap()
+}
+
+fn acme() -> TenantId {
+    TenantId::parse("acme").unwrap()
+}
+
+fn req(metric: &str, amount: i64) -> UsageRequest {
+    UsageRequest {
+        tenant_id: acme(),
+        metric_code: m(metric),
+        amount: Amount::new(amount).unwrap(),
+        idempotency_key: None,
+        metadata: Metadata::default(),
+        timestamp: None,
+    }
+}
+
+async fn tally_with(limits: Vec<QuotaLimit>) -> (Tally<MemoryStore>, ManualClock) {
+    let clock = ManualClock::new(t("2026-11-29T10:00:00Z"));
+    let tally = Tally::with_clock(MemoryStore::new(), Arc::new(clock.clone()), ServiceConfig::default());
+    let pro = PlanCode::parse("pro").unwrap();
+    tally.put_plan(&pro, &PlanSpec::new(Name::parse("Pro").unwrap(), limits).unwrap(), None).await.unwrap();
+    tally.put_tenant(&acme(), &Name::parse("Acme").unwrap()).await.unwrap();
+    tally.subscribe(&acme(), &pro, Some(t("2026-11-15T00:00:00Z")), None).await.unwrap();
+    (tally, clock)
+}
+
+fn hard(metric: &str, value: i64, period: PeriodKind) -> QuotaLimit {
+    QuotaLimit::new(m(metric), Some(value), LimitEnforcement::Hard, period).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_period_starts_from_zero_when_the_clock_crosses_its_boundary() {
+    let (tally, clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Day)]).await;
+    tally.record(req("api_calls", 10)).await.unwrap();
+    let err = tally.record(req("api_calls", 1)).await.unwrap_err();
+    assert!(matches!(err, ServiceError::Usage(UsageError::QuotaExceeded { .. })), "{err:?}");
+    clock.set(t("2026-11-30T00:00:00Z"));
+    let out = tally.record(req("api_calls", 1)).await.unwrap();
+    assert_eq!((out.current_usage, out.period.start()), (1, t("2026-11-30T00:00:00Z")));
+}
+
+#[tokio::test]
+async fn timestamps_outside_the_window_are_refused() {
+    let (tally, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
+    let mut future = req("api_calls", 1);
+    future.timestamp = Some(t("2026-11-29T10:05:01Z"));
+    assert!(matches!(
+        tally.record(future.clone()).await.unwrap_err(),
+        ServiceError::Usage(UsageError::EventOutOfWindow { .. })
+    ));
+    future.timestamp = Some(t("2026-11-29T10:05:00Z"));
+    assert!(tally.record(future).await.is_ok());
+    let mut old = req("api_calls", 1);
+    old.timestamp = Some(t("2026-11-29T10:00:00Z") - Duration::days(35) - Duration::seconds(1));
+    assert!(matches!(
+        tally.record(old).await.unwrap_err(),
+        ServiceError::Usage(UsageError::EventOutOfWindow { .. })
+    ));
+}
+
+#[tokio::test]
+async fn check_answers_without_changing_anything() {
+    let (tally, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
+    tally.record(req("api_calls", 8)).await.unwrap();
+    let yes = tally.check(&acme(), &m("api_calls"), Amount::new(2).unwrap()).await.unwrap();
+    assert_eq!((yes.allowed, yes.current_usage, yes.remaining), (true, 8, Some(2)));
+    let no = tally.check(&acme(), &m("api_calls"), Amount::new(3).unwrap()).await.unwrap();
+    assert!(!no.allowed);
+    assert_eq!(tally.usage(&acme()).await.unwrap().metrics[0].current_usage, 8);
+    let err = tally.check(&acme(), &m("nope"), Amount::new(1).unwrap()).await.unwrap_err();
+    assert!(matches!(err, ServiceError::Usage(UsageError::QuotaNotFound { .. })));
+}
+
+#[tokio::test]
+async fn usage_lists_every_metric_with_zero_where_nothing_was_used() {
+    let soft = QuotaLimit::new(m("storage"), Some(5), LimitEnforcement::Soft, PeriodKind::Month).unwrap();
+    let (tally, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month), soft]).await;
+    tally.record(req("storage", 7)).await.unwrap();
+    let usage = tally.usage(&acme()).await.unwrap();
+    let rows: Vec<(&str, i64, bool)> =
+        usage.metrics.iter().map(|u| (u.metric_code.as_str(), u.current_usage, u.exceeded)).collect();
+    assert_eq!(rows, [("api_calls", 0, false), ("storage", 7, true)]);
+    assert_eq!(usage.plan_code.as_str(), "pro");
+    tally.unsubscribe(&acme(), None).await.unwrap();
+    assert!(matches!(
+        tally.usage(&acme()).await.unwrap_err(),
+        ServiceError::Usage(UsageError::NoSubscription { .. })
+    ));
+}
+
+#[tokio::test]
+async fn event_pages_follow_their_cursor_and_bad_cursors_are_refused() {
+    let (tally, _clock) = tally_with(vec![hard("api_calls", 1_000, PeriodKind::Month)]).await;
+    for i in 1..=5 {
+        tally.record(req("api_calls", i)).await.unwrap();
+    }
+    let mut filter = EventFilter { limit: 2, ..EventFilter::default() };
+    let mut amounts = Vec::new();
+    for _ in 0..5 {
+        let page = tally.events(&acme(), &filter).await.unwrap();
+        amounts.extend(page.events.iter().map(|e| e.event.amount));
+        match page.next_cursor {
+            Some(c) => filter.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(amounts, [5, 4, 3, 2, 1]);
+    let bad = EventFilter { limit: 2, cursor: Some("nope".to_owned()), ..EventFilter::default() };
+    assert!(matches!(
+        tally.events(&acme(), &bad).await.unwrap_err(),
+        ServiceError::Invalid(DomainError::Invalid { field: "cursor", .. })
+    ));
+    let zero = EventFilter { limit: 0, ..EventFilter::default() };
+    assert!(matches!(tally.events(&acme(), &zero).await.unwrap_err(), ServiceError::Invalid(_)));
+    let ghost = TenantId::parse("ghost").unwrap();
+    let ok = EventFilter { limit: 10, ..EventFilter::default() };
+    assert!(matches!(tally.events(&ghost, &ok).await.unwrap_err(), ServiceError::NotFound(_)));
+}
+
+#[tokio::test]
+async fn batch_answers_invalid_items_in_place() {
+    let (tally, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
+    let out = tally
+        .record_batch(vec![
+            Ok(req("api_calls", 4)),
+            Err(DomainError::invalid("amount", "must be between 1 and 1000000000000, got 0")),
+            Ok(req("api_calls", 7)),
+            Ok(req("api_calls", 6)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().map(|o| o.current_usage), Ok(4));
+    assert!(matches!(out[1], Err(ServiceError::Invalid(_))));
+    assert!(matches!(out[2], Err(ServiceError::Usage(UsageError::QuotaExceeded { .. }))));
+    assert_eq!(out[3].as_ref().map(|o| o.current_usage), Ok(10));
+    let too_many: Vec<_> = (0..1001).map(|_| Ok(req("api_calls", 1))).collect();
+    assert!(matches!(tally.record_batch(too_many).await.unwrap_err(), ServiceError::Invalid(_)));
+}
+
+#[tokio::test]
+async fn verify_finds_no_drift_after_resets_and_names_every_drifted_record() {
+    let (tally, clock) = tally_with(vec![hard("api_calls", 100, PeriodKind::Day)]).await;
+    tally.record(req("api_calls", 30)).await.unwrap();
+    tally.reset(&acme(), &m("api_calls"), None).await.unwrap();
+    tally.record(req("api_calls", 5)).await.unwrap();
+    clock.advance(Duration::days(1));
+    tally.record(req("api_calls", 9)).await.unwrap();
+    let report = tally.verify().await.unwrap();
+    assert_eq!((report.n_records, report.n_events, report.n_resets), (2, 3, 1));
+    assert!(report.drifts.is_empty(), "{report:?}");
+
+    // Change a counter behind the use cases' back.
+    let store = tally.store().clone();
+    let mut rec = store.get_current_period(&acme(), &m("api_calls"), tally.now()).await.unwrap();
+    rec.current_usage = 10;
+    store.save(&rec).await.unwrap();
+    let report = tally.verify().await.unwrap();
+    assert_eq!(report.drifts.len(), 1);
+    assert_eq!(
+        (report.drifts[0].record_id, report.drifts[0].recorded, report.drifts[0].expected),
+        (Some(rec.id), Some(10), 9)
+    );
+}
+
+#[tokio::test]
+async fn keys_authenticate_until_revoked_and_tenant_keys_need_their_tenant() {
+    let (tally, _clock) = tally_with(vec![]).await;
+    let (admin, secret) = tally.create_key(KeyScope::Admin, None).await.unwrap();
+    assert_ne!(admin.key_hash, secret);
+    assert_eq!(tally.authenticate(&secret).await.unwrap().map(|k| k.id), Some(admin.id));
+    assert_eq!(tally.authenticate("tly_wrong").await.unwrap(), None);
+    let (scoped, tenant_secret) = tally.create_key(KeyScope::Tenant(acme()), Some(admin.id)).await.unwrap();
+    assert_eq!(
+        tally.authenticate(&tenant_secret).await.unwrap().map(|k| k.scope),
+        Some(KeyScope::Tenant(acme()))
+    );
+    tally.revoke_key(scoped.id, Some(admin.id)).await.unwrap();
+    assert_eq!(tally.authenticate(&tenant_secret).await.unwrap(), None);
+    let ghost = KeyScope::Tenant(TenantId::parse("ghost").unwrap());
+    assert!(matches!(tally.create_key(ghost, None).await.unwrap_err(), ServiceError::NotFound(_)));
+    let log = tally.audit_log(None, 10, None).await.unwrap();
+    assert_eq!(log.entries[0].action, "key.revoke");
+    assert_eq!(log.entries[0].key_id, Some(admin.id));
+}
+
+#[tokio::test]
+async fn a_plan_in_use_cannot_be_deleted() {
+    let (tally, _clock) = tally_with(vec![]).await;
+    let pro = PlanCode::parse("pro").unwrap();
+    assert!(matches!(tally.delete_plan(&pro, None).await.unwrap_err(), ServiceError::Conflict(_)));
+    tally.unsubscribe(&acme(), None).await.unwrap();
+    tally.delete_plan(&pro, None).await.unwrap();
+    assert!(matches!(tally.get_plan(&pro).await.unwrap_err(), ServiceError::NotFound(_)));
+}

@@ -1,0 +1,143 @@
+//! The embedded migrations and their runner: each applied in its own `BEGIN IMMEDIATE`
+//! transaction together with its row in `tally_schema_migrations`.
+//!
+//! Migrations are never edited once written; a change is a new, additive file, so that an
+//! older binary keeps working on a newer schema. Two processes migrating at once both
+//! succeed: the write lock serializes them and the second finds the work done.
+
+use std::time::Instant;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteConnection;
+use tally_store::{SchemaReport, StoreError};
+
+use crate::SqliteStore;
+use crate::error::store_error;
+use crate::rows::micros;
+
+/// The migration set of this adapter (PostgreSQL has `public` and `tenant`).
+const MIGRATION_SET: &str = "main";
+
+/// One migration: a version, a name, and its SQL (any number of statements).
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// Every migration, in ascending version order.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "create_tables",
+        sql: include_str!("../migrations/0001_create_tables.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "event_listing_index",
+        sql: include_str!("../migrations/0002_event_listing_index.sql"),
+    },
+];
+
+const _: () = {
+    let mut idx = 1;
+    while idx < MIGRATIONS.len() {
+        assert!(MIGRATIONS[idx - 1].version < MIGRATIONS[idx].version);
+        idx += 1;
+    }
+};
+
+const CREATE_TRACKING_TABLE: &str = "CREATE TABLE IF NOT EXISTS tally_schema_migrations (
+    set_name   TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    name       TEXT NOT NULL,
+    applied_at INTEGER NOT NULL,
+    PRIMARY KEY (set_name, version)
+)";
+
+/// Applies the pending migrations of `store`.
+pub(crate) async fn migrate(store: &SqliteStore) -> Result<SchemaReport, StoreError> {
+    let started = Instant::now();
+    if !tracking_table_exists(store.pool()).await? {
+        let mut w = store.begin_write().await?;
+        let outcome = sqlx::query(CREATE_TRACKING_TABLE).execute(w.conn()).await.map(|_| ());
+        w.finish(outcome.map_err(store_error)).await?;
+    }
+    let mut applied = 0u32;
+    for migration in MIGRATIONS {
+        // A cheap look first, so that an up-to-date database takes no write lock.
+        if is_applied(store.pool(), migration.version).await? {
+            continue;
+        }
+        let mut w = store.begin_write().await?;
+        let outcome = apply(w.conn(), migration).await;
+        if w.finish(outcome).await? {
+            applied += 1;
+            tracing::info!(version = migration.version, name = migration.name, "sqlite migration applied");
+        }
+    }
+    Ok(SchemaReport {
+        schema: MIGRATION_SET.to_owned(),
+        tenant_id: None,
+        applied,
+        version: schema_version(store.pool()).await?,
+        elapsed: started.elapsed(),
+        error: None,
+    })
+}
+
+/// Applies one migration inside the caller's `BEGIN IMMEDIATE` transaction, unless another
+/// process applied it since the caller looked. Returns whether it was applied now.
+async fn apply(conn: &mut SqliteConnection, migration: &Migration) -> Result<bool, StoreError> {
+    if is_applied(&mut *conn, migration.version).await? {
+        return Ok(false);
+    }
+    sqlx::raw_sql(migration.sql).execute(&mut *conn).await.map_err(store_error)?;
+    sqlx::query(
+        "INSERT INTO tally_schema_migrations (set_name, version, name, applied_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .bind(MIGRATION_SET)
+    .bind(migration.version)
+    .bind(migration.name)
+    .bind(micros(chrono::Utc::now()))
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    Ok(true)
+}
+
+async fn tracking_table_exists(pool: &SqlitePool) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tally_schema_migrations'",
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(store_error)?;
+    Ok(found.is_some())
+}
+
+async fn is_applied<'e, E>(executor: E, version: i64) -> Result<bool, StoreError>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM tally_schema_migrations WHERE set_name = ?1 AND version = ?2")
+            .bind(MIGRATION_SET)
+            .bind(version)
+            .fetch_optional(executor)
+            .await
+            .map_err(store_error)?;
+    Ok(found.is_some())
+}
+
+/// The highest applied version; 0 when nothing was ever applied.
+pub(crate) async fn schema_version(pool: &SqlitePool) -> Result<i64, StoreError> {
+    if !tracking_table_exists(pool).await? {
+        return Ok(0);
+    }
+    sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM tally_schema_migrations WHERE set_name = ?1")
+        .bind(MIGRATION_SET)
+        .fetch_one(pool)
+        .await
+        .map_err(store_error)
+}

@@ -1,0 +1,335 @@
+//! Rows as SQLite returns them, their column lists, and their conversion to domain values
+//! (which re-validates everything read: bad stored data is `Corrupt`, never a panic).
+
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{QueryBuilder, Sqlite};
+use tally_domain::{
+    ApiKey, AuditEntry, EventReceipt, IdempotencyKey, KeyScope, Metadata, MetricCode, Name, Period, Plan,
+    PlanCode, PlanSpec, QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageEvent,
+    UsageRecord,
+};
+use tally_store::StoreError;
+use uuid::Uuid;
+
+use crate::SQLITE_BIND_PARAMS_MAX;
+use crate::error::store_error;
+
+/// How many rows of `n_columns` bound values fit in one statement.
+pub(crate) const fn rows_per_statement(n_columns: usize) -> usize {
+    SQLITE_BIND_PARAMS_MAX / n_columns
+}
+
+/// Microseconds since the Unix epoch: how every timestamp is stored.
+pub(crate) fn micros(t: Timestamp) -> i64 {
+    tally_domain::time::to_micros(t)
+}
+
+/// A stored timestamp.
+pub(crate) fn instant(column: &str, micros: i64) -> Result<Timestamp, StoreError> {
+    tally_domain::time::from_micros(micros)
+        .map_err(|e| StoreError::Corrupt(format!("{column} {micros}: {e}")))
+}
+
+fn opt_instant(column: &str, micros: Option<i64>) -> Result<Option<Timestamp>, StoreError> {
+    micros.map(|m| instant(column, m)).transpose()
+}
+
+/// A stored UUID (hyphenated text).
+pub(crate) fn uuid(column: &str, raw: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(raw).map_err(|e| StoreError::Corrupt(format!("{column} {raw:?}: {e}")))
+}
+
+fn json(column: &str, raw: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(format!("{column} is not JSON: {e}")))
+}
+
+/// The JSON text of a plan's limits, as stored.
+pub(crate) fn limits_json(limits: &[QuotaLimit]) -> Result<String, StoreError> {
+    serde_json::to_string(limits).map_err(|e| StoreError::Other(format!("serializing limits: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------
+// Usage records
+
+/// The columns of `RecordRow`, in order.
+macro_rules! record_columns {
+    () => {
+        "id, tenant_id, metric_code, current_usage, period_start, period_end, created_at, updated_at"
+    };
+}
+pub(crate) use record_columns;
+
+/// A `quota_usage_record` row.
+pub(crate) type RecordRow = (String, String, String, i64, i64, i64, i64, i64);
+
+pub(crate) fn record(row: RecordRow) -> Result<UsageRecord, StoreError> {
+    let (id, tenant_id, metric_code, current_usage, period_start, period_end, created_at, updated_at) = row;
+    Ok(UsageRecord {
+        id: uuid("quota_usage_record.id", &id)?,
+        tenant_id: TenantId::parse(&tenant_id)?,
+        metric_code: MetricCode::parse(&metric_code)?,
+        current_usage,
+        period_start: instant("period_start", period_start)?,
+        period_end: instant("period_end", period_end)?,
+        created_at: instant("created_at", created_at)?,
+        updated_at: instant("updated_at", updated_at)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Usage events
+
+/// The columns of `EventRow`, in order.
+macro_rules! event_columns {
+    () => {
+        "id, tenant_id, metric_code, amount, metadata, idempotency_key, timestamp, created_at, \
+         usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit"
+    };
+}
+pub(crate) use event_columns;
+
+/// Columns of `quota_usage_event`.
+const EVENT_COLUMNS_LEN: usize = 14;
+
+/// A `quota_usage_event` row: the event, then its receipt.
+pub(crate) type EventRow =
+    (String, String, String, i64, String, Option<String>, i64, i64, i64, Option<i64>, String, i64, i64, i64);
+
+pub(crate) fn event(row: EventRow) -> Result<RecordedEvent, StoreError> {
+    let (
+        id,
+        tenant_id,
+        metric_code,
+        amount,
+        metadata,
+        idempotency_key,
+        timestamp,
+        created_at,
+        usage_after,
+        limit_at,
+        enforcement,
+        period_start,
+        period_end,
+        timestamp_explicit,
+    ) = row;
+    let timestamp_explicit = match timestamp_explicit {
+        0 => false,
+        1 => true,
+        other => return Err(StoreError::Corrupt(format!("timestamp_explicit {other} is not 0 or 1"))),
+    };
+    Ok(RecordedEvent {
+        event: UsageEvent {
+            id: uuid("quota_usage_event.id", &id)?,
+            tenant_id: TenantId::parse(&tenant_id)?,
+            metric_code: MetricCode::parse(&metric_code)?,
+            amount,
+            metadata: Metadata::new(json("metadata", &metadata)?)?,
+            idempotency_key: idempotency_key.as_deref().map(IdempotencyKey::parse).transpose()?,
+            timestamp: instant("timestamp", timestamp)?,
+            created_at: instant("created_at", created_at)?,
+        },
+        receipt: EventReceipt {
+            usage_after,
+            limit: limit_at,
+            enforcement: enforcement.parse()?,
+            period: Period::new(instant("period_start", period_start)?, instant("period_end", period_end)?)?,
+            timestamp_explicit,
+        },
+    })
+}
+
+/// Appends events with multi-row inserts, as few as the bind limit allows. Returns the
+/// driver's error so that callers can tell a taken idempotency key from other failures.
+pub(crate) async fn insert_events(
+    conn: &mut SqliteConnection,
+    events: &[RecordedEvent],
+) -> Result<(), sqlx::Error> {
+    for chunk in events.chunks(rows_per_statement(EVENT_COLUMNS_LEN)) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(concat!("INSERT INTO quota_usage_event (", event_columns!(), ") "));
+        qb.push_values(chunk, |mut b, rec| {
+            let (e, r) = (&rec.event, &rec.receipt);
+            b.push_bind(e.id.to_string())
+                .push_bind(e.tenant_id.as_str().to_owned())
+                .push_bind(e.metric_code.as_str().to_owned())
+                .push_bind(e.amount)
+                .push_bind(e.metadata.to_json_string())
+                .push_bind(e.idempotency_key.as_ref().map(|k| k.as_str().to_owned()))
+                .push_bind(micros(e.timestamp))
+                .push_bind(micros(e.created_at))
+                .push_bind(r.usage_after)
+                .push_bind(r.limit)
+                .push_bind(r.enforcement.as_str())
+                .push_bind(micros(r.period.start()))
+                .push_bind(micros(r.period.end()))
+                .push_bind(i64::from(r.timestamp_explicit));
+        });
+        qb.build().persistent(false).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Plans, tenants, subscriptions, overrides
+
+/// The columns of `PlanRow`, in order.
+macro_rules! plan_columns {
+    () => {
+        "code, name, limits, version, created_at, updated_at"
+    };
+}
+pub(crate) use plan_columns;
+
+/// A `tally_plan` or `tally_plan_version` row.
+pub(crate) type PlanRow = (String, String, String, i64, i64, i64);
+
+pub(crate) fn plan(row: PlanRow) -> Result<Plan, StoreError> {
+    let (code, name, limits, version, created_at, updated_at) = row;
+    let code = PlanCode::parse(&code)?;
+    let stored: Vec<QuotaLimit> = serde_json::from_str(&limits)
+        .map_err(|e| StoreError::Corrupt(format!("limits of plan {code}: {e}")))?;
+    // Deserializing checks the codes; the constructors check the rest.
+    let limits = stored
+        .into_iter()
+        .map(|l| QuotaLimit::new(l.metric_code, l.limit, l.enforcement, l.period))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = PlanSpec::new(Name::parse(&name)?, limits)?;
+    Ok(Plan {
+        code,
+        name: spec.name,
+        limits: spec.limits,
+        version,
+        created_at: instant("created_at", created_at)?,
+        updated_at: instant("updated_at", updated_at)?,
+    })
+}
+
+/// A `tally_tenant` row: id, name, internal id (as i64 bits), created_at.
+pub(crate) type TenantRow = (String, String, i64, i64);
+
+pub(crate) fn tenant(row: TenantRow) -> Result<Tenant, StoreError> {
+    let (tenant_id, name, internal_id, created_at) = row;
+    Ok(Tenant {
+        tenant_id: TenantId::parse(&tenant_id)?,
+        name: Name::parse(&name)?,
+        internal_id: u64::from_be_bytes(internal_id.to_be_bytes()),
+        created_at: instant("created_at", created_at)?,
+    })
+}
+
+/// An internal id as stored: the u64's bits as an i64.
+pub(crate) fn internal_id_bits(internal_id: u64) -> i64 {
+    i64::from_be_bytes(internal_id.to_be_bytes())
+}
+
+/// A `tally_subscription` row: tenant, plan, anchor, started_at.
+pub(crate) type SubscriptionRow = (String, String, i64, i64);
+
+pub(crate) fn subscription(row: SubscriptionRow) -> Result<Subscription, StoreError> {
+    let (tenant_id, plan_code, anchor, started_at) = row;
+    Ok(Subscription {
+        tenant_id: TenantId::parse(&tenant_id)?,
+        plan_code: PlanCode::parse(&plan_code)?,
+        anchor: instant("anchor", anchor)?,
+        started_at: instant("started_at", started_at)?,
+    })
+}
+
+/// A tenant and its subscription, if any (a `tally_tenant LEFT JOIN tally_subscription`
+/// row): tenant, plan, anchor, started_at.
+pub(crate) type TenantSubscriptionRow = (String, Option<String>, Option<i64>, Option<i64>);
+
+/// A `tally_override` row with its tenant: tenant, metric, limit, enforcement, period.
+pub(crate) type TenantOverrideRow = (String, String, Option<i64>, String, String);
+
+/// A `tally_override` row without its tenant: metric, limit, enforcement, period.
+pub(crate) type OverrideRow = (String, Option<i64>, String, String);
+
+pub(crate) fn quota_limit(row: OverrideRow) -> Result<QuotaLimit, StoreError> {
+    let (metric_code, limit, enforcement, period) = row;
+    Ok(QuotaLimit::new(MetricCode::parse(&metric_code)?, limit, enforcement.parse()?, period.parse()?)?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys and audit
+
+/// The columns of `KeyRow`, in order.
+macro_rules! key_columns {
+    () => {
+        "id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at"
+    };
+}
+pub(crate) use key_columns;
+
+/// A `tally_api_key` row.
+pub(crate) type KeyRow = (String, String, String, Option<String>, i64, Option<i64>, Option<i64>);
+
+pub(crate) fn key(row: KeyRow) -> Result<ApiKey, StoreError> {
+    let (id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at) = row;
+    let id = uuid("tally_api_key.id", &id)?;
+    let scope = match (scope.as_str(), tenant_id) {
+        ("admin", None) => KeyScope::Admin,
+        ("tenant", Some(t)) => KeyScope::Tenant(TenantId::parse(&t)?),
+        (other, t) => {
+            return Err(StoreError::Corrupt(format!("key {id} has scope {other:?} with tenant {t:?}")));
+        }
+    };
+    Ok(ApiKey {
+        id,
+        scope,
+        key_hash,
+        created_at: instant("created_at", created_at)?,
+        last_used_at: opt_instant("last_used_at", last_used_at)?,
+        revoked_at: opt_instant("revoked_at", revoked_at)?,
+    })
+}
+
+/// The columns of `AuditRow`, in order.
+macro_rules! audit_columns {
+    () => {
+        "id, at, key_id, action, tenant_id, details"
+    };
+}
+pub(crate) use audit_columns;
+
+/// A `tally_audit` row.
+pub(crate) type AuditRow = (String, i64, Option<String>, String, Option<String>, String);
+
+pub(crate) fn audit(row: AuditRow) -> Result<AuditEntry, StoreError> {
+    let (id, at, key_id, action, tenant_id, details) = row;
+    Ok(AuditEntry {
+        id: uuid("tally_audit.id", &id)?,
+        at: instant("at", at)?,
+        key_id: key_id.as_deref().map(|k| uuid("tally_audit.key_id", k)).transpose()?,
+        action,
+        tenant_id: tenant_id.as_deref().map(TenantId::parse).transpose()?,
+        details: json("details", &details)?,
+    })
+}
+
+/// Writes an audit entry, inside the caller's transaction, under its own id while that id
+/// is free. Callers may hand the same entry to several mutations (the contract suite does),
+/// and each mutation is its own line in the log, so a taken id is replaced by a fresh
+/// UUID v7, which also sorts the line after the earlier ones.
+pub(crate) async fn insert_audit(conn: &mut SqliteConnection, entry: &AuditEntry) -> Result<(), StoreError> {
+    for id in [entry.id, Uuid::now_v7()] {
+        let done = sqlx::query(concat!(
+            "INSERT INTO tally_audit (",
+            audit_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING"
+        ))
+        .bind(id.to_string())
+        .bind(micros(entry.at))
+        .bind(entry.key_id.map(|k| k.to_string()))
+        .bind(entry.action.as_str())
+        .bind(entry.tenant_id.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(entry.details.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+    }
+    Err(StoreError::Conflict(format!("audit id {} and a fresh one are both taken", entry.id)))
+}

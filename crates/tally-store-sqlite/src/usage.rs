@@ -1,0 +1,656 @@
+//! Usage on SQLite: the seed's repository and event recorder, and the hot path, which runs
+//! `tally_store::apply_in_tx` inside one `BEGIN IMMEDIATE` transaction through `SqliteUsageTx`.
+
+use std::collections::HashMap;
+
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite};
+use tally_domain::limits::APPLY_RETRY_MAX;
+use tally_domain::{
+    IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageError, UsageOutcome,
+    UsageRecord, UsageRequest,
+};
+use tally_store::{
+    EntitlementLookup, EventQuery, EventRecorder, LockedRecord, RecordKey, RecordUpdate, StoreError,
+    UsageApplier, UsageRepository, UsageTx, apply_in_tx, reset_audit,
+};
+use uuid::Uuid;
+
+use crate::error::{EVENT_IDEMPOTENCY_CONSTRAINT, store_error, unique_violation};
+use crate::rows::{
+    self, EventRow, RecordRow, event_columns, insert_audit, micros, record_columns, rows_per_statement,
+};
+use crate::{SqliteStore, admin, rollback};
+
+impl UsageRepository for SqliteStore {
+    async fn list_by_tenant_and_metric(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM quota_usage_record WHERE tenant_id = "
+        ));
+        qb.push_bind(tenant.as_str()).push(" AND metric_code = ").push_bind(metric.as_str());
+        if let Some(from) = from {
+            qb.push(" AND period_start >= ").push_bind(micros(from));
+        }
+        if let Some(to) = to {
+            qb.push(" AND period_start < ").push_bind(micros(to));
+        }
+        qb.push(" ORDER BY period_start DESC LIMIT ").push_bind(i64::from(limit));
+        let found: Vec<RecordRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
+        found.into_iter().map(rows::record).collect()
+    }
+
+    async fn get_current_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        at: Timestamp,
+    ) -> Result<UsageRecord, StoreError> {
+        let found: Option<RecordRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM quota_usage_record WHERE tenant_id = ?1 AND metric_code = ?2",
+            " AND period_start <= ?3 AND period_end > ?3 ORDER BY period_start DESC LIMIT 1"
+        ))
+        .bind(tenant.as_str())
+        .bind(metric.as_str())
+        .bind(micros(at))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let row = found.ok_or_else(|| StoreError::not_found(format!("usage record of {tenant} {metric}")))?;
+        rows::record(row)
+    }
+
+    async fn get_by_id(&self, tenant: &TenantId, id: Uuid) -> Result<UsageRecord, StoreError> {
+        let found: Option<RecordRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM quota_usage_record WHERE id = ?1 AND tenant_id = ?2"
+        ))
+        .bind(id.to_string())
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows::record(found.ok_or_else(|| StoreError::not_found(format!("usage record {id}")))?)
+    }
+
+    async fn save(&self, record: &UsageRecord) -> Result<(), StoreError> {
+        let _writer = self.lock_writer().await?;
+        // Only the counter and updated_at change; an id that names another tenant's, metric's
+        // or period's record matches no row of the upsert's WHERE, which is a conflict.
+        let upsert = sqlx::query(concat!(
+            "INSERT INTO quota_usage_record (",
+            record_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            " ON CONFLICT (id) DO UPDATE SET current_usage = excluded.current_usage,",
+            " updated_at = excluded.updated_at",
+            " WHERE quota_usage_record.tenant_id = excluded.tenant_id",
+            " AND quota_usage_record.metric_code = excluded.metric_code",
+            " AND quota_usage_record.period_start = excluded.period_start",
+            " AND quota_usage_record.period_end = excluded.period_end"
+        ));
+        let done = bind_record(upsert, record).execute(&self.pool).await.map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "usage record {} exists for another tenant, metric or period",
+                record.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: Uuid) -> Result<(), StoreError> {
+        let _writer = self.lock_writer().await?;
+        let done = sqlx::query("DELETE FROM quota_usage_record WHERE id = ?1 AND tenant_id = ?2")
+            .bind(id.to_string())
+            .bind(tenant.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found(format!("usage record {id}")));
+        }
+        Ok(())
+    }
+
+    async fn get_for_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period_start: Timestamp,
+    ) -> Result<UsageRecord, StoreError> {
+        let found = find_record(&self.pool, tenant, metric, period_start).await?;
+        found.ok_or_else(|| {
+            StoreError::not_found(format!("usage record of {tenant} {metric} at {period_start}"))
+        })
+    }
+}
+
+/// One page of a tenant's events, newest first: `SELECT ... LIMIT ?` appended to `qb`.
+///
+/// The listing index is named: without statistics SQLite 3.51 takes the older
+/// `(tenant_id, metric_code, created_at)` index for `tenant_id = ?` and sorts every event
+/// of the tenant, where this one reads the page in order and stops.
+fn push_events_page(qb: &mut QueryBuilder<Sqlite>, tenant: &TenantId, query: &EventQuery) {
+    qb.push(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM quota_usage_event INDEXED BY quota_usage_event_tenant_ts_idx WHERE tenant_id = "
+    ));
+    qb.push_bind(tenant.as_str());
+    if let Some(metric) = &query.metric_code {
+        qb.push(" AND metric_code = ").push_bind(metric.as_str());
+    }
+    if let Some(from) = query.from {
+        qb.push(" AND timestamp >= ").push_bind(micros(from));
+    }
+    if let Some(to) = query.to {
+        qb.push(" AND timestamp < ").push_bind(micros(to));
+    }
+    if let Some(after) = query.after {
+        // The first term bounds the index range; the second is the exact keyset order.
+        // UUID v7 text compares in time order: fixed-width lowercase hex.
+        let at = micros(after.timestamp);
+        qb.push(" AND timestamp <= ").push_bind(at);
+        qb.push(" AND (timestamp < ").push_bind(at);
+        qb.push(" OR (timestamp = ").push_bind(at).push(" AND id < ").push_bind(after.id.to_string());
+        qb.push("))");
+    }
+    qb.push(" ORDER BY timestamp DESC, id DESC LIMIT ").push_bind(i64::from(query.limit));
+}
+
+/// Binds a record's columns, in `record_columns!()` order, as `?1` to `?8`.
+fn bind_record<'q>(
+    query: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
+    record: &UsageRecord,
+) -> sqlx::query::Query<'q, Sqlite, SqliteArguments> {
+    query
+        .bind(record.id.to_string())
+        .bind(record.tenant_id.as_str().to_owned())
+        .bind(record.metric_code.as_str().to_owned())
+        .bind(record.current_usage)
+        .bind(micros(record.period_start))
+        .bind(micros(record.period_end))
+        .bind(micros(record.created_at))
+        .bind(micros(record.updated_at))
+}
+
+/// The record of `metric` whose period starts at `period_start`, if any.
+async fn find_record<'e, E>(
+    executor: E,
+    tenant: &TenantId,
+    metric: &MetricCode,
+    period_start: Timestamp,
+) -> Result<Option<UsageRecord>, StoreError>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let found: Option<RecordRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM quota_usage_record WHERE tenant_id = ?1 AND metric_code = ?2 AND period_start = ?3"
+    ))
+    .bind(tenant.as_str())
+    .bind(metric.as_str())
+    .bind(micros(period_start))
+    .fetch_optional(executor)
+    .await
+    .map_err(store_error)?;
+    found.map(rows::record).transpose()
+}
+
+impl EventRecorder for SqliteStore {
+    async fn record(&self, event: &RecordedEvent) -> Result<(), StoreError> {
+        let _writer = self.lock_writer().await?;
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        rows::insert_events(&mut conn, std::slice::from_ref(event)).await.map_err(store_error)
+    }
+
+    async fn get_events_for_metric(
+        &self,
+        tenant: &TenantId,
+        query: &EventQuery,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
+        push_events_page(&mut qb, tenant, query);
+        let found: Vec<EventRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
+        found.into_iter().map(rows::event).collect()
+    }
+}
+
+impl UsageApplier for SqliteStore {
+    async fn apply_usage(
+        &self,
+        requests: &[UsageRequest],
+        now: Timestamp,
+    ) -> Result<Vec<Result<UsageOutcome, UsageError>>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _writer = self.lock_writer().await?;
+        // The first run and at most APPLY_RETRY_MAX re-runs.
+        for attempt in 0..=APPLY_RETRY_MAX {
+            let mut tx = self.begin_immediate().await?;
+            let outcome = apply_in_tx(&mut SqliteUsageTx { conn: &mut tx }, requests, now).await;
+            match outcome {
+                Ok(results) => {
+                    tx.commit().await.map_err(store_error)?;
+                    return Ok(results);
+                }
+                Err(StoreError::Retry) => {
+                    rollback(tx).await;
+                    tracing::debug!(attempt, "usage transaction lost a race on an idempotency key");
+                }
+                Err(e) => {
+                    rollback(tx).await;
+                    return Err(e);
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the usage transaction lost a race {} times in a row",
+            APPLY_RETRY_MAX + 1
+        )))
+    }
+
+    async fn reset_usage(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period: Period,
+        now: Timestamp,
+        key_id: Option<Uuid>,
+    ) -> Result<UsageRecord, StoreError> {
+        let mut w = self.begin_write().await?;
+        let outcome = reset_in_tx(w.conn(), tenant, metric, period, now, key_id).await;
+        w.finish(outcome).await
+    }
+}
+
+async fn reset_in_tx(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    metric: &MetricCode,
+    period: Period,
+    now: Timestamp,
+    key_id: Option<Uuid>,
+) -> Result<UsageRecord, StoreError> {
+    let before = match find_record(&mut *conn, tenant, metric, period.start()).await? {
+        Some(existing) => existing,
+        None => {
+            let zero = UsageRecord::new(tenant.clone(), metric.clone(), period, now);
+            let insert = sqlx::query(concat!(
+                "INSERT INTO quota_usage_record (",
+                record_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ));
+            bind_record(insert, &zero).execute(&mut *conn).await.map_err(store_error)?;
+            zero
+        }
+    };
+    let mut after = before.clone();
+    after.reset(now);
+    sqlx::query("UPDATE quota_usage_record SET current_usage = ?2, updated_at = ?3 WHERE id = ?1")
+        .bind(after.id.to_string())
+        .bind(after.current_usage)
+        .bind(micros(after.updated_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    insert_audit(conn, &reset_audit(key_id, now, &before)).await?;
+    Ok(after)
+}
+
+/// One `BEGIN IMMEDIATE` transaction seen by the apply algorithm. The write lock is held
+/// from the start, so nothing changes between its reads and its writes.
+struct SqliteUsageTx<'c> {
+    conn: &'c mut SqliteConnection,
+}
+
+/// The events stored under these keys: a `SELECT` appended to `qb`. The keys are the outer
+/// loop of a `CROSS JOIN` (which SQLite never reorders), so each is one search of the
+/// unique index; a row-value `IN (VALUES ...)` would scan the table.
+fn push_events_by_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[(TenantId, IdempotencyKey)]) {
+    // The key columns are named apart from the event's, which the select names bare.
+    qb.push("WITH k (key_tenant_id, key_value) AS (");
+    qb.push_values(keys, |mut b, (tenant, key)| {
+        b.push_bind(tenant.as_str()).push_bind(key.as_str());
+    });
+    qb.push(concat!(
+        ") SELECT ",
+        event_columns!(),
+        " FROM k CROSS JOIN quota_usage_event AS e",
+        " ON e.tenant_id = k.key_tenant_id AND e.idempotency_key = k.key_value"
+    ));
+}
+
+/// The id and counter of the records with these keys: a `SELECT` appended to `qb`, one
+/// search of `quota_usage_record_uq` per key (see `push_events_by_keys`).
+fn push_records_by_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[RecordKey]) {
+    qb.push("WITH k (tenant_id, metric_code, period_start) AS (");
+    qb.push_values(keys, |mut b, key| {
+        b.push_bind(key.tenant_id.as_str())
+            .push_bind(key.metric_code.as_str())
+            .push_bind(micros(key.period.start()));
+    });
+    qb.push(
+        ") SELECT r.tenant_id, r.metric_code, r.period_start, r.id, r.current_usage \
+         FROM k CROSS JOIN quota_usage_record AS r ON r.tenant_id = k.tenant_id \
+         AND r.metric_code = k.metric_code AND r.period_start = k.period_start",
+    );
+}
+
+/// Columns bound per row when creating a zero record.
+const NEW_RECORD_BINDS: usize = 7;
+/// Columns bound per row when selecting records by key.
+const RECORD_KEY_BINDS: usize = 3;
+/// Columns bound per row when updating counters.
+const RECORD_UPDATE_BINDS: usize = 3;
+
+impl UsageTx for SqliteUsageTx<'_> {
+    async fn load_entitlements(
+        &mut self,
+        tenants: &[TenantId],
+    ) -> Result<HashMap<TenantId, EntitlementLookup>, StoreError> {
+        admin::load_entitlements(self.conn, tenants).await
+    }
+
+    async fn find_events_by_keys(
+        &mut self,
+        keys: &[(TenantId, IdempotencyKey)],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in keys.chunks(rows_per_statement(2)) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
+            push_events_by_keys(&mut qb, chunk);
+            let page: Vec<EventRow> = qb
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *self.conn)
+                .await
+                .map_err(store_error)?;
+            for row in page {
+                found.push(rows::event(row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn lock_records(
+        &mut self,
+        keys: &[RecordKey],
+        now: Timestamp,
+    ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
+        debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys are given in ascending order");
+        // Every missing record is created with the id proposed here; the write lock taken by
+        // BEGIN IMMEDIATE means that a row carrying its proposed id was created by this
+        // transaction and by no other.
+        let proposed: Vec<(&RecordKey, Uuid)> = keys.iter().map(|k| (k, Uuid::now_v7())).collect();
+        let at = micros(now);
+        for chunk in proposed.chunks(rows_per_statement(NEW_RECORD_BINDS)) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new(concat!("INSERT INTO quota_usage_record (", record_columns!(), ") "));
+            qb.push_values(chunk, |mut b, (key, id)| {
+                b.push_bind(id.to_string())
+                    .push_bind(key.tenant_id.as_str())
+                    .push_bind(key.metric_code.as_str())
+                    .push("0")
+                    .push_bind(micros(key.period.start()))
+                    .push_bind(micros(key.period.end()))
+                    .push_bind(at)
+                    .push_bind(at);
+            });
+            qb.push(" ON CONFLICT (tenant_id, metric_code, period_start) DO NOTHING");
+            qb.build().persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+        }
+
+        let mut stored: HashMap<(String, String, i64), (String, i64)> = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(rows_per_statement(RECORD_KEY_BINDS)) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
+            push_records_by_keys(&mut qb, chunk);
+            let page: Vec<(String, String, i64, String, i64)> = qb
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *self.conn)
+                .await
+                .map_err(store_error)?;
+            for (tenant_id, metric_code, period_start, id, current_usage) in page {
+                stored.insert((tenant_id, metric_code, period_start), (id, current_usage));
+            }
+        }
+
+        let mut locked = HashMap::with_capacity(keys.len());
+        for (key, proposed_id) in proposed {
+            let lookup = (
+                key.tenant_id.as_str().to_owned(),
+                key.metric_code.as_str().to_owned(),
+                micros(key.period.start()),
+            );
+            let (id, current_usage) = stored.remove(&lookup).ok_or_else(|| {
+                StoreError::Other(format!(
+                    "usage record of {} {} at {} was neither found nor created",
+                    key.tenant_id,
+                    key.metric_code,
+                    key.period.start()
+                ))
+            })?;
+            let id = rows::uuid("quota_usage_record.id", &id)?;
+            locked.insert(key.clone(), LockedRecord { id, current_usage, created: id == proposed_id });
+        }
+        Ok(locked)
+    }
+
+    async fn update_records(&mut self, updates: &[RecordUpdate], now: Timestamp) -> Result<(), StoreError> {
+        let at = micros(now);
+        for chunk in updates.chunks(rows_per_statement(RECORD_UPDATE_BINDS)) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("WITH v (id, current_usage, updated_at) AS (");
+            qb.push_values(chunk, |mut b, u| {
+                b.push_bind(u.id.to_string()).push_bind(u.current_usage).push_bind(at);
+            });
+            qb.push(
+                ") UPDATE quota_usage_record SET current_usage = v.current_usage, updated_at = v.updated_at \
+                 FROM v WHERE quota_usage_record.id = v.id",
+            );
+            let done = qb.build().persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+            if done.rows_affected() != chunk.len() as u64 {
+                return Err(StoreError::Other(format!(
+                    "updated {} of {} locked usage records",
+                    done.rows_affected(),
+                    chunk.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(rows_per_statement(1)) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM quota_usage_record WHERE id IN (");
+            let mut ids = qb.separated(", ");
+            for (_, id) in chunk {
+                ids.push_bind(id.to_string());
+            }
+            qb.push(")");
+            qb.build().persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+        match rows::insert_events(self.conn, events).await {
+            Ok(()) => Ok(()),
+            Err(e) if unique_violation(&e).as_deref() == Some(EVENT_IDEMPOTENCY_CONSTRAINT) => {
+                Err(StoreError::Retry)
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_domain::{EventReceipt, LimitEnforcement, Metadata, PeriodKind, UsageEvent};
+    use tally_store::EventCursor;
+    use tally_store::contract::{metric, now, tenant};
+
+    use super::*;
+
+    /// SQLite's plan for the statement in `qb` (which starts with `EXPLAIN QUERY PLAN`).
+    async fn plan_of(store: &SqliteStore, mut qb: QueryBuilder<Sqlite>) -> String {
+        let steps: Vec<(i64, i64, i64, String)> = qb.build_query_as().fetch_all(store.pool()).await.unwrap();
+        steps.into_iter().map(|(_, _, _, detail)| detail).collect::<Vec<_>>().join("\n")
+    }
+
+    fn explain() -> QueryBuilder<Sqlite> {
+        QueryBuilder::new("EXPLAIN QUERY PLAN ")
+    }
+
+    #[tokio::test]
+    async fn event_pages_walk_the_listing_index_whatever_the_filter() {
+        let store = SqliteStore::open_temp_file().await.unwrap();
+        let tenant = TenantId::parse("acme").unwrap();
+        let at = tally_domain::time::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
+        let cursor = EventCursor { timestamp: at, id: Uuid::now_v7() };
+        let queries = [
+            EventQuery { metric_code: None, from: None, to: None, limit: 10, after: None },
+            EventQuery { metric_code: None, from: Some(at), to: Some(at), limit: 10, after: Some(cursor) },
+            EventQuery {
+                metric_code: Some(MetricCode::parse("api_calls").unwrap()),
+                from: None,
+                to: None,
+                limit: 10,
+                after: Some(cursor),
+            },
+        ];
+        for query in queries {
+            let mut qb = explain();
+            push_events_page(&mut qb, &tenant, &query);
+            let plan = plan_of(&store, qb).await;
+            assert!(
+                plan.contains("USING INDEX quota_usage_event_tenant_ts_idx (tenant_id=?"),
+                "{query:?}: {plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "no sort step: {plan}");
+        }
+    }
+
+    #[tokio::test]
+    async fn keyed_lookups_search_the_unique_indexes_and_never_scan() {
+        let store = SqliteStore::open_temp_file().await.unwrap();
+        let tenant = TenantId::parse("acme").unwrap();
+        let keys: Vec<(TenantId, IdempotencyKey)> =
+            (0..3).map(|i| (tenant.clone(), IdempotencyKey::parse(&format!("k{i}")).unwrap())).collect();
+        let mut qb = explain();
+        push_events_by_keys(&mut qb, &keys);
+        let plan = plan_of(&store, qb).await;
+        assert!(plan.contains("SEARCH e USING INDEX"), "{plan}");
+        assert!(!plan.contains("SCAN e") && !plan.contains("SCAN quota_usage_event"), "{plan}");
+
+        let at = tally_domain::time::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
+        let period = PeriodKind::Day.containing(at, at).unwrap();
+        let record_keys: Vec<RecordKey> = ["a", "b"]
+            .into_iter()
+            .map(|m| RecordKey {
+                tenant_id: tenant.clone(),
+                metric_code: MetricCode::parse(m).unwrap(),
+                period,
+            })
+            .collect();
+        let mut qb = explain();
+        push_records_by_keys(&mut qb, &record_keys);
+        let plan = plan_of(&store, qb).await;
+        assert!(plan.contains("SEARCH r USING INDEX"), "{plan}");
+        assert!(!plan.contains("SCAN r") && !plan.contains("SCAN quota_usage_record"), "{plan}");
+    }
+
+    fn record_key(m: &str) -> RecordKey {
+        RecordKey {
+            tenant_id: tenant("acme"),
+            metric_code: metric(m),
+            period: PeriodKind::Day.containing(now(), now()).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn lock_records_creates_what_is_missing_and_says_so_only_for_those() {
+        let store = SqliteStore::open_temp_file().await.unwrap();
+        let mut tx = store.begin_immediate().await.unwrap();
+        let first = SqliteUsageTx { conn: &mut tx }
+            .lock_records(&[record_key("a"), record_key("b")], now())
+            .await
+            .unwrap();
+        assert!(first.values().all(|l| l.created && l.current_usage == 0), "{first:?}");
+        let a = first[&record_key("a")].id;
+        let update = RecordUpdate { id: a, key: record_key("a"), current_usage: 5 };
+        SqliteUsageTx { conn: &mut tx }.update_records(&[update], now()).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.begin_immediate().await.unwrap();
+        let keys = [record_key("a"), record_key("b"), record_key("c")];
+        let second = SqliteUsageTx { conn: &mut tx }.lock_records(&keys, now()).await.unwrap();
+        assert_eq!(second[&record_key("a")], LockedRecord { id: a, current_usage: 5, created: false });
+        assert!(!second[&record_key("b")].created);
+        assert!(second[&record_key("c")].created);
+        let c = second[&record_key("c")].id;
+        SqliteUsageTx { conn: &mut tx }.delete_records(&[(record_key("c"), c)]).await.unwrap();
+        tx.commit().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quota_usage_record")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    fn event(key: Option<&str>) -> RecordedEvent {
+        RecordedEvent {
+            event: UsageEvent {
+                id: Uuid::now_v7(),
+                tenant_id: tenant("acme"),
+                metric_code: metric("api_calls"),
+                amount: 1,
+                metadata: Metadata::default(),
+                idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
+                timestamp: now(),
+                created_at: now(),
+            },
+            receipt: EventReceipt {
+                usage_after: 1,
+                limit: None,
+                enforcement: LimitEnforcement::None,
+                period: PeriodKind::Day.containing(now(), now()).unwrap(),
+                timestamp_explicit: false,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_taken_since_the_lookup_is_a_retry_and_a_taken_id_a_conflict() {
+        let store = SqliteStore::open_temp_file().await.unwrap();
+        let mut tx = store.begin_immediate().await.unwrap();
+        let first = event(Some("k"));
+        SqliteUsageTx { conn: &mut tx }.insert_events(std::slice::from_ref(&first)).await.unwrap();
+        let again = SqliteUsageTx { conn: &mut tx }.insert_events(&[event(Some("k"))]).await;
+        assert_eq!(again, Err(StoreError::Retry));
+        let mut same_id = event(None);
+        same_id.event.id = first.event.id;
+        let clash = SqliteUsageTx { conn: &mut tx }.insert_events(&[same_id]).await;
+        assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
+        let found = SqliteUsageTx { conn: &mut tx }
+            .find_events_by_keys(&[(tenant("acme"), IdempotencyKey::parse("k").unwrap())])
+            .await
+            .unwrap();
+        assert_eq!(found, vec![first]);
+    }
+}

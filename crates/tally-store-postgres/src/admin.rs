@@ -1,0 +1,600 @@
+//! Plans, tenants, subscriptions, overrides, API keys and the audit log: the base schema's
+//! tables. Every admin mutation writes its audit entry in the transaction of the change,
+//! and only when something changed.
+
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection};
+use tally_domain::quota::schema_name_for;
+use tally_domain::{
+    ApiKey, AuditEntry, MetricCode, Name, Override, Plan, PlanCode, PlanSpec, QuotaLimit, Subscription,
+    Tenant, TenantId, Timestamp,
+};
+use tally_store::{
+    AuditStore, EntitlementLookup, KeyStore, PlanStore, PutOutcome, StoreError, TenantStore, VerifyInputs,
+};
+use uuid::Uuid;
+
+use crate::migrate::create_tenant_schema_sql;
+use crate::rows::{
+    AUDIT_COLUMNS, KEY_COLUMNS, OVERRIDE_COLUMNS, PLAN_COLUMNS, SUBSCRIPTION_COLUMNS, TENANT_COLUMNS,
+    audit_from_row, get, key_from_row, map_err, override_from_row, plan_from_row, subscription_from_row,
+    tenant_from_row,
+};
+use crate::scope::internal_id_to_db;
+use crate::usage::{list_limit, load_entitlements, verify_inputs};
+use crate::{PgStore, Tenancy};
+
+/// Rows a "list every ..." call returns at most (plans, plan versions, keys, overrides):
+/// admin-made rows that never come near this many.
+pub(crate) const WHOLE_LIST_LEN_MAX: i64 = 10_000;
+
+/// Passes a create-or-update makes at most: the second one finds the row that a
+/// concurrent first writer created meanwhile.
+const UPSERT_PASSES_MAX: usize = 2;
+
+/// Writes `audit` in the caller's transaction. An entry whose id is taken already (the
+/// same `AuditEntry` passed to a second mutation) is written again under a fresh v7 id:
+/// every change keeps its own line in the log.
+pub(crate) async fn insert_audit(conn: &mut PgConnection, audit: &AuditEntry) -> Result<(), StoreError> {
+    let sql =
+        "INSERT INTO tally_audit (id, at, key_id, action, tenant_id, details) VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (id) DO NOTHING";
+    for id in [audit.id, Uuid::now_v7()] {
+        let done = sqlx::query(sql)
+            .bind(id)
+            .bind(audit.at)
+            .bind(audit.key_id)
+            .bind(audit.action.as_str())
+            .bind(audit.tenant_id.as_ref().map(TenantId::as_str))
+            .bind(Json(&audit.details))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+    }
+    Err(StoreError::Conflict("tally_audit_pkey".to_owned()))
+}
+
+/// Keeps `plan` as a version in its history.
+async fn insert_plan_version(conn: &mut PgConnection, plan: &Plan) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO tally_plan_version (code, version, name, limits, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(plan.code.as_str())
+    .bind(plan.version)
+    .bind(plan.name.as_str())
+    .bind(Json(&plan.limits))
+    .bind(plan.created_at)
+    .bind(plan.updated_at)
+    .execute(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+fn plan_not_found(code: &PlanCode) -> StoreError {
+    StoreError::not_found(format!("plan {code}"))
+}
+
+fn tenant_not_found(tenant: &TenantId) -> StoreError {
+    StoreError::not_found(format!("tenant {tenant}"))
+}
+
+/// Whether the tenant exists, in the caller's transaction.
+pub(crate) async fn tenant_exists(conn: &mut PgConnection, tenant: &TenantId) -> Result<bool, StoreError> {
+    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tally_tenant WHERE tenant_id = $1)")
+        .bind(tenant.as_str())
+        .fetch_one(conn)
+        .await
+        .map_err(map_err)
+}
+
+impl PlanStore for PgStore {
+    async fn put_plan(
+        &self,
+        code: &PlanCode,
+        spec: &PlanSpec,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<PutOutcome<Plan>, StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        for _ in 0..UPSERT_PASSES_MAX {
+            let sql = format!("SELECT {PLAN_COLUMNS} FROM tally_plan WHERE code = $1 FOR UPDATE");
+            let existing = sqlx::query(AssertSqlSafe(sql))
+                .bind(code.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            let (plan, created) = match existing {
+                Some(row) => {
+                    let old = plan_from_row(&row)?;
+                    if old.matches(spec) {
+                        tx.rollback().await.map_err(map_err)?;
+                        return Ok(PutOutcome::Unchanged(old));
+                    }
+                    let sql = format!(
+                        "UPDATE tally_plan SET name = $2, limits = $3, version = version + 1, updated_at = $4
+                          WHERE code = $1 RETURNING {PLAN_COLUMNS}"
+                    );
+                    let row = sqlx::query(AssertSqlSafe(sql))
+                        .bind(code.as_str())
+                        .bind(spec.name.as_str())
+                        .bind(Json(&spec.limits))
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    (plan_from_row(&row)?, false)
+                }
+                None => {
+                    let sql = format!(
+                        "INSERT INTO tally_plan (code, name, limits, version, created_at, updated_at)
+                         VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (code) DO NOTHING RETURNING {PLAN_COLUMNS}"
+                    );
+                    let row = sqlx::query(AssertSqlSafe(sql))
+                        .bind(code.as_str())
+                        .bind(spec.name.as_str())
+                        .bind(Json(&spec.limits))
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    match row {
+                        Some(row) => (plan_from_row(&row)?, true),
+                        // A concurrent put created it meanwhile: lock it and compare.
+                        None => continue,
+                    }
+                }
+            };
+            insert_plan_version(&mut tx, &plan).await?;
+            insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(map_err)?;
+            return Ok(if created { PutOutcome::Created(plan) } else { PutOutcome::Updated(plan) });
+        }
+        Err(StoreError::Retry)
+    }
+
+    async fn find_plan(&self, code: &PlanCode) -> Result<Option<Plan>, StoreError> {
+        let sql = format!("SELECT {PLAN_COLUMNS} FROM tally_plan WHERE code = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(code.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(plan_from_row).transpose()
+    }
+
+    async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
+        let sql = format!("SELECT {PLAN_COLUMNS} FROM tally_plan ORDER BY code LIMIT $1");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(WHOLE_LIST_LEN_MAX)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(plan_from_row).collect()
+    }
+
+    async fn list_plan_versions(&self, code: &PlanCode) -> Result<Vec<Plan>, StoreError> {
+        let sql = format!(
+            "SELECT {PLAN_COLUMNS} FROM tally_plan_version WHERE code = $1 ORDER BY version DESC LIMIT $2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(code.as_str())
+            .bind(WHOLE_LIST_LEN_MAX)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(plan_from_row).collect()
+    }
+
+    async fn delete_plan(&self, code: &PlanCode, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let found = sqlx::query("SELECT code FROM tally_plan WHERE code = $1 FOR UPDATE")
+            .bind(code.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if found.is_none() {
+            return Err(plan_not_found(code));
+        }
+        let subscribers: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tally_subscription WHERE plan_code = $1")
+                .bind(code.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if subscribers > 0 {
+            return Err(StoreError::Conflict(format!("plan {code} has {subscribers} subscribers")));
+        }
+        sqlx::query("DELETE FROM tally_plan WHERE code = $1")
+            .bind(code.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query("DELETE FROM tally_plan_version WHERE code = $1")
+            .bind(code.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+}
+
+impl TenantStore for PgStore {
+    async fn put_tenant(
+        &self,
+        tenant_id: &TenantId,
+        name: &Name,
+        now: Timestamp,
+    ) -> Result<PutOutcome<Tenant>, StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let internal_id = Uuid::new_v4().as_u64_pair().0;
+        let sql = format!(
+            "INSERT INTO tally_tenant AS t (tenant_id, name, internal_id, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name WHERE t.name IS DISTINCT FROM EXCLUDED.name
+             RETURNING {TENANT_COLUMNS}, (t.xmax = 0) AS created"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.as_str())
+            .bind(name.as_str())
+            .bind(internal_id_to_db(internal_id))
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let Some(row) = row else {
+            // The tenant exists with this name already.
+            let sql = format!("SELECT {TENANT_COLUMNS} FROM tally_tenant WHERE tenant_id = $1");
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(tenant_id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(PutOutcome::Unchanged(tenant_from_row(&row)?));
+        };
+        let tenant = tenant_from_row(&row)?;
+        let created: bool = get(&row, "created")?;
+        if created && self.tenancy() == Tenancy::Schema {
+            let sql = create_tenant_schema_sql(&schema_name_for(tenant.internal_id), self.base_schema());
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(if created { PutOutcome::Created(tenant) } else { PutOutcome::Updated(tenant) })
+    }
+
+    async fn find_tenant(&self, tenant_id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tally_tenant WHERE tenant_id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: u32) -> Result<Vec<Tenant>, StoreError> {
+        let sql = format!(
+            "SELECT {TENANT_COLUMNS} FROM tally_tenant WHERE ($1::text IS NULL OR tenant_id > $1)
+              ORDER BY tenant_id LIMIT $2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(after.map(TenantId::as_str))
+            .bind(list_limit(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    async fn put_subscription(
+        &self,
+        tenant_id: &TenantId,
+        plan: &PlanCode,
+        anchor: Option<Timestamp>,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<Subscription, StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM tally_tenant WHERE tenant_id = $1) AS tenant_found,
+                    EXISTS (SELECT 1 FROM tally_plan WHERE code = $2) AS plan_found",
+        )
+        .bind(tenant_id.as_str())
+        .bind(plan.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if !get::<bool>(&row, "tenant_found")? {
+            return Err(tenant_not_found(tenant_id));
+        }
+        if !get::<bool>(&row, "plan_found")? {
+            return Err(plan_not_found(plan));
+        }
+        for _ in 0..UPSERT_PASSES_MAX {
+            let sql = format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM tally_subscription WHERE tenant_id = $1 FOR UPDATE"
+            );
+            let existing = sqlx::query(AssertSqlSafe(sql))
+                .bind(tenant_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            let subscription = match existing {
+                None => {
+                    let sql = format!(
+                        "INSERT INTO tally_subscription (tenant_id, plan_code, anchor, started_at)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING RETURNING {SUBSCRIPTION_COLUMNS}"
+                    );
+                    let row = sqlx::query(AssertSqlSafe(sql))
+                        .bind(tenant_id.as_str())
+                        .bind(plan.as_str())
+                        .bind(anchor.unwrap_or(now))
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    match row {
+                        Some(row) => subscription_from_row(&row)?,
+                        // A concurrent put subscribed the tenant meanwhile: lock it and compare.
+                        None => continue,
+                    }
+                }
+                Some(row) => {
+                    let old = subscription_from_row(&row)?;
+                    let new = Subscription {
+                        tenant_id: tenant_id.clone(),
+                        plan_code: plan.clone(),
+                        anchor: anchor.unwrap_or(old.anchor),
+                        started_at: if &old.plan_code == plan { old.started_at } else { now },
+                    };
+                    if new == old {
+                        tx.rollback().await.map_err(map_err)?;
+                        return Ok(old);
+                    }
+                    sqlx::query(
+                        "UPDATE tally_subscription SET plan_code = $2, anchor = $3, started_at = $4
+                          WHERE tenant_id = $1",
+                    )
+                    .bind(tenant_id.as_str())
+                    .bind(new.plan_code.as_str())
+                    .bind(new.anchor)
+                    .bind(new.started_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    new
+                }
+            };
+            insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(map_err)?;
+            return Ok(subscription);
+        }
+        Err(StoreError::Retry)
+    }
+
+    async fn find_subscription(&self, tenant_id: &TenantId) -> Result<Option<Subscription>, StoreError> {
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM tally_subscription WHERE tenant_id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(subscription_from_row).transpose()
+    }
+
+    async fn delete_subscription(&self, tenant_id: &TenantId, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let deleted = sqlx::query("DELETE FROM tally_subscription WHERE tenant_id = $1")
+            .bind(tenant_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::not_found(format!("subscription of tenant {tenant_id}")));
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_subscribers(&self, plan: &PlanCode, limit: u32) -> Result<Vec<TenantId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT tenant_id FROM tally_subscription WHERE plan_code = $1 ORDER BY tenant_id LIMIT $2",
+        )
+        .bind(plan.as_str())
+        .bind(list_limit(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(map_err)?;
+        ids.iter().map(|id| TenantId::parse(id).map_err(StoreError::from)).collect()
+    }
+
+    async fn put_override(
+        &self,
+        tenant_id: &TenantId,
+        limit: &QuotaLimit,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        if !tenant_exists(&mut tx, tenant_id).await? {
+            return Err(tenant_not_found(tenant_id));
+        }
+        let changed = sqlx::query(
+            "INSERT INTO tally_override AS o (tenant_id, metric_code, \"limit\", enforcement, period)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id, metric_code) DO UPDATE
+                SET \"limit\" = EXCLUDED.\"limit\", enforcement = EXCLUDED.enforcement, period = EXCLUDED.period
+              WHERE (o.\"limit\", o.enforcement, o.period)
+                    IS DISTINCT FROM (EXCLUDED.\"limit\", EXCLUDED.enforcement, EXCLUDED.period)",
+        )
+        .bind(tenant_id.as_str())
+        .bind(limit.metric_code.as_str())
+        .bind(limit.limit)
+        .bind(limit.enforcement.as_str())
+        .bind(limit.period.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if changed.rows_affected() == 0 {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(());
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn delete_override(
+        &self,
+        tenant_id: &TenantId,
+        metric: &MetricCode,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let deleted = sqlx::query("DELETE FROM tally_override WHERE tenant_id = $1 AND metric_code = $2")
+            .bind(tenant_id.as_str())
+            .bind(metric.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::not_found(format!("override of {metric} for tenant {tenant_id}")));
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_overrides(&self, tenant_id: &TenantId) -> Result<Vec<Override>, StoreError> {
+        let sql = format!(
+            "SELECT {OVERRIDE_COLUMNS} FROM tally_override WHERE tenant_id = $1 ORDER BY metric_code LIMIT $2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.as_str())
+            .bind(WHOLE_LIST_LEN_MAX)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(override_from_row).collect()
+    }
+
+    async fn find_entitlement(&self, tenant_id: &TenantId) -> Result<EntitlementLookup, StoreError> {
+        let mut conn = self.pool().acquire().await.map_err(map_err)?;
+        let mut found = load_entitlements(&mut conn, std::slice::from_ref(tenant_id)).await?;
+        Ok(found.remove(tenant_id).map_or(EntitlementLookup::TenantMissing, |(_, lookup)| lookup))
+    }
+}
+
+impl KeyStore for PgStore {
+    async fn insert_key(&self, key: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO tally_api_key (id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(key.id)
+        .bind(key.key_hash.as_str())
+        .bind(key.scope.kind())
+        .bind(key.scope.tenant().map(TenantId::as_str))
+        .bind(key.created_at)
+        .bind(key.last_used_at)
+        .bind(key.revoked_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn find_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM tally_api_key WHERE key_hash = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(key_hash)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM tally_api_key ORDER BY created_at, id LIMIT $1");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(WHOLE_LIST_LEN_MAX)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_key(&self, id: Uuid, now: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let revoked =
+            sqlx::query("UPDATE tally_api_key SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if revoked.rows_affected() == 0 {
+            return Err(StoreError::not_found(format!("unrevoked key {id}")));
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn touch_key(&self, id: Uuid, now: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tally_api_key SET last_used_at = $2
+              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.pool())
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+impl AuditStore for PgStore {
+    async fn list_audit(
+        &self,
+        tenant_id: Option<&TenantId>,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        // Only the filters given reach SQL, so a tenant's page walks tally_audit_tenant_idx.
+        let sql = match (tenant_id.is_some(), before.is_some()) {
+            (false, false) => format!("SELECT {AUDIT_COLUMNS} FROM tally_audit ORDER BY id DESC LIMIT $1"),
+            (true, false) => format!(
+                "SELECT {AUDIT_COLUMNS} FROM tally_audit WHERE tenant_id = $2 ORDER BY id DESC LIMIT $1"
+            ),
+            (false, true) => {
+                format!("SELECT {AUDIT_COLUMNS} FROM tally_audit WHERE id < $2 ORDER BY id DESC LIMIT $1")
+            }
+            (true, true) => format!(
+                "SELECT {AUDIT_COLUMNS} FROM tally_audit WHERE tenant_id = $2 AND id < $3 ORDER BY id DESC LIMIT $1"
+            ),
+        };
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(list_limit(limit));
+        if let Some(tenant_id) = tenant_id {
+            q = q.bind(tenant_id.as_str());
+        }
+        if let Some(before) = before {
+            q = q.bind(before);
+        }
+        let rows = q.fetch_all(self.pool()).await.map_err(map_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn verify_inputs(&self) -> Result<VerifyInputs, StoreError> {
+        verify_inputs(self).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.pool()).await.map_err(map_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,722 @@
+//! The hot path (`apply_usage`: the shared algorithm over `UsageTx`, every primitive one
+//! round trip per schema whatever the batch length), the reset beside it, the seed's record
+//! and event repositories, and the inputs of `tally verify`.
+//!
+//! Every statement on the quota tables filters on its tenants (`tenant_id = $n` or
+//! `tenant_id = ANY($n)`), so the tables can later be distributed by tenant.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
+use tally_domain::limits::{APPLY_RETRY_MAX, PAGE_LEN_MAX};
+use tally_domain::{
+    Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageError,
+    UsageOutcome, UsageRecord, UsageRequest,
+};
+use tally_store::{
+    EntitlementLookup, EventQuery, EventRecorder, EventTotal, LockedRecord, RecordKey, RecordTotal,
+    RecordUpdate, StoreError, UsageApplier, UsageRepository, UsageTx, VerifyInputs, apply_in_tx, reset_audit,
+    reset_fact,
+};
+use uuid::Uuid;
+
+use crate::admin::{insert_audit, tenant_exists};
+use crate::migrate::list_tenant_schemas;
+use crate::rows::{
+    AUDIT_COLUMNS, EVENT_COLUMNS, RECORD_COLUMNS, audit_from_row, checked_limits, event_from_row, get,
+    map_err, plan_from_row, record_from_row, subscription_from_row,
+};
+use crate::scope::{Scope, internal_id_from_db};
+use crate::{PgStore, Tenancy};
+
+/// Rows one list call returns at most: a full page and one more, which tells the caller
+/// that another page follows.
+pub(crate) const LIST_LEN_MAX: u32 = PAGE_LEN_MAX + 1;
+
+/// The isolation the hot path runs in: each statement sees what committed before it, and
+/// row locks (not snapshots) decide.
+const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// `tally verify` reads every schema from one snapshot, so counters and events agree.
+const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// A list limit as SQL takes it, bounded by `LIST_LEN_MAX`.
+pub(crate) fn list_limit(limit: u32) -> i64 {
+    i64::from(limit.min(LIST_LEN_MAX))
+}
+
+/// Every tenant's subscription, plan and overrides, in one query.
+const ENTITLEMENTS_SQL: &str = "
+SELECT t.tenant_id, t.internal_id,
+       s.plan_code, s.anchor, s.started_at,
+       p.code, p.name, p.limits, p.version, p.created_at, p.updated_at,
+       COALESCE((SELECT jsonb_agg(jsonb_build_object('metric_code', o.metric_code, 'limit', o.\"limit\",
+                                                     'enforcement', o.enforcement, 'period', o.period)
+                                  ORDER BY o.metric_code)
+                   FROM tally_override o
+                  WHERE o.tenant_id = t.tenant_id), '[]'::jsonb) AS overrides
+  FROM tally_tenant t
+  LEFT JOIN tally_subscription s ON s.tenant_id = t.tenant_id
+  LEFT JOIN tally_plan p ON p.code = s.plan_code
+ WHERE t.tenant_id = ANY($1)";
+
+/// Reads the entitlements of `tenants`, with the internal id that names each one's schema.
+pub(crate) async fn load_entitlements(
+    conn: &mut PgConnection,
+    tenants: &[TenantId],
+) -> Result<HashMap<TenantId, (u64, EntitlementLookup)>, StoreError> {
+    let ids: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
+    let rows = sqlx::query(ENTITLEMENTS_SQL).bind(ids).fetch_all(conn).await.map_err(map_err)?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let tenant_id = TenantId::parse(get(row, "tenant_id")?)?;
+        let internal_id = internal_id_from_db(get(row, "internal_id")?);
+        let plan_code: Option<&str> = get(row, "plan_code")?;
+        let lookup = if plan_code.is_none() {
+            EntitlementLookup::NoSubscription
+        } else {
+            let subscription = subscription_from_row(row)?;
+            let plan = plan_from_row(row)?;
+            let Json(overrides): Json<Vec<tally_domain::Override>> = get(row, "overrides")?;
+            EntitlementLookup::Found(Entitlement::resolve(subscription, &plan, &checked_limits(overrides)?))
+        };
+        found.insert(tenant_id, (internal_id, lookup));
+    }
+    Ok(found)
+}
+
+/// One `apply_usage` transaction, as the shared algorithm sees it.
+struct PgUsageTx {
+    tx: Transaction<'static, Postgres>,
+    tenancy: Tenancy,
+    /// The schema of every tenant `load_entitlements` found (schema tenancy).
+    scopes: HashMap<TenantId, Scope>,
+}
+
+/// What to do with an item whose tenant `load_entitlements` did not find.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// Leave it out: a missing tenant has no rows.
+    Skip,
+    /// Fail: the algorithm never writes for a missing tenant.
+    Fail,
+}
+
+impl PgUsageTx {
+    /// Splits items by the schema of their tenant: one group in shared tenancy; in schema
+    /// tenancy one per tenant, in tenant order (the global order records are locked in).
+    fn by_scope<'t, T>(
+        &self,
+        items: impl IntoIterator<Item = (&'t TenantId, T)>,
+        unknown: Unknown,
+    ) -> Result<Vec<(Scope, Vec<T>)>, StoreError> {
+        if self.tenancy == Tenancy::Shared {
+            let all: Vec<T> = items.into_iter().map(|(_, item)| item).collect();
+            return Ok(if all.is_empty() { Vec::new() } else { vec![(Scope::Base, all)] });
+        }
+        let mut groups: BTreeMap<&TenantId, Vec<T>> = BTreeMap::new();
+        for (tenant, item) in items {
+            groups.entry(tenant).or_default().push(item);
+        }
+        let mut scoped = Vec::with_capacity(groups.len());
+        for (tenant, group) in groups {
+            match self.scopes.get(tenant) {
+                Some(scope) => scoped.push((scope.clone(), group)),
+                None if unknown == Unknown::Skip => {}
+                None => {
+                    return Err(StoreError::Other(format!("tenant {tenant} was not loaded in this batch")));
+                }
+            }
+        }
+        Ok(scoped)
+    }
+}
+
+impl UsageTx for PgUsageTx {
+    async fn load_entitlements(
+        &mut self,
+        tenants: &[TenantId],
+    ) -> Result<HashMap<TenantId, EntitlementLookup>, StoreError> {
+        let found = load_entitlements(&mut self.tx, tenants).await?;
+        let mut lookups = HashMap::with_capacity(tenants.len());
+        for tenant in tenants {
+            match found.get(tenant) {
+                None => {
+                    lookups.insert(tenant.clone(), EntitlementLookup::TenantMissing);
+                }
+                Some((internal_id, lookup)) => {
+                    if self.tenancy == Tenancy::Schema {
+                        self.scopes.insert(tenant.clone(), Scope::of_internal_id(*internal_id));
+                    }
+                    lookups.insert(tenant.clone(), lookup.clone());
+                }
+            }
+        }
+        Ok(lookups)
+    }
+
+    async fn find_events_by_keys(
+        &mut self,
+        keys: &[(TenantId, IdempotencyKey)],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut events = Vec::new();
+        for (scope, group) in self.by_scope(keys.iter().map(|(t, k)| (t, (t, k))), Unknown::Skip)? {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM {events}
+                  WHERE tenant_id = ANY($1)
+                    AND (tenant_id, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                events = scope.events()
+            );
+            let tenants: Vec<&str> = group.iter().map(|(t, _)| t.as_str()).collect();
+            let idem: Vec<&str> = group.iter().map(|(_, k)| k.as_str()).collect();
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(tenants)
+                .bind(idem)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+            for row in &rows {
+                events.push(event_from_row(row)?);
+            }
+        }
+        Ok(events)
+    }
+
+    async fn lock_records(
+        &mut self,
+        keys: &[RecordKey],
+        now: Timestamp,
+    ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
+        let mut locked = HashMap::with_capacity(keys.len());
+        for (scope, group) in self.by_scope(keys.iter().map(|k| (&k.tenant_id, k)), Unknown::Fail)? {
+            // Inserting the missing rows and re-writing the existing ones row-locks all of them,
+            // in one global order, in one statement; `xmax = 0` marks the rows inserted here.
+            let sql = format!(
+                "INSERT INTO {records} AS r
+                        (id, tenant_id, metric_code, current_usage, period_start, period_end, created_at, updated_at)
+                 SELECT u.id, u.tenant_id, u.metric_code, 0, u.period_start, u.period_end, $6, $6
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+                        AS u(id, tenant_id, metric_code, period_start, period_end)
+                  ORDER BY u.tenant_id, u.metric_code, u.period_start
+                 ON CONFLICT ON CONSTRAINT quota_usage_record_uq
+                 DO UPDATE SET current_usage = r.current_usage
+                 RETURNING r.id, r.tenant_id, r.metric_code, r.period_start, r.current_usage,
+                           (r.xmax = 0) AS created",
+                records = scope.records()
+            );
+            let ids: Vec<Uuid> = group.iter().map(|_| Uuid::now_v7()).collect();
+            let tenants: Vec<&str> = group.iter().map(|k| k.tenant_id.as_str()).collect();
+            let metrics: Vec<&str> = group.iter().map(|k| k.metric_code.as_str()).collect();
+            let starts: Vec<Timestamp> = group.iter().map(|k| k.period.start()).collect();
+            let ends: Vec<Timestamp> = group.iter().map(|k| k.period.end()).collect();
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(ids)
+                .bind(tenants)
+                .bind(metrics)
+                .bind(starts)
+                .bind(ends)
+                .bind(now)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+            let mut wanted: HashMap<(&str, &str, Timestamp), &RecordKey> = group
+                .iter()
+                .map(|k| ((k.tenant_id.as_str(), k.metric_code.as_str(), k.period.start()), *k))
+                .collect();
+            for row in &rows {
+                let tenant: &str = get(row, "tenant_id")?;
+                let metric: &str = get(row, "metric_code")?;
+                let start: Timestamp = get(row, "period_start")?;
+                let key = wanted.remove(&(tenant, metric, start)).ok_or_else(|| {
+                    StoreError::Other(format!("locked a record nobody asked for: {tenant} {metric} {start}"))
+                })?;
+                let record = LockedRecord {
+                    id: get(row, "id")?,
+                    current_usage: get(row, "current_usage")?,
+                    created: get(row, "created")?,
+                };
+                locked.insert(key.clone(), record);
+            }
+            if !wanted.is_empty() {
+                return Err(StoreError::Other(format!("{} records were not locked", wanted.len())));
+            }
+        }
+        Ok(locked)
+    }
+
+    async fn update_records(&mut self, updates: &[RecordUpdate], now: Timestamp) -> Result<(), StoreError> {
+        for (scope, group) in self.by_scope(updates.iter().map(|u| (&u.key.tenant_id, u)), Unknown::Fail)? {
+            let sql = format!(
+                "UPDATE {records} AS r SET current_usage = u.current_usage, updated_at = $3
+                   FROM unnest($1::uuid[], $2::bigint[]) AS u(id, current_usage)
+                  WHERE r.tenant_id = ANY($4) AND r.id = u.id",
+                records = scope.records()
+            );
+            let ids: Vec<Uuid> = group.iter().map(|u| u.id).collect();
+            let usages: Vec<i64> = group.iter().map(|u| u.current_usage).collect();
+            let tenants: Vec<&str> = group.iter().map(|u| u.key.tenant_id.as_str()).collect();
+            let done = sqlx::query(AssertSqlSafe(sql))
+                .bind(ids)
+                .bind(usages)
+                .bind(now)
+                .bind(tenants)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+            if usize::try_from(done.rows_affected()) != Ok(group.len()) {
+                return Err(StoreError::Other(format!(
+                    "updated {} of {} locked records",
+                    done.rows_affected(),
+                    group.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
+        for (scope, group) in
+            self.by_scope(keys.iter().map(|(k, id)| (&k.tenant_id, (k, *id))), Unknown::Fail)?
+        {
+            let sql = format!(
+                "DELETE FROM {records} WHERE tenant_id = ANY($1) AND id = ANY($2)",
+                records = scope.records()
+            );
+            let tenants: Vec<&str> = group.iter().map(|(k, _)| k.tenant_id.as_str()).collect();
+            let ids: Vec<Uuid> = group.iter().map(|(_, id)| *id).collect();
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(tenants)
+                .bind(ids)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+        for (scope, group) in self.by_scope(events.iter().map(|e| (&e.event.tenant_id, e)), Unknown::Fail)? {
+            let sql = format!(
+                "INSERT INTO {events} ({EVENT_COLUMNS})
+                 SELECT u.id, u.tenant_id, u.metric_code, u.amount, u.metadata::jsonb, u.idempotency_key,
+                        u.ts, u.created_at, u.usage_after, u.limit_at, u.enforcement, u.period_start,
+                        u.period_end, u.timestamp_explicit
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                               $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bigint[], $11::text[],
+                               $12::timestamptz[], $13::timestamptz[], $14::boolean[])
+                        AS u(id, tenant_id, metric_code, amount, metadata, idempotency_key, ts, created_at,
+                             usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit)
+                 ON CONFLICT ON CONSTRAINT quota_usage_event_idem_uq DO NOTHING
+                 RETURNING id",
+                events = scope.events()
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(group.iter().map(|e| e.event.id).collect::<Vec<Uuid>>())
+                .bind(group.iter().map(|e| e.event.tenant_id.as_str()).collect::<Vec<&str>>())
+                .bind(group.iter().map(|e| e.event.metric_code.as_str()).collect::<Vec<&str>>())
+                .bind(group.iter().map(|e| e.event.amount).collect::<Vec<i64>>())
+                .bind(group.iter().map(|e| e.event.metadata.to_json_string()).collect::<Vec<String>>())
+                .bind(
+                    group
+                        .iter()
+                        .map(|e| e.event.idempotency_key.as_ref().map(IdempotencyKey::as_str))
+                        .collect::<Vec<Option<&str>>>(),
+                )
+                .bind(group.iter().map(|e| e.event.timestamp).collect::<Vec<Timestamp>>())
+                .bind(group.iter().map(|e| e.event.created_at).collect::<Vec<Timestamp>>())
+                .bind(group.iter().map(|e| e.receipt.usage_after).collect::<Vec<i64>>())
+                .bind(group.iter().map(|e| e.receipt.limit).collect::<Vec<Option<i64>>>())
+                .bind(group.iter().map(|e| e.receipt.enforcement.as_str()).collect::<Vec<&str>>())
+                .bind(group.iter().map(|e| e.receipt.period.start()).collect::<Vec<Timestamp>>())
+                .bind(group.iter().map(|e| e.receipt.period.end()).collect::<Vec<Timestamp>>())
+                .bind(group.iter().map(|e| e.receipt.timestamp_explicit).collect::<Vec<bool>>())
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+            if rows.len() < group.len() {
+                // A concurrent transaction took one of the idempotency keys since we looked.
+                return Err(StoreError::Retry);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl UsageApplier for PgStore {
+    async fn apply_usage(
+        &self,
+        requests: &[UsageRequest],
+        now: Timestamp,
+    ) -> Result<Vec<Result<UsageOutcome, UsageError>>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        for attempt in 0..=APPLY_RETRY_MAX {
+            let tx = self.pool().begin_with(BEGIN_READ_COMMITTED).await.map_err(map_err)?;
+            let mut usage_tx = PgUsageTx { tx, tenancy: self.tenancy(), scopes: HashMap::new() };
+            let result = match apply_in_tx(&mut usage_tx, requests, now).await {
+                Ok(outcomes) => usage_tx.tx.commit().await.map_err(map_err).map(|()| outcomes),
+                Err(e) => {
+                    if let Err(rollback) = usage_tx.tx.rollback().await {
+                        tracing::debug!(error = %rollback, "rollback of a failed usage transaction failed");
+                    }
+                    Err(e)
+                }
+            };
+            match result {
+                Err(StoreError::Retry) => {
+                    tracing::debug!(attempt, "usage transaction lost a race; re-running it");
+                }
+                other => return other,
+            }
+        }
+        Err(StoreError::Retry)
+    }
+
+    async fn reset_usage(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period: Period,
+        now: Timestamp,
+        key_id: Option<Uuid>,
+    ) -> Result<UsageRecord, StoreError> {
+        let mut tx = self.pool().begin_with(BEGIN_READ_COMMITTED).await.map_err(map_err)?;
+        let scope = self.scope_of(&mut *tx, tenant).await?.ok_or_else(|| tenant_not_found(tenant))?;
+        // Shared tenancy found the scope without asking; a reset is audited, so it needs a tenant.
+        if self.tenancy() == Tenancy::Shared && !tenant_exists(&mut tx, tenant).await? {
+            return Err(tenant_not_found(tenant));
+        }
+        let lock = format!(
+            "INSERT INTO {records} AS r ({RECORD_COLUMNS}) VALUES ($1, $2, $3, 0, $4, $5, $6, $6)
+             ON CONFLICT ON CONSTRAINT quota_usage_record_uq DO UPDATE SET current_usage = r.current_usage
+             RETURNING {RECORD_COLUMNS}",
+            records = scope.records()
+        );
+        let row = sqlx::query(AssertSqlSafe(lock))
+            .bind(Uuid::now_v7())
+            .bind(tenant.as_str())
+            .bind(metric.as_str())
+            .bind(period.start())
+            .bind(period.end())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let before = record_from_row(&row)?;
+        let reset = format!(
+            "UPDATE {records} SET current_usage = 0, updated_at = $3 WHERE tenant_id = $1 AND id = $2
+             RETURNING {RECORD_COLUMNS}",
+            records = scope.records()
+        );
+        let row = sqlx::query(AssertSqlSafe(reset))
+            .bind(tenant.as_str())
+            .bind(before.id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let after = record_from_row(&row)?;
+        insert_audit(&mut tx, &reset_audit(key_id, now, &before)).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(after)
+    }
+}
+
+fn tenant_not_found(tenant: &TenantId) -> StoreError {
+    StoreError::not_found(format!("tenant {tenant}"))
+}
+
+fn record_not_found(tenant: &TenantId) -> StoreError {
+    StoreError::not_found(format!("usage record of tenant {tenant}"))
+}
+
+/// The first of `rows` as a record, or `NotFound`.
+fn first_record(tenant: &TenantId, rows: &[PgRow]) -> Result<UsageRecord, StoreError> {
+    match rows.first() {
+        Some(row) => record_from_row(row),
+        None => Err(record_not_found(tenant)),
+    }
+}
+
+impl UsageRepository for PgStore {
+    async fn list_by_tenant_and_metric(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let Some(scope) = self.scope_of(self.pool(), tenant).await? else { return Ok(Vec::new()) };
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM {records}
+              WHERE tenant_id = $1 AND metric_code = $2
+                AND ($3::timestamptz IS NULL OR period_start >= $3)
+                AND ($4::timestamptz IS NULL OR period_start < $4)
+              ORDER BY period_start DESC LIMIT $5",
+            records = scope.records()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(metric.as_str())
+            .bind(from)
+            .bind(to)
+            .bind(list_limit(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn get_current_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        at: Timestamp,
+    ) -> Result<UsageRecord, StoreError> {
+        let Some(scope) = self.scope_of(self.pool(), tenant).await? else {
+            return Err(record_not_found(tenant));
+        };
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM {records}
+              WHERE tenant_id = $1 AND metric_code = $2 AND period_end > $3 AND period_start <= $3
+              ORDER BY period_start DESC LIMIT 1",
+            records = scope.records()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(metric.as_str())
+            .bind(at)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        first_record(tenant, &rows)
+    }
+
+    async fn get_by_id(&self, tenant: &TenantId, id: Uuid) -> Result<UsageRecord, StoreError> {
+        let Some(scope) = self.scope_of(self.pool(), tenant).await? else {
+            return Err(record_not_found(tenant));
+        };
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM {records} WHERE tenant_id = $1 AND id = $2",
+            records = scope.records()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        first_record(tenant, &rows)
+    }
+
+    async fn save(&self, record: &UsageRecord) -> Result<(), StoreError> {
+        let tenant = &record.tenant_id;
+        let Some(scope) = self.scope_of(self.pool(), tenant).await? else {
+            return Err(tenant_not_found(tenant));
+        };
+        let sql = format!(
+            "INSERT INTO {records} AS r ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET current_usage = EXCLUDED.current_usage, updated_at = EXCLUDED.updated_at
+              WHERE r.tenant_id = $2",
+            records = scope.records()
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(record.id)
+            .bind(tenant.as_str())
+            .bind(record.metric_code.as_str())
+            .bind(record.current_usage)
+            .bind(record.period_start)
+            .bind(record.period_end)
+            .bind(record.created_at)
+            .bind(record.updated_at)
+            .execute(self.pool())
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "usage record {} belongs to another tenant",
+                record.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: Uuid) -> Result<(), StoreError> {
+        let Some(scope) = self.scope_of(self.pool(), tenant).await? else {
+            return Err(record_not_found(tenant));
+        };
+        let sql =
+            format!("DELETE FROM {records} WHERE tenant_id = $1 AND id = $2", records = scope.records());
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(record_not_found(tenant));
+        }
+        Ok(())
+    }
+
+    async fn get_for_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period_start: Timestamp,
+    ) -> Result<UsageRecord, StoreError> {
+        let Some(scope) = self.scope_of(self.pool(), tenant).await? else {
+            return Err(record_not_found(tenant));
+        };
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM {records}
+              WHERE tenant_id = $1 AND metric_code = $2 AND period_start = $3",
+            records = scope.records()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(metric.as_str())
+            .bind(period_start)
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
+        first_record(tenant, &rows)
+    }
+}
+
+impl EventRecorder for PgStore {
+    async fn record(&self, recorded: &RecordedEvent) -> Result<(), StoreError> {
+        let (event, receipt) = (&recorded.event, &recorded.receipt);
+        let tenant = &event.tenant_id;
+        let Some(scope) = self.scope_of(self.pool(), tenant).await? else {
+            return Err(tenant_not_found(tenant));
+        };
+        let sql = format!(
+            "INSERT INTO {events} ({EVENT_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            events = scope.events()
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(event.id)
+            .bind(tenant.as_str())
+            .bind(event.metric_code.as_str())
+            .bind(event.amount)
+            .bind(Json(event.metadata.as_map()))
+            .bind(event.idempotency_key.as_ref().map(IdempotencyKey::as_str))
+            .bind(event.timestamp)
+            .bind(event.created_at)
+            .bind(receipt.usage_after)
+            .bind(receipt.limit)
+            .bind(receipt.enforcement.as_str())
+            .bind(receipt.period.start())
+            .bind(receipt.period.end())
+            .bind(receipt.timestamp_explicit)
+            .execute(self.pool())
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn get_events_for_metric(
+        &self,
+        tenant: &TenantId,
+        query: &EventQuery,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let Some(scope) = self.scope_of(self.pool(), tenant).await? else { return Ok(Vec::new()) };
+        // Only the filters given reach SQL, so each combination gets a plan of its own that
+        // walks quota_usage_event_tenant_ts_idx.
+        let mut sql =
+            format!("SELECT {EVENT_COLUMNS} FROM {events} WHERE tenant_id = $1", events = scope.events());
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if query.metric_code.is_some() {
+            sql.push_str(&format!(" AND metric_code = ${}", next()));
+        }
+        if query.from.is_some() {
+            sql.push_str(&format!(" AND \"timestamp\" >= ${}", next()));
+        }
+        if query.to.is_some() {
+            sql.push_str(&format!(" AND \"timestamp\" < ${}", next()));
+        }
+        if query.after.is_some() {
+            let (ts, id) = (next(), next());
+            sql.push_str(&format!(" AND (\"timestamp\", id) < (${ts}, ${id})"));
+        }
+        sql.push_str(&format!(" ORDER BY \"timestamp\" DESC, id DESC LIMIT ${}", next()));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.as_str());
+        if let Some(metric) = &query.metric_code {
+            q = q.bind(metric.as_str());
+        }
+        if let Some(from) = query.from {
+            q = q.bind(from);
+        }
+        if let Some(to) = query.to {
+            q = q.bind(to);
+        }
+        if let Some(after) = query.after {
+            q = q.bind(after.timestamp).bind(after.id);
+        }
+        let rows = q.bind(list_limit(query.limit)).fetch_all(self.pool()).await.map_err(map_err)?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+/// Everything `tally verify` compares, from one snapshot of every schema.
+pub(crate) async fn verify_inputs(store: &PgStore) -> Result<VerifyInputs, StoreError> {
+    let mut tx = store.pool().begin_with(BEGIN_SNAPSHOT).await.map_err(map_err)?;
+    let scopes: Vec<Scope> = match store.tenancy() {
+        Tenancy::Shared => vec![Scope::Base],
+        Tenancy::Schema => {
+            list_tenant_schemas(&mut tx).await?.into_iter().map(|(_, schema)| Scope::Tenant(schema)).collect()
+        }
+    };
+    let mut inputs = VerifyInputs::default();
+    for scope in &scopes {
+        let sql = format!(
+            "SELECT id, tenant_id, metric_code, current_usage, period_start, period_end FROM {records}
+              ORDER BY tenant_id, metric_code, period_start",
+            records = scope.records()
+        );
+        for row in &sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
+            inputs.records.push(RecordTotal {
+                id: get(row, "id")?,
+                key: RecordKey {
+                    tenant_id: TenantId::parse(get(row, "tenant_id")?)?,
+                    metric_code: MetricCode::parse(get(row, "metric_code")?)?,
+                    period: Period::new(get(row, "period_start")?, get(row, "period_end")?)?,
+                },
+                current_usage: get(row, "current_usage")?,
+            });
+        }
+        let sql = format!(
+            "SELECT tenant_id, metric_code, period_start, sum(amount)::bigint AS amount_sum, count(*) AS n_events
+               FROM {events} GROUP BY tenant_id, metric_code, period_start
+              ORDER BY tenant_id, metric_code, period_start",
+            events = scope.events()
+        );
+        for row in &sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
+            inputs.events.push(EventTotal {
+                tenant_id: TenantId::parse(get(row, "tenant_id")?)?,
+                metric_code: MetricCode::parse(get(row, "metric_code")?)?,
+                period_start: get(row, "period_start")?,
+                amount_sum: get(row, "amount_sum")?,
+                n_events: get(row, "n_events")?,
+            });
+        }
+    }
+    let sql = format!("SELECT {AUDIT_COLUMNS} FROM tally_audit WHERE action = 'reset' ORDER BY id");
+    for row in &sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
+        if let Some(fact) = reset_fact(&audit_from_row(row)?)? {
+            inputs.resets.push(fact);
+        }
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(inputs)
+}

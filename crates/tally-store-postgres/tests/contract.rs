@@ -1,0 +1,16 @@
+//! The shared contract suite on PostgreSQL, in both tenancy modes, and the adapter's own
+//! tests of migrations and tenancy.
+
+mod shared {
+    tally_store::contract_suite!(|| tally_store_postgres::PgStore::open_test(
+        tally_store_postgres::Tenancy::Shared
+    ));
+}
+
+mod schema {
+    tally_store::contract_suite!(|| tally_store_postgres::PgStore::open_test(
+        tally_store_postgres::Tenancy::Schema
+    ));
+}
+
+mod migrations;

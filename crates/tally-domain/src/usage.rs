@@ -269,16 +269,17 @@ pub enum UsageError {
 /// The counter's new value if `amount` is recorded under `limit`, or why not.
 pub fn decide(limit: &QuotaLimit, period: Period, current: i64, amount: Amount) -> Result<i64, UsageError> {
     let after = checked_usage(&limit.metric_code, current, amount.get())?;
-    if let Some(max) = limit.limit {
-        if limit.should_enforce(limit.enforcement) && after > max {
-            return Err(UsageError::QuotaExceeded {
-                metric: limit.metric_code.clone(),
-                current,
-                limit: max,
-                requested: amount.get(),
-                period,
-            });
-        }
+    if let Some(max) = limit.limit
+        && limit.should_enforce(limit.enforcement)
+        && after > max
+    {
+        return Err(UsageError::QuotaExceeded {
+            metric: limit.metric_code.clone(),
+            current,
+            limit: max,
+            requested: amount.get(),
+            period,
+        });
     }
     Ok(after)
 }

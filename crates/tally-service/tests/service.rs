@@ -1,4 +1,5 @@
 //! The use cases over the in-memory store, with a clock the tests move.
+#![allow(clippy::unwrap_used)] // Integration tests: a failed unwrap is a failed test.
 
 use std::sync::Arc;
 

@@ -206,7 +206,7 @@ impl UsageRepository for MemoryStore {
             .filter(|r| from.is_none_or(|f| r.period_start >= f) && to.is_none_or(|t| r.period_start < t))
             .cloned()
             .collect();
-        out.sort_by(|a, b| b.period_start.cmp(&a.period_start));
+        out.sort_by_key(|r| std::cmp::Reverse(r.period_start));
         out.truncate(limit as usize);
         Ok(out)
     }
@@ -244,10 +244,10 @@ impl UsageRepository for MemoryStore {
     async fn save(&self, record: &UsageRecord) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         let pk = (record.tenant_id.clone(), record.metric_code.clone(), record.period_start);
-        if let Some(other) = state.record_ids.get(&pk) {
-            if *other != record.id {
-                return Err(StoreError::Conflict("quota_usage_record_uq".to_owned()));
-            }
+        if let Some(other) = state.record_ids.get(&pk)
+            && *other != record.id
+        {
+            return Err(StoreError::Conflict("quota_usage_record_uq".to_owned()));
         }
         state.insert_record(record.clone());
         Ok(())
@@ -285,10 +285,10 @@ impl UsageRepository for MemoryStore {
 impl EventRecorder for MemoryStore {
     async fn record(&self, event: &RecordedEvent) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
-        if let Some(k) = &event.event.idempotency_key {
-            if state.event_keys.contains_key(&(event.event.tenant_id.clone(), k.clone())) {
-                return Err(StoreError::Conflict("quota_usage_event_idem_uq".to_owned()));
-            }
+        if let Some(k) = &event.event.idempotency_key
+            && state.event_keys.contains_key(&(event.event.tenant_id.clone(), k.clone()))
+        {
+            return Err(StoreError::Conflict("quota_usage_event_idem_uq".to_owned()));
         }
         if state.events.iter().any(|e| e.event.id == event.event.id) {
             return Err(StoreError::Conflict("quota_usage_event_pkey".to_owned()));
@@ -313,7 +313,7 @@ impl EventRecorder for MemoryStore {
             .filter(|e| query.after.is_none_or(|c| (e.event.timestamp, e.event.id) < (c.timestamp, c.id)))
             .cloned()
             .collect();
-        out.sort_by(|a, b| (b.event.timestamp, b.event.id).cmp(&(a.event.timestamp, a.event.id)));
+        out.sort_by_key(|e| std::cmp::Reverse((e.event.timestamp, e.event.id)));
         out.truncate(query.limit as usize);
         Ok(out)
     }
@@ -455,8 +455,10 @@ impl TenantStore for MemoryStore {
                 started_at: now,
             },
         };
-        state.subscriptions.insert(tenant_id.clone(), sub.clone());
-        state.audit.push(audit.clone());
+        if state.subscriptions.get(tenant_id) != Some(&sub) {
+            state.subscriptions.insert(tenant_id.clone(), sub.clone());
+            state.audit.push(audit.clone());
+        }
         Ok(sub)
     }
 
@@ -492,8 +494,11 @@ impl TenantStore for MemoryStore {
         if !state.tenants.contains_key(tenant_id) {
             return Err(StoreError::not_found(format!("tenant {tenant_id}")));
         }
-        state.overrides.insert((tenant_id.clone(), limit.metric_code.clone()), limit.clone());
-        state.audit.push(audit.clone());
+        let key = (tenant_id.clone(), limit.metric_code.clone());
+        if state.overrides.get(&key) != Some(limit) {
+            state.overrides.insert(key, limit.clone());
+            state.audit.push(audit.clone());
+        }
         Ok(())
     }
 
@@ -577,7 +582,7 @@ impl AuditStore for MemoryStore {
             .filter(|e| before.is_none_or(|b| e.id < b))
             .cloned()
             .collect();
-        out.sort_by(|a, b| b.id.cmp(&a.id));
+        out.sort_by_key(|e| std::cmp::Reverse(e.id));
         out.truncate(limit as usize);
         Ok(out)
     }

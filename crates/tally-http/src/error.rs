@@ -1,0 +1,168 @@
+//! `ApiError`: every failure at the HTTP edge as `application/problem+json` (RFC 9457) with
+//! a stable `code` member. 5xx bodies say only what the client may act on; the source chain
+//! goes to the log inside the request span.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use tally_domain::time::format_rfc3339;
+use tally_domain::{DomainError, UsageError};
+use tally_service::ServiceError;
+
+/// The media type of every error body, exactly (no `charset`: some clients compare it).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A problem to answer with.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code (`quota_exceeded`, ...).
+    pub code: &'static str,
+    /// Short human-readable summary.
+    pub title: &'static str,
+    /// What happened, in this case.
+    pub detail: String,
+    /// Extra members (`metric_code`, `limit`, ...).
+    pub extra: Map<String, Value>,
+    /// Seconds for `Retry-After`, when a retry can succeed later.
+    pub retry_after: Option<i64>,
+}
+
+impl ApiError {
+    /// A problem with no extra members.
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> ApiError {
+        ApiError { status, code, title, detail: detail.into(), extra: Map::new(), retry_after: None }
+    }
+    /// 400 `invalid_request`.
+    pub fn invalid(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "Invalid request", detail)
+    }
+    /// 401 `unauthorized`.
+    pub fn unauthorized(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+    }
+    /// 403 `forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+    /// 404 `not_found`.
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found", detail)
+    }
+    /// 503 `unavailable`.
+    pub fn unavailable(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+    }
+    /// 500 `internal`: the body says nothing more.
+    pub fn internal() -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "internal error")
+    }
+    fn with(mut self, key: &str, value: Value) -> ApiError {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The problem object, as it appears in a body or in a batch item's `error`.
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("type".into(), json!("about:blank"));
+        obj.insert("title".into(), json!(self.title));
+        obj.insert("status".into(), json!(self.status.as_u16()));
+        obj.insert("detail".into(), json!(self.detail));
+        obj.insert("code".into(), json!(self.code));
+        for (k, v) in &self.extra {
+            obj.insert(k.clone(), v.clone());
+        }
+        Value::Object(obj)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> ApiError {
+        match &e {
+            DomainError::Invalid { field, .. } => {
+                ApiError::invalid(e.to_string()).with("field", json!(field))
+            }
+            _ => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::Invalid(d) => d.into(),
+            ServiceError::Usage(u) => u.into(),
+            ServiceError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            ServiceError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", why),
+            ServiceError::Unavailable(why) => {
+                tracing::warn!(error = %why, "store unavailable");
+                ApiError::unavailable("the store is unavailable; retry later")
+            }
+            ServiceError::Internal(why) => {
+                tracing::error!(error = %why, "internal error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<UsageError> for ApiError {
+    fn from(e: UsageError) -> ApiError {
+        let detail = e.to_string();
+        match e {
+            UsageError::QuotaExceeded { metric, current, limit, requested, period } => {
+                let now = tally_domain::time::truncate(chrono::Utc::now());
+                let mut err =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "Quota exceeded", detail)
+                        .with("metric_code", json!(metric.as_str()))
+                        .with("current_usage", json!(current))
+                        .with("limit", json!(limit))
+                        .with("requested", json!(requested))
+                        .with("period_end", json!(format_rfc3339(period.end())));
+                err.retry_after = Some(period.seconds_until_end(now).max(1));
+                err
+            }
+            UsageError::QuotaNotFound { metric } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "quota_not_found", "Quota not found", detail)
+                    .with("metric_code", json!(metric.as_str()))
+            }
+            UsageError::NoSubscription { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_subscription", "No subscription", detail)
+            }
+            UsageError::EventOutOfWindow { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "event_out_of_window",
+                "Event out of window",
+                detail,
+            ),
+            UsageError::IdempotencyConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", "Idempotency conflict", detail)
+            }
+            UsageError::TenantNotFound { .. } | UsageError::UsageRecordNotFound => {
+                ApiError::not_found(detail)
+            }
+            UsageError::Invalid(d) => d.into(),
+        }
+    }
+}

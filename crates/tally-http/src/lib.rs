@@ -1,0 +1,36 @@
+//! Tally's HTTP API with axum: the JSON API under `/v1`, problem+json for every error
+//! (the framework's own rejections included), bearer-key auth, the OpenAPI document and its
+//! reference page, Prometheus metrics, request ids and timeouts.
+
+pub mod admin_routes;
+pub mod auth;
+pub mod docs_page;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod json;
+pub mod metrics;
+pub mod openapi;
+pub mod ops_routes;
+pub mod router;
+pub mod state;
+pub mod usage_routes;
+
+use std::future::Future;
+
+use tally_store::Store;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use router::{route_table, router};
+pub use state::AppState;
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests finish.
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    state: AppState<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,267 @@
+//! The OpenAPI 3.1 document, generated from the DTOs and one doc entry per route, and the
+//! `/docs` page rendered from it on the server (no script, no CDN, nothing fetched).
+#![allow(dead_code)]
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::dto::*;
+
+/// Declares a documentation-only function for one route, with the shared error responses.
+macro_rules! route_doc {
+    ($name:ident, $method:ident, $path:literal, $tag:literal, $summary:literal,
+     params($($param:tt)*), request($($req:tt)*), ok($status:literal, $ok:ty $(, $okdesc:literal)?)) => {
+        #[utoipa::path(
+            $method,
+            path = $path,
+            tag = $tag,
+            summary = $summary,
+            params($($param)*),
+            $($req)*
+            responses(
+                (status = $status, body = $ok, description = "Success"),
+                (status = 400, body = Problem, content_type = "application/problem+json", description = "invalid_request"),
+                (status = 401, body = Problem, content_type = "application/problem+json", description = "unauthorized"),
+                (status = 403, body = Problem, content_type = "application/problem+json", description = "forbidden"),
+                (status = 404, body = Problem, content_type = "application/problem+json", description = "not_found"),
+                (status = 409, body = Problem, content_type = "application/problem+json", description = "conflict or idempotency_conflict"),
+                (status = 413, body = Problem, content_type = "application/problem+json", description = "payload_too_large"),
+                (status = 415, body = Problem, content_type = "application/problem+json", description = "unsupported_media_type"),
+                (status = 422, body = Problem, content_type = "application/problem+json", description = "quota_not_found, no_subscription or event_out_of_window"),
+                (status = 429, body = Problem, content_type = "application/problem+json", description = "quota_exceeded; nothing was recorded"),
+                (status = 503, body = Problem, content_type = "application/problem+json", description = "unavailable; retry"),
+            ),
+            security(("bearer" = []))
+        )]
+        pub fn $name() {}
+    };
+}
+
+route_doc!(
+    record,
+    post,
+    "/v1/tenants/{tenant_id}/usage",
+    "usage",
+    "Record usage",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = UsageBody,),
+    ok(200, UsageResponse)
+);
+route_doc!(
+    record_batch,
+    post,
+    "/v1/tenants/{tenant_id}/usage/batch",
+    "usage",
+    "Record up to 1000 events, each on its own",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = BatchBody,),
+    ok(200, BatchResponse)
+);
+route_doc!(
+    check,
+    post,
+    "/v1/tenants/{tenant_id}/usage/check",
+    "usage",
+    "Check whether usage would be allowed; changes nothing",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = CheckBody,),
+    ok(200, CheckResponse)
+);
+route_doc!(
+    usage,
+    get,
+    "/v1/tenants/{tenant_id}/usage",
+    "usage",
+    "Current usage of every metric",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(),
+    ok(200, TenantUsageResponse)
+);
+route_doc!(history, get, "/v1/tenants/{tenant_id}/usage/{metric_code}/history", "usage", "Usage records of one metric, newest first",
+    params(("tenant_id" = String, Path, description = "Tenant id"), ("metric_code" = String, Path, description = "Metric"),
+           ("from" = Option<String>, Query, description = "Period start at or after (RFC 3339)"),
+           ("to" = Option<String>, Query, description = "Period start before (RFC 3339)"),
+           ("limit" = Option<u32>, Query, description = "1..=1000, default 1000")),
+    request(), ok(200, HistoryResponse));
+route_doc!(events, get, "/v1/tenants/{tenant_id}/events", "usage", "Usage events, newest first, keyset-paginated",
+    params(("tenant_id" = String, Path, description = "Tenant id"),
+           ("metric_code" = Option<String>, Query, description = "Only this metric"),
+           ("from" = Option<String>, Query, description = "Timestamp at or after (RFC 3339)"),
+           ("to" = Option<String>, Query, description = "Timestamp before (RFC 3339)"),
+           ("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    request(), ok(200, EventsResponse));
+route_doc!(
+    reset,
+    post,
+    "/v1/tenants/{tenant_id}/usage/{metric_code}/reset",
+    "usage",
+    "Reset the current period's usage (admin; audited)",
+    params(
+        ("tenant_id" = String, Path, description = "Tenant id"),
+        ("metric_code" = String, Path, description = "Metric")
+    ),
+    request(),
+    ok(200, RecordResponse)
+);
+route_doc!(
+    put_plan,
+    put,
+    "/v1/plans/{plan_code}",
+    "plans",
+    "Create (201) or replace (200) a plan",
+    params(("plan_code" = String, Path, description = "Plan code")),
+    request(request_body = PlanBody,),
+    ok(200, PlanResponse)
+);
+route_doc!(list_plans, get, "/v1/plans", "plans", "List plans", params(), request(), ok(200, PlansResponse));
+route_doc!(
+    get_plan,
+    get,
+    "/v1/plans/{plan_code}",
+    "plans",
+    "Get a plan",
+    params(("plan_code" = String, Path, description = "Plan code")),
+    request(),
+    ok(200, PlanResponse)
+);
+route_doc!(
+    delete_plan,
+    delete,
+    "/v1/plans/{plan_code}",
+    "plans",
+    "Delete a plan nobody subscribes to",
+    params(("plan_code" = String, Path, description = "Plan code")),
+    request(),
+    ok(204, HealthResponse)
+);
+route_doc!(
+    put_tenant,
+    put,
+    "/v1/tenants/{tenant_id}",
+    "tenants",
+    "Create (201) or rename (200) a tenant",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = TenantBody,),
+    ok(200, TenantResponse)
+);
+route_doc!(list_tenants, get, "/v1/tenants", "tenants", "List tenants by id",
+    params(("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    request(), ok(200, TenantsResponse));
+route_doc!(
+    get_tenant,
+    get,
+    "/v1/tenants/{tenant_id}",
+    "tenants",
+    "Get a tenant with its subscription and overrides",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(),
+    ok(200, TenantResponse)
+);
+route_doc!(
+    put_subscription,
+    put,
+    "/v1/tenants/{tenant_id}/subscription",
+    "tenants",
+    "Subscribe a tenant or change its plan",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = SubscriptionBody,),
+    ok(200, SubscriptionResponse)
+);
+route_doc!(
+    delete_subscription,
+    delete,
+    "/v1/tenants/{tenant_id}/subscription",
+    "tenants",
+    "End a tenant's subscription",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(),
+    ok(204, HealthResponse)
+);
+route_doc!(
+    put_override,
+    put,
+    "/v1/tenants/{tenant_id}/overrides/{metric_code}",
+    "tenants",
+    "Set a tenant's own limit for one metric",
+    params(
+        ("tenant_id" = String, Path, description = "Tenant id"),
+        ("metric_code" = String, Path, description = "Metric")
+    ),
+    request(request_body = OverrideBody,),
+    ok(200, LimitResponse)
+);
+route_doc!(
+    delete_override,
+    delete,
+    "/v1/tenants/{tenant_id}/overrides/{metric_code}",
+    "tenants",
+    "Remove a tenant's override",
+    params(
+        ("tenant_id" = String, Path, description = "Tenant id"),
+        ("metric_code" = String, Path, description = "Metric")
+    ),
+    request(),
+    ok(204, HealthResponse)
+);
+route_doc!(audit, get, "/v1/audit", "audit", "The admin audit log, newest first",
+    params(("tenant_id" = Option<String>, Query, description = "Only this tenant"),
+           ("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    request(), ok(200, AuditResponse));
+
+/// `GET /healthz`
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "The process runs",
+    responses((status = 200, body = HealthResponse, description = "Running")))]
+pub fn healthz() {}
+
+/// `GET /readyz`
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "The store answers",
+    responses((status = 200, body = HealthResponse, description = "Ready"),
+              (status = 503, body = Problem, content_type = "application/problem+json", description = "The store does not answer")))]
+pub fn readyz() {}
+
+/// `GET /metrics`
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics (text format)",
+    responses((status = 200, body = String, content_type = "text/plain", description = "Metrics"),
+              (status = 401, body = Problem, content_type = "application/problem+json", description = "A metrics token is configured and was not given")))]
+pub fn metrics() {}
+
+/// `GET /openapi.json`
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document",
+    responses((status = 200, body = Object, description = "OpenAPI 3.1")))]
+pub fn openapi_json() {}
+
+/// `GET /docs`
+#[utoipa::path(get, path = "/docs", tag = "operations", summary = "Human-readable API reference",
+    responses((status = 200, body = String, content_type = "text/html", description = "HTML")))]
+pub fn docs() {}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The API's OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tally", description = "Usage metering and quota enforcement for SaaS products."),
+    paths(record, record_batch, check, usage, history, events, reset, put_plan, list_plans, get_plan, delete_plan,
+          put_tenant, list_tenants, get_tenant, put_subscription, delete_subscription, put_override, delete_override,
+          audit, healthz, readyz, metrics, openapi_json, docs),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// The document, as served.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}

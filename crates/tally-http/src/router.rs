@@ -1,0 +1,137 @@
+//! The route table (one list that builds the router and that the OpenAPI test compares with
+//! the document), and the middleware every request passes through.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use tally_domain::limits::REQUEST_BODY_BYTES_MAX;
+use tally_store::Store;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{admin_routes, ops_routes, usage_routes};
+
+/// A request that takes longer than this is answered 503 `unavailable`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every route: path, method, handler.
+pub fn route_table<S: Store>() -> Vec<(&'static str, Method, MethodRouter<AppState<S>>)> {
+    vec![
+        ("/v1/tenants/{tenant_id}/usage", Method::POST, post(usage_routes::record::<S>)),
+        ("/v1/tenants/{tenant_id}/usage", Method::GET, get(usage_routes::usage::<S>)),
+        ("/v1/tenants/{tenant_id}/usage/batch", Method::POST, post(usage_routes::record_batch::<S>)),
+        ("/v1/tenants/{tenant_id}/usage/check", Method::POST, post(usage_routes::check::<S>)),
+        ("/v1/tenants/{tenant_id}/usage/{metric_code}/history", Method::GET, get(usage_routes::history::<S>)),
+        ("/v1/tenants/{tenant_id}/usage/{metric_code}/reset", Method::POST, post(usage_routes::reset::<S>)),
+        ("/v1/tenants/{tenant_id}/events", Method::GET, get(usage_routes::events::<S>)),
+        ("/v1/plans", Method::GET, get(admin_routes::list_plans::<S>)),
+        ("/v1/plans/{plan_code}", Method::PUT, put(admin_routes::put_plan::<S>)),
+        ("/v1/plans/{plan_code}", Method::GET, get(admin_routes::get_plan::<S>)),
+        ("/v1/plans/{plan_code}", Method::DELETE, delete(admin_routes::delete_plan::<S>)),
+        ("/v1/tenants", Method::GET, get(admin_routes::list_tenants::<S>)),
+        ("/v1/tenants/{tenant_id}", Method::PUT, put(admin_routes::put_tenant::<S>)),
+        ("/v1/tenants/{tenant_id}", Method::GET, get(admin_routes::get_tenant::<S>)),
+        ("/v1/tenants/{tenant_id}/subscription", Method::PUT, put(admin_routes::put_subscription::<S>)),
+        (
+            "/v1/tenants/{tenant_id}/subscription",
+            Method::DELETE,
+            delete(admin_routes::delete_subscription::<S>),
+        ),
+        (
+            "/v1/tenants/{tenant_id}/overrides/{metric_code}",
+            Method::PUT,
+            put(admin_routes::put_override::<S>),
+        ),
+        (
+            "/v1/tenants/{tenant_id}/overrides/{metric_code}",
+            Method::DELETE,
+            delete(admin_routes::delete_override::<S>),
+        ),
+        ("/v1/audit", Method::GET, get(admin_routes::audit::<S>)),
+        ("/healthz", Method::GET, get(ops_routes::healthz)),
+        ("/readyz", Method::GET, get(ops_routes::readyz::<S>)),
+        ("/metrics", Method::GET, get(ops_routes::metrics::<S>)),
+        ("/openapi.json", Method::GET, get(ops_routes::openapi_json)),
+        ("/docs", Method::GET, get(ops_routes::docs)),
+    ]
+}
+
+/// The application: every route of the table, the fallbacks and the middleware.
+pub fn router<S: Store>(state: AppState<S>) -> Router {
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState<S>>)> = Vec::new();
+    for (path, _method, handler) in route_table::<S>() {
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, existing)) => {
+                let merged = std::mem::take(existing).merge(handler);
+                *existing = merged;
+            }
+            None => by_path.push((path, handler)),
+        }
+    }
+    let mut app: Router<AppState<S>> = Router::new();
+    for (path, handler) in by_path {
+        app = app.route(path, handler);
+    }
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(middleware::from_fn(timeout))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| ApiError::internal().into_response()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            ApiError::unavailable(format!("the request took longer than {}s", REQUEST_TIMEOUT.as_secs()))
+                .into_response()
+        }
+    }
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("tally_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("tally_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,59 @@
+//! The state every handler shares.
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tally_service::Tally;
+use tally_service::keys::hash_key;
+use tally_store::Store;
+
+use crate::auth::KeyTouches;
+
+/// Shared by all handlers; cloning is cheap.
+pub struct AppState<S: Store> {
+    /// The use cases.
+    pub tally: Tally<S>,
+    /// SHA-256 of the configured admin key (`TALLY_ADMIN_KEY` / `--admin-key`), if any.
+    pub admin_key_hash: Option<String>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token_hash: Option<String>,
+    /// `last_used_at` bookkeeping.
+    pub touches: KeyTouches,
+}
+
+impl<S: Store> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        AppState {
+            tally: self.tally.clone(),
+            admin_key_hash: self.admin_key_hash.clone(),
+            metrics: self.metrics.clone(),
+            metrics_token_hash: self.metrics_token_hash.clone(),
+            touches: self.touches.clone(),
+        }
+    }
+}
+
+impl<S: Store> AppState<S> {
+    /// State over `tally`, with the process's metrics recorder.
+    pub fn new(tally: Tally<S>) -> AppState<S> {
+        AppState {
+            tally,
+            admin_key_hash: None,
+            metrics: crate::metrics::handle(),
+            metrics_token_hash: None,
+            touches: KeyTouches::default(),
+        }
+    }
+
+    /// Accepts `key` as the admin key (kept only as its hash).
+    pub fn with_admin_key(mut self, key: Option<&str>) -> AppState<S> {
+        self.admin_key_hash = key.filter(|k| !k.is_empty()).map(hash_key);
+        self
+    }
+
+    /// Guards `/metrics` with a bearer token (kept only as its hash).
+    pub fn with_metrics_token(mut self, token: Option<&str>) -> AppState<S> {
+        self.metrics_token_hash = token.filter(|k| !k.is_empty()).map(hash_key);
+        self
+    }
+}

@@ -1,0 +1,534 @@
+//! The commands, generic over the store so that SQLite and PostgreSQL run the same code.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use chrono::Duration;
+use serde_json::json;
+use tally_domain::time::{format_rfc3339, parse_rfc3339};
+use tally_domain::{
+    Amount, IdempotencyKey, KeyScope, Metadata, MetricCode, Name, PlanCode, TenantId, Timestamp, UsageError,
+    UsageRequest,
+};
+use tally_service::usage::EventFilter;
+use tally_service::{ServiceConfig, ServiceError, SystemClock, Tally};
+use tally_store::{PutOutcome, SchemaReport, Store};
+use uuid::Uuid;
+
+use crate::output::{self, print_json, to_json, used_of};
+use crate::{Backend, Cli, Command, Global, KeysCmd, PlansCmd, TenantsCmd, open_backend};
+use tally_http::dto;
+
+/// Runs one command and returns the process's exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = ServiceConfig { max_event_age: parse_age(&cli.global.max_event_age)? };
+    match &cli.command {
+        Command::Migrate { target_version } => return migrate(&cli.global, *target_version).await,
+        Command::Serve { server, no_migrate, print_config } => {
+            if *print_config {
+                print_effective_config(&cli.global, server, *no_migrate);
+                return Ok(ExitCode::SUCCESS);
+            }
+            crate::serve::init_logging(&server.log_format)?;
+            return serve(&cli.global, server, *no_migrate, config, false).await;
+        }
+        Command::Demo { server } => {
+            crate::serve::init_logging(&server.log_format)?;
+            let mut global = cli.global.clone();
+            if global.database_url.is_none() {
+                let path = std::env::temp_dir().join(format!("tally-demo-{}.db", Uuid::now_v7().simple()));
+                global.database_url = Some(format!("sqlite://{}", path.display()));
+            }
+            return serve(&global, server, false, config, true).await;
+        }
+        _ => {}
+    }
+    match open_backend(&cli.global, false).await? {
+        Backend::Sqlite(s) => {
+            run_with(Tally::with_clock(s, Arc::new(SystemClock), config), cli.command).await
+        }
+        Backend::Postgres(s) => {
+            run_with(Tally::with_clock(s, Arc::new(SystemClock), config), cli.command).await
+        }
+    }
+}
+
+/// Parses an age such as `35d`, `12h`, `90m`, `3600s` or plain seconds.
+pub fn parse_age(raw: &str) -> anyhow::Result<Duration> {
+    let raw = raw.trim();
+    let (digits, unit) = match raw.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let n: i64 =
+        digits.parse().with_context(|| format!("--max-event-age: {raw:?} is not an age like 35d"))?;
+    let seconds = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    };
+    match seconds {
+        Some(s) if s > 0 && s <= 10 * 365 * 86_400 => Ok(Duration::seconds(s)),
+        _ => bail!(
+            "--max-event-age: {raw:?} must be a positive age like 35d, 12h, 90m or 3600s, at most 10 years"
+        ),
+    }
+}
+
+fn tenant(raw: &str) -> anyhow::Result<TenantId> {
+    Ok(TenantId::parse(raw)?)
+}
+
+fn metric(raw: &str) -> anyhow::Result<MetricCode> {
+    Ok(MetricCode::parse(raw)?)
+}
+
+fn plan(raw: &str) -> anyhow::Result<PlanCode> {
+    Ok(PlanCode::parse(raw)?)
+}
+
+fn amount(raw: &str) -> anyhow::Result<Amount> {
+    let n: i64 = raw.parse().map_err(|_| anyhow::anyhow!("amount: must be a whole number, got {raw:?}"))?;
+    Ok(Amount::new(n)?)
+}
+
+fn instant(raw: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
+    Ok(raw.map(parse_rfc3339).transpose()?)
+}
+
+/// Maps a use case's error to a message and exit code: a HARD refusal is a "no" (1).
+fn refused_or_error(e: ServiceError) -> anyhow::Result<ExitCode> {
+    match e {
+        ServiceError::Usage(u @ UsageError::QuotaExceeded { .. }) => {
+            eprintln!("refused: {u}");
+            Ok(ExitCode::from(1))
+        }
+        other => Err(other.into()),
+    }
+}
+
+async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate { .. } | Command::Serve { .. } | Command::Demo { .. } => {
+            unreachable!("handled before a store is opened")
+        }
+        Command::Plans(PlansCmd::Apply { file }) => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let plans =
+                crate::plans_file::parse_plans(&text).with_context(|| format!("in {}", file.display()))?;
+            for (code, spec) in plans {
+                let (what, p) = match tally.put_plan(&code, &spec, None).await? {
+                    PutOutcome::Created(p) => ("created", p),
+                    PutOutcome::Updated(p) => ("updated", p),
+                    PutOutcome::Unchanged(p) => ("unchanged", p),
+                };
+                println!("{code}: {what} (version {})", p.version);
+            }
+        }
+        Command::Plans(PlansCmd::List { json }) => {
+            let plans = tally.list_plans().await?;
+            if json {
+                print_json(&json!(
+                    plans.iter().map(|p| to_json(dto::PlanResponse::from(p))).collect::<Vec<_>>()
+                ));
+            } else {
+                for p in plans {
+                    let limits: Vec<String> = p
+                        .limits
+                        .iter()
+                        .map(|l| {
+                            let v = l.limit.map_or("unlimited".to_owned(), |v| v.to_string());
+                            format!("{} {} {} per {}", l.metric_code, v, l.enforcement, l.period)
+                        })
+                        .collect();
+                    println!("{}\t{}\tv{}\t{}", p.code, p.name, p.version, limits.join(", "));
+                }
+            }
+        }
+        Command::Tenants(TenantsCmd::Create { tenant: t, name, plan: p, anchor }) => {
+            let id = tenant(&t)?;
+            let name = Name::parse(name.as_deref().unwrap_or(&t))?;
+            let anchor = instant(anchor.as_deref())?;
+            let out = tally.put_tenant(&id, &name).await?;
+            println!("{id}: {}", if out.is_created() { "created" } else { "exists" });
+            if let Some(p) = p {
+                let sub = tally.subscribe(&id, &plan(&p)?, anchor, None).await?;
+                println!("{id}: subscribed to {} (anchor {})", sub.plan_code, format_rfc3339(sub.anchor));
+            } else if anchor.is_some() {
+                bail!("--anchor needs --plan");
+            }
+        }
+        Command::Tenants(TenantsCmd::List { json }) => {
+            let mut all = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = tally.list_tenants(tally_domain::limits::PAGE_LEN_MAX, cursor.as_deref()).await?;
+                all.extend(page.tenants);
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            if json {
+                print_json(&json!(
+                    all.iter().map(|v| to_json(dto::TenantResponse::from(v))).collect::<Vec<_>>()
+                ));
+            } else {
+                for v in all {
+                    let plan = v.subscription.as_ref().map_or("-".to_owned(), |s| s.plan_code.to_string());
+                    println!("{}\t{}\t{}", v.tenant.tenant_id, v.tenant.name, plan);
+                }
+            }
+        }
+        Command::Tenants(TenantsCmd::Show { tenant: t, json }) => {
+            let v = tally.get_tenant(&tenant(&t)?).await?;
+            if json {
+                print_json(&to_json(dto::TenantResponse::from(&v)));
+            } else {
+                println!("tenant: {}", v.tenant.tenant_id);
+                println!("name: {}", v.tenant.name);
+                println!("created: {}", format_rfc3339(v.tenant.created_at));
+                match &v.subscription {
+                    Some(s) => println!(
+                        "plan: {} (anchor {}, since {})",
+                        s.plan_code,
+                        format_rfc3339(s.anchor),
+                        format_rfc3339(s.started_at)
+                    ),
+                    None => println!("plan: none"),
+                }
+                for o in &v.overrides {
+                    let value = o.limit.map_or("unlimited".to_owned(), |l| l.to_string());
+                    println!("override: {} {} {} per {}", o.metric_code, value, o.enforcement, o.period);
+                }
+            }
+        }
+        Command::Subscribe { tenant: t, plan: p, anchor } => {
+            let sub = tally.subscribe(&tenant(&t)?, &plan(&p)?, instant(anchor.as_deref())?, None).await?;
+            println!("{t}: subscribed to {} (anchor {})", sub.plan_code, format_rfc3339(sub.anchor));
+        }
+        Command::Keys(KeysCmd::Create { admin, tenant: t }) => {
+            let scope = match (admin, t) {
+                (true, None) => KeyScope::Admin,
+                (false, Some(t)) => KeyScope::Tenant(tenant(&t)?),
+                _ => bail!("give exactly one of --admin or --tenant TENANT"),
+            };
+            let (key, secret) = tally.create_key(scope, None).await?;
+            println!("id: {}", key.id);
+            match key.scope.tenant() {
+                Some(t) => println!("scope: tenant {t}"),
+                None => println!("scope: admin"),
+            }
+            println!("{secret}");
+        }
+        Command::Keys(KeysCmd::List { json }) => {
+            let keys = tally.list_keys().await?;
+            if json {
+                print_json(&json!(keys.iter().map(output::key_json).collect::<Vec<_>>()));
+            } else {
+                for k in keys {
+                    let scope = k.scope.tenant().map_or("admin".to_owned(), |t| format!("tenant {t}"));
+                    let used = k
+                        .last_used_at
+                        .map_or("never used".to_owned(), |t| format!("last used {}", format_rfc3339(t)));
+                    let revoked =
+                        k.revoked_at.map_or(String::new(), |t| format!("\trevoked {}", format_rfc3339(t)));
+                    println!("{}\t{scope}\tcreated {}\t{used}{revoked}", k.id, format_rfc3339(k.created_at));
+                }
+            }
+        }
+        Command::Keys(KeysCmd::Revoke { id }) => {
+            let id = Uuid::try_parse(&id).map_err(|_| anyhow::anyhow!("key id: {id:?} is not a UUID"))?;
+            tally.revoke_key(id, None).await?;
+            println!("{id}: revoked");
+        }
+        Command::Record { tenant: t, metric: m, amount: a, key, metadata, at, json } => {
+            let metadata = match metadata {
+                Some(raw) => {
+                    let value: serde_json::Value = serde_json::from_str(&raw)
+                        .map_err(|e| anyhow::anyhow!("metadata: not valid JSON: {e}"))?;
+                    if !value.is_object() {
+                        bail!("metadata: must be a JSON object");
+                    }
+                    Metadata::new(value)?
+                }
+                None => Metadata::default(),
+            };
+            let req = UsageRequest {
+                tenant_id: tenant(&t)?,
+                metric_code: metric(&m)?,
+                amount: amount(&a)?,
+                idempotency_key: key.as_deref().map(IdempotencyKey::parse).transpose()?,
+                metadata,
+                timestamp: instant(at.as_deref())?,
+            };
+            let out = match tally.record(req).await {
+                Ok(out) => out,
+                Err(e) => return refused_or_error(e),
+            };
+            if json {
+                print_json(&to_json(dto::UsageResponse::from(&out)));
+            } else {
+                let replayed = if out.replayed { " (replayed: nothing recorded)" } else { "" };
+                println!(
+                    "{}: {} {}: {}, period {} to {}{replayed}",
+                    out.tenant_id,
+                    out.metric_code,
+                    out.amount,
+                    used_of(out.current_usage, out.limit),
+                    format_rfc3339(out.period.start()),
+                    format_rfc3339(out.period.end())
+                );
+            }
+        }
+        Command::Check { tenant: t, metric: m, amount: a, json } => {
+            let c = tally.check(&tenant(&t)?, &metric(&m)?, amount(&a)?).await?;
+            if json {
+                print_json(&to_json(dto::CheckResponse::from(&c)));
+            } else {
+                let verdict = if c.allowed { "allowed" } else { "refused" };
+                println!("{verdict}: {} {}", c.metric_code, used_of(c.current_usage, c.limit));
+            }
+            return Ok(if c.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        Command::Usage { tenant: t, json } => {
+            let u = tally.usage(&tenant(&t)?).await?;
+            if json {
+                print_json(&to_json(dto::TenantUsageResponse::from(&u)));
+            } else {
+                println!("{} on plan {}", u.tenant_id, u.plan_code);
+                for m in &u.metrics {
+                    let flag = if m.exceeded { " EXCEEDED" } else { "" };
+                    println!(
+                        "{}\t{}\t{}\tper {} until {}{flag}",
+                        m.metric_code,
+                        used_of(m.current_usage, m.limit),
+                        m.enforcement,
+                        m.period_kind,
+                        format_rfc3339(m.period.end())
+                    );
+                }
+            }
+        }
+        Command::Events { tenant: t, metric: m, from, to, limit, cursor, json } => {
+            let filter = EventFilter {
+                metric_code: m.as_deref().map(metric).transpose()?,
+                from: instant(from.as_deref())?,
+                to: instant(to.as_deref())?,
+                limit,
+                cursor,
+            };
+            let page = tally.events(&tenant(&t)?, &filter).await?;
+            if json {
+                print_json(&json!({
+                    "events": page.events.iter().map(|e| to_json(dto::EventResponse::from(e))).collect::<Vec<_>>(),
+                    "next_cursor": page.next_cursor,
+                }));
+            } else {
+                for e in &page.events {
+                    let key = e.event.idempotency_key.as_ref().map_or("-", |k| k.as_str());
+                    println!(
+                        "{}\t{}\t{}\t{}\t{key}\t{}",
+                        format_rfc3339(e.event.timestamp),
+                        e.event.metric_code,
+                        e.event.amount,
+                        e.event.id,
+                        e.event.metadata.to_json_string()
+                    );
+                }
+                if let Some(c) = page.next_cursor {
+                    println!("next page: --cursor {c}");
+                }
+            }
+        }
+        Command::Verify { json } => {
+            let report = tally.verify().await?;
+            if json {
+                print_json(&output::verify_json(&report));
+            } else {
+                for d in &report.drifts {
+                    let record = d.record_id.map_or("no record".to_owned(), |id| format!("record {id}"));
+                    let recorded = d.recorded.map_or("missing".to_owned(), |r| r.to_string());
+                    println!(
+                        "DRIFT {record}: tenant {} metric {} period {}: counter {recorded}, events say {} ({} events)",
+                        d.tenant_id,
+                        d.metric_code,
+                        format_rfc3339(d.period_start),
+                        d.expected,
+                        d.n_events
+                    );
+                }
+                println!(
+                    "verified {} records against {} events and {} resets: {} drift{}",
+                    report.n_records,
+                    report.n_events,
+                    report.n_resets,
+                    report.drifts.len(),
+                    if report.drifts.len() == 1 { "" } else { "s" }
+                );
+            }
+            return Ok(if report.drifts.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_effective_config(global: &Global, server: &crate::ServerArgs, no_migrate: bool) {
+    let secret = |s: &Option<String>| if s.is_some() { "***" } else { "(none)" };
+    println!("database_url = {:?}", crate::redact_url(global.database_url()));
+    println!("tenancy = {:?}", global.tenancy);
+    println!("pg_schema = {:?}", global.pg_schema);
+    println!("max_event_age = {:?}", global.max_event_age);
+    println!("listen = {:?}", server.listen);
+    println!("admin_key = {}", secret(&server.admin_key));
+    println!("metrics_token = {}", secret(&server.metrics_token));
+    println!("log_format = {:?}", server.log_format);
+    println!("no_migrate = {no_migrate}");
+}
+
+/// `tally serve` and `tally demo`.
+async fn serve(
+    global: &Global,
+    server: &crate::ServerArgs,
+    no_migrate: bool,
+    config: ServiceConfig,
+    demo: bool,
+) -> anyhow::Result<ExitCode> {
+    let backend = open_backend(global, true).await?;
+    let url = crate::redact_url(global.database_url());
+    match backend {
+        Backend::Sqlite(s) => {
+            let version = s.schema_version().await.context("reading the schema version")?;
+            serve_with(s, global, server, config, demo, format!("sqlite {url}"), version).await
+        }
+        Backend::Postgres(s) => {
+            if !no_migrate {
+                let reports = s.migrate(None, &|_| {}).await.context("migrating PostgreSQL at start")?;
+                let failed: Vec<&str> =
+                    reports.iter().filter(|r| r.error.is_some()).map(|r| r.schema.as_str()).collect();
+                if !failed.is_empty() {
+                    bail!("migrating PostgreSQL at start: schemas failed: {}", failed.join(", "));
+                }
+            }
+            let version = s.schema_version().await.context("reading the schema version")?;
+            if version == 0 {
+                bail!("the database at {url} is not migrated: run `tally migrate` or drop --no-migrate");
+            }
+            let name = format!("postgres {url} ({} tenancy)", global.tenancy);
+            serve_with(s, global, server, config, demo, name, version).await
+        }
+    }
+}
+
+async fn serve_with<S: Store>(
+    store: S,
+    _global: &Global,
+    server: &crate::ServerArgs,
+    config: ServiceConfig,
+    demo: bool,
+    store_name: String,
+    schema_version: i64,
+) -> anyhow::Result<ExitCode> {
+    let tally = Tally::with_clock(store.clone(), Arc::new(SystemClock), config.clone());
+    let listener = crate::serve::bind(&server.listen).await?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    if demo {
+        let tenant = crate::demo::seed(&tally).await.context("loading the demo")?;
+        let (admin, scoped) = crate::demo::demo_keys(&tally, &tenant).await?;
+        crate::demo::print_intro(&format!("http://{addr}"), &admin, &tenant, &scoped);
+    } else if let Some(secret) = crate::serve::ensure_admin_key(&tally, server.admin_key.is_some()).await? {
+        println!(
+            "No admin key was configured or stored, so one was created. It is shown this once; Tally keeps only its hash."
+        );
+        println!("admin key: {secret}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let opts = crate::serve::ServeOptions {
+        admin_key: server.admin_key.clone(),
+        metrics_token: server.metrics_token.clone(),
+        config,
+        store_name,
+        schema_version,
+    };
+    crate::serve::run_server(store, listener, opts).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tally migrate`: one line per schema, then a total line; a progress bar on a terminal.
+async fn migrate(global: &Global, target_version: Option<i64>) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let backend = open_backend(global, true).await?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message("migrating");
+        bar
+    });
+    let print = |r: &SchemaReport| {
+        let line = report_line(r);
+        match &bar {
+            Some(b) => {
+                b.println(line);
+                b.inc(1);
+            }
+            None => println!("{line}"),
+        }
+    };
+    let reports = match backend {
+        Backend::Sqlite(s) => {
+            let reports = s.migrate().await.context("migrating SQLite")?;
+            reports.iter().for_each(print);
+            reports
+        }
+        Backend::Postgres(s) => s.migrate(target_version, &print).await.context("migrating PostgreSQL")?,
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    let applied: u32 = reports.iter().map(|r| r.applied).sum();
+    println!(
+        "total: {} schemas, {} OK, {failed} failed, {applied} migrations applied in {:.3}s",
+        reports.len(),
+        reports.len() - failed,
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        for r in reports.iter().filter(|r| r.error.is_some()) {
+            eprintln!("error: schema {} failed to migrate", r.schema);
+        }
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_line(r: &SchemaReport) -> String {
+    let who = r.tenant_id.as_ref().map_or(String::new(), |t| format!(" ({t})"));
+    let secs = r.elapsed.as_secs_f64();
+    match &r.error {
+        None => format!("{}{who} OK ({secs:.3}s) version {}, {} applied", r.schema, r.version, r.applied),
+        Some(e) => format!("{}{who} FAILED ({secs:.3}s): {e}", r.schema),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_age("35d").unwrap(), Duration::days(35));
+        assert_eq!(parse_age("12h").unwrap(), Duration::hours(12));
+        assert_eq!(parse_age("90m").unwrap(), Duration::minutes(90));
+        assert_eq!(parse_age("3600").unwrap(), Duration::hours(1));
+        for bad in ["", "0d", "-1d", "35x", "d", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+}

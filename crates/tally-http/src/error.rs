@@ -110,9 +110,16 @@ impl From<DomainError> for ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
+        ApiError::from_service_at(e, tally_domain::time::truncate(chrono::Utc::now()))
+    }
+}
+
+impl ApiError {
+    /// Maps a use case's failure, counting `Retry-After` from `now` (the service's clock).
+    pub fn from_service_at(e: ServiceError, now: tally_domain::Timestamp) -> ApiError {
         match e {
             ServiceError::Invalid(d) => d.into(),
-            ServiceError::Usage(u) => u.into(),
+            ServiceError::Usage(u) => ApiError::from_usage_at(u, now),
             ServiceError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             ServiceError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", why),
             ServiceError::Unavailable(why) => {
@@ -127,12 +134,12 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl From<UsageError> for ApiError {
-    fn from(e: UsageError) -> ApiError {
+impl ApiError {
+    /// Maps a refusal, counting `Retry-After` from `now` (the service's clock).
+    pub fn from_usage_at(e: UsageError, now: tally_domain::Timestamp) -> ApiError {
         let detail = e.to_string();
         match e {
             UsageError::QuotaExceeded { metric, current, limit, requested, period } => {
-                let now = tally_domain::time::truncate(chrono::Utc::now());
                 let mut err =
                     ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "Quota exceeded", detail)
                         .with("metric_code", json!(metric.as_str()))

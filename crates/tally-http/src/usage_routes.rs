@@ -66,7 +66,8 @@ pub async fn record<S: Store>(
     let result = state.tally.record(req).await;
     store_latency("apply_usage", started);
     count_usage(&result);
-    Ok(Json(UsageResponse::from(&result?)))
+    let outcome = result.map_err(|e| ApiError::from_service_at(e, state.tally.now()))?;
+    Ok(Json(UsageResponse::from(&outcome)))
 }
 
 /// `POST /v1/tenants/{tenant_id}/usage/batch`
@@ -117,7 +118,8 @@ pub async fn record_batch<S: Store>(
         }
     }
     let started = Instant::now();
-    let results = state.tally.record_batch(requests).await?;
+    let results = state.tally.record_batch(&tenant, requests).await?;
+    let now = state.tally.now();
     store_latency("apply_usage", started);
     let out: Vec<Value> = results
         .into_iter()
@@ -129,7 +131,7 @@ pub async fn record_batch<S: Store>(
             count_usage(&result);
             match result {
                 Ok(o) => serde_json::to_value(UsageResponse::from(&o)).unwrap_or(Value::Null),
-                Err(e) => json!({"error": ApiError::from(e).to_json()}),
+                Err(e) => json!({"error": ApiError::from_service_at(e, now).to_json()}),
             }
         })
         .collect();

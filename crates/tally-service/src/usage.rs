@@ -134,11 +134,13 @@ impl<S: Store> Tally<S> {
         }
     }
 
-    /// Records up to `EVENT_BATCH_LEN_MAX` events in order, each on its own. Items that
-    /// failed validation before reaching here are passed as `Err` and answered in place.
-    #[tracing::instrument(skip_all, fields(n_events = items.len()))]
+    /// Records up to `EVENT_BATCH_LEN_MAX` events of `tenant` in order, each on its own.
+    /// Items that failed validation before reaching here are passed as `Err` and answered
+    /// in place.
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, n_events = items.len()))]
     pub async fn record_batch(
         &self,
+        tenant: &TenantId,
         items: Vec<Result<UsageRequest, DomainError>>,
     ) -> Result<Vec<Result<UsageOutcome, ServiceError>>, ServiceError> {
         if items.len() > EVENT_BATCH_LEN_MAX {
@@ -147,11 +149,20 @@ impl<S: Store> Tally<S> {
                 format!("at most {EVENT_BATCH_LEN_MAX} events per batch, got {}", items.len()),
             )));
         }
+        // An unknown tenant fails the whole request, as it does for a single event.
+        self.require_tenant(tenant).await?;
         let now = self.now();
         let mut answers: Vec<Option<Result<UsageOutcome, ServiceError>>> = Vec::with_capacity(items.len());
         let mut valid = Vec::with_capacity(items.len());
         for item in items {
             match item.map_err(ServiceError::from).and_then(|r| {
+                if &r.tenant_id != tenant {
+                    return Err(DomainError::invalid(
+                        "tenant_id",
+                        "every event of a batch belongs to its tenant",
+                    )
+                    .into());
+                }
                 self.check_window(&r, now)?;
                 Ok(r)
             }) {

@@ -143,12 +143,15 @@ async fn event_pages_follow_their_cursor_and_bad_cursors_are_refused() {
 async fn batch_answers_invalid_items_in_place() {
     let (tally, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
     let out = tally
-        .record_batch(vec![
-            Ok(req("api_calls", 4)),
-            Err(DomainError::invalid("amount", "must be between 1 and 1000000000000, got 0")),
-            Ok(req("api_calls", 7)),
-            Ok(req("api_calls", 6)),
-        ])
+        .record_batch(
+            &acme(),
+            vec![
+                Ok(req("api_calls", 4)),
+                Err(DomainError::invalid("amount", "must be between 1 and 1000000000000, got 0")),
+                Ok(req("api_calls", 7)),
+                Ok(req("api_calls", 6)),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().map(|o| o.current_usage), Ok(4));
@@ -156,7 +159,7 @@ async fn batch_answers_invalid_items_in_place() {
     assert!(matches!(out[2], Err(ServiceError::Usage(UsageError::QuotaExceeded { .. }))));
     assert_eq!(out[3].as_ref().map(|o| o.current_usage), Ok(10));
     let too_many: Vec<_> = (0..1001).map(|_| Ok(req("api_calls", 1))).collect();
-    assert!(matches!(tally.record_batch(too_many).await.unwrap_err(), ServiceError::Invalid(_)));
+    assert!(matches!(tally.record_batch(&acme(), too_many).await.unwrap_err(), ServiceError::Invalid(_)));
 }
 
 #[tokio::test]

@@ -1,0 +1,15 @@
+//! Black-box tests of the HTTP API: each starts the real server on a free port over a fresh
+//! store and talks to it with a real client, once over SQLite and once over PostgreSQL.
+
+#[macro_use]
+mod helpers;
+
+mod admin;
+mod auth;
+mod batch;
+mod concurrency;
+mod errors;
+mod idempotency;
+mod ops;
+mod reads;
+mod usage;

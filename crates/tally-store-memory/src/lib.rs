@@ -10,9 +10,9 @@ use tally_domain::{
     UsageRecord, UsageRequest,
 };
 use tally_store::{
-    AuditStore, EntitlementLookup, EventQuery, EventRecorder, EventTotal, KeyStore, LockedRecord, PlanStore,
-    PutOutcome, RecordKey, RecordTotal, RecordUpdate, StoreError, TenantStore, UsageApplier, UsageRepository,
-    UsageTx, VerifyInputs, apply_in_tx, reset_audit, reset_fact,
+    AuditStore, ConfigVersion, EntitlementLookup, EventQuery, EventRecorder, EventTotal, KeyStore,
+    LockedRecord, PlanStore, PutOutcome, RecordKey, RecordTotal, RecordUpdate, StoreError, TenantStore,
+    UsageApplier, UsageRepository, UsageTx, VerifyInputs, apply_in_tx, reset_audit, reset_fact,
 };
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -32,6 +32,7 @@ struct State {
     record_ids: HashMap<PeriodKey, Uuid>,
     events: Vec<RecordedEvent>,
     event_keys: HashMap<(TenantId, IdempotencyKey), usize>,
+    config_version: i64,
 }
 
 impl State {
@@ -352,6 +353,7 @@ impl PlanStore for MemoryStore {
         state.plan_versions.insert((code.clone(), plan.version), plan.clone());
         state.plans.insert(code.clone(), plan);
         state.audit.push(audit.clone());
+        state.config_version += 1;
         Ok(outcome)
     }
 
@@ -382,6 +384,7 @@ impl PlanStore for MemoryStore {
         state.plans.remove(code);
         state.plan_versions.retain(|(c, _), _| c != code);
         state.audit.push(audit.clone());
+        state.config_version += 1;
         Ok(())
     }
 }
@@ -399,7 +402,9 @@ impl TenantStore for MemoryStore {
                 return Ok(PutOutcome::Unchanged(t.clone()));
             }
             t.name = name.clone();
-            return Ok(PutOutcome::Updated(t.clone()));
+            let t = t.clone();
+            state.config_version += 1;
+            return Ok(PutOutcome::Updated(t));
         }
         let t = Tenant {
             tenant_id: tenant_id.clone(),
@@ -408,6 +413,7 @@ impl TenantStore for MemoryStore {
             created_at: now,
         };
         state.tenants.insert(tenant_id.clone(), t.clone());
+        state.config_version += 1;
         Ok(PutOutcome::Created(t))
     }
 
@@ -458,6 +464,7 @@ impl TenantStore for MemoryStore {
         if state.subscriptions.get(tenant_id) != Some(&sub) {
             state.subscriptions.insert(tenant_id.clone(), sub.clone());
             state.audit.push(audit.clone());
+            state.config_version += 1;
         }
         Ok(sub)
     }
@@ -470,6 +477,7 @@ impl TenantStore for MemoryStore {
         let mut state = self.state.lock().await;
         state.subscriptions.remove(tenant_id).ok_or_else(|| StoreError::not_found("subscription"))?;
         state.audit.push(audit.clone());
+        state.config_version += 1;
         Ok(())
     }
 
@@ -498,6 +506,7 @@ impl TenantStore for MemoryStore {
         if state.overrides.get(&key) != Some(limit) {
             state.overrides.insert(key, limit.clone());
             state.audit.push(audit.clone());
+            state.config_version += 1;
         }
         Ok(())
     }
@@ -514,6 +523,7 @@ impl TenantStore for MemoryStore {
             .remove(&(tenant_id.clone(), metric.clone()))
             .ok_or_else(|| StoreError::not_found("override"))?;
         state.audit.push(audit.clone());
+        state.config_version += 1;
         Ok(())
     }
 
@@ -535,6 +545,7 @@ impl KeyStore for MemoryStore {
         }
         state.keys.push(key.clone());
         state.audit.push(audit.clone());
+        state.config_version += 1;
         Ok(())
     }
 
@@ -555,6 +566,7 @@ impl KeyStore for MemoryStore {
             .ok_or_else(|| StoreError::not_found(format!("key {id}")))?;
         key.revoked_at = Some(now);
         state.audit.push(audit.clone());
+        state.config_version += 1;
         Ok(())
     }
 
@@ -564,6 +576,12 @@ impl KeyStore for MemoryStore {
             k.last_used_at = Some(now);
         }
         Ok(())
+    }
+}
+
+impl ConfigVersion for MemoryStore {
+    async fn config_version(&self) -> Result<i64, StoreError> {
+        Ok(self.state.lock().await.config_version)
     }
 }
 

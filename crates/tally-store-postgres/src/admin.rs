@@ -10,7 +10,8 @@ use tally_domain::{
     Tenant, TenantId, Timestamp,
 };
 use tally_store::{
-    AuditStore, EntitlementLookup, KeyStore, PlanStore, PutOutcome, StoreError, TenantStore, VerifyInputs,
+    AuditStore, ConfigVersion, EntitlementLookup, KeyStore, PlanStore, PutOutcome, StoreError, TenantStore,
+    VerifyInputs,
 };
 use uuid::Uuid;
 
@@ -22,7 +23,7 @@ use crate::rows::{
 };
 use crate::scope::internal_id_to_db;
 use crate::usage::{list_limit, load_entitlements, verify_inputs};
-use crate::{PgStore, Tenancy};
+use crate::{PgStore, StatementLog, Tenancy};
 
 /// Rows a "list every ..." call returns at most (plans, plan versions, keys, overrides):
 /// admin-made rows that never come near this many.
@@ -35,12 +36,17 @@ const UPSERT_PASSES_MAX: usize = 2;
 /// Writes `audit` in the caller's transaction. An entry whose id is taken already (the
 /// same `AuditEntry` passed to a second mutation) is written again under a fresh v7 id:
 /// every change keeps its own line in the log.
-pub(crate) async fn insert_audit(conn: &mut PgConnection, audit: &AuditEntry) -> Result<(), StoreError> {
+pub(crate) async fn insert_audit(
+    log: &StatementLog,
+    conn: &mut PgConnection,
+    audit: &AuditEntry,
+) -> Result<(), StoreError> {
     let sql =
         "INSERT INTO tally_audit (id, at, key_id, action, tenant_id, details) VALUES ($1, $2, $3, $4, $5, $6)
                ON CONFLICT (id) DO NOTHING";
     for id in [audit.id, Uuid::now_v7()] {
-        let done = sqlx::query(sql)
+        let done = log
+            .query(sql)
             .bind(id)
             .bind(audit.at)
             .bind(audit.key_id)
@@ -57,9 +63,29 @@ pub(crate) async fn insert_audit(conn: &mut PgConnection, audit: &AuditEntry) ->
     Err(StoreError::Conflict("tally_audit_pkey".to_owned()))
 }
 
+/// Raises the configuration version in the caller's transaction: every change to a plan,
+/// tenant, subscription, override or key calls it once, as its last statement before the
+/// commit, so that the row lock it takes (which orders concurrent changes) is held briefly
+/// and always taken last.
+async fn bump_config_version(log: &StatementLog, conn: &mut PgConnection) -> Result<(), StoreError> {
+    let done = log
+        .query("UPDATE tally_config_version SET version = version + 1 WHERE id = 1")
+        .execute(conn)
+        .await
+        .map_err(map_err)?;
+    if done.rows_affected() != 1 {
+        return Err(StoreError::Corrupt("tally_config_version has lost its row".to_owned()));
+    }
+    Ok(())
+}
+
 /// Keeps `plan` as a version in its history.
-async fn insert_plan_version(conn: &mut PgConnection, plan: &Plan) -> Result<(), StoreError> {
-    sqlx::query(
+async fn insert_plan_version(
+    log: &StatementLog,
+    conn: &mut PgConnection,
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    log.query(
         "INSERT INTO tally_plan_version (code, version, name, limits, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -84,8 +110,12 @@ fn tenant_not_found(tenant: &TenantId) -> StoreError {
 }
 
 /// Whether the tenant exists, in the caller's transaction.
-pub(crate) async fn tenant_exists(conn: &mut PgConnection, tenant: &TenantId) -> Result<bool, StoreError> {
-    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tally_tenant WHERE tenant_id = $1)")
+pub(crate) async fn tenant_exists(
+    log: &StatementLog,
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+) -> Result<bool, StoreError> {
+    log.query_scalar::<bool>("SELECT EXISTS (SELECT 1 FROM tally_tenant WHERE tenant_id = $1)")
         .bind(tenant.as_str())
         .fetch_one(conn)
         .await
@@ -100,10 +130,12 @@ impl PlanStore for PgStore {
         now: Timestamp,
         audit: &AuditEntry,
     ) -> Result<PutOutcome<Plan>, StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
         for _ in 0..UPSERT_PASSES_MAX {
             let sql = format!("SELECT {PLAN_COLUMNS} FROM tally_plan WHERE code = $1 FOR UPDATE");
-            let existing = sqlx::query(AssertSqlSafe(sql))
+            let existing = self
+                .log
+                .query(AssertSqlSafe(sql))
                 .bind(code.as_str())
                 .fetch_optional(&mut *tx)
                 .await
@@ -112,14 +144,16 @@ impl PlanStore for PgStore {
                 Some(row) => {
                     let old = plan_from_row(&row)?;
                     if old.matches(spec) {
-                        tx.rollback().await.map_err(map_err)?;
+                        self.log.rollback(tx).await.map_err(map_err)?;
                         return Ok(PutOutcome::Unchanged(old));
                     }
                     let sql = format!(
                         "UPDATE tally_plan SET name = $2, limits = $3, version = version + 1, updated_at = $4
                           WHERE code = $1 RETURNING {PLAN_COLUMNS}"
                     );
-                    let row = sqlx::query(AssertSqlSafe(sql))
+                    let row = self
+                        .log
+                        .query(AssertSqlSafe(sql))
                         .bind(code.as_str())
                         .bind(spec.name.as_str())
                         .bind(Json(&spec.limits))
@@ -134,7 +168,9 @@ impl PlanStore for PgStore {
                         "INSERT INTO tally_plan (code, name, limits, version, created_at, updated_at)
                          VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (code) DO NOTHING RETURNING {PLAN_COLUMNS}"
                     );
-                    let row = sqlx::query(AssertSqlSafe(sql))
+                    let row = self
+                        .log
+                        .query(AssertSqlSafe(sql))
                         .bind(code.as_str())
                         .bind(spec.name.as_str())
                         .bind(Json(&spec.limits))
@@ -149,9 +185,10 @@ impl PlanStore for PgStore {
                     }
                 }
             };
-            insert_plan_version(&mut tx, &plan).await?;
-            insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(map_err)?;
+            insert_plan_version(&self.log, &mut tx, &plan).await?;
+            insert_audit(&self.log, &mut tx, audit).await?;
+            bump_config_version(&self.log, &mut tx).await?;
+            self.log.commit(tx).await.map_err(map_err)?;
             return Ok(if created { PutOutcome::Created(plan) } else { PutOutcome::Updated(plan) });
         }
         Err(StoreError::Retry)
@@ -159,7 +196,9 @@ impl PlanStore for PgStore {
 
     async fn find_plan(&self, code: &PlanCode) -> Result<Option<Plan>, StoreError> {
         let sql = format!("SELECT {PLAN_COLUMNS} FROM tally_plan WHERE code = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(code.as_str())
             .fetch_optional(self.pool())
             .await
@@ -169,7 +208,9 @@ impl PlanStore for PgStore {
 
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
         let sql = format!("SELECT {PLAN_COLUMNS} FROM tally_plan ORDER BY code LIMIT $1");
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(WHOLE_LIST_LEN_MAX)
             .fetch_all(self.pool())
             .await
@@ -181,7 +222,9 @@ impl PlanStore for PgStore {
         let sql = format!(
             "SELECT {PLAN_COLUMNS} FROM tally_plan_version WHERE code = $1 ORDER BY version DESC LIMIT $2"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(code.as_str())
             .bind(WHOLE_LIST_LEN_MAX)
             .fetch_all(self.pool())
@@ -191,8 +234,10 @@ impl PlanStore for PgStore {
     }
 
     async fn delete_plan(&self, code: &PlanCode, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
-        let found = sqlx::query("SELECT code FROM tally_plan WHERE code = $1 FOR UPDATE")
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
+        let found = self
+            .log
+            .query("SELECT code FROM tally_plan WHERE code = $1 FOR UPDATE")
             .bind(code.as_str())
             .fetch_optional(&mut *tx)
             .await
@@ -200,27 +245,31 @@ impl PlanStore for PgStore {
         if found.is_none() {
             return Err(plan_not_found(code));
         }
-        let subscribers: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM tally_subscription WHERE plan_code = $1")
-                .bind(code.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?;
+        let subscribers: i64 = self
+            .log
+            .query_scalar("SELECT count(*) FROM tally_subscription WHERE plan_code = $1")
+            .bind(code.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
         if subscribers > 0 {
             return Err(StoreError::Conflict(format!("plan {code} has {subscribers} subscribers")));
         }
-        sqlx::query("DELETE FROM tally_plan WHERE code = $1")
+        self.log
+            .query("DELETE FROM tally_plan WHERE code = $1")
             .bind(code.as_str())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        sqlx::query("DELETE FROM tally_plan_version WHERE code = $1")
+        self.log
+            .query("DELETE FROM tally_plan_version WHERE code = $1")
             .bind(code.as_str())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)
+        insert_audit(&self.log, &mut tx, audit).await?;
+        bump_config_version(&self.log, &mut tx).await?;
+        self.log.commit(tx).await.map_err(map_err)
     }
 }
 
@@ -231,14 +280,16 @@ impl TenantStore for PgStore {
         name: &Name,
         now: Timestamp,
     ) -> Result<PutOutcome<Tenant>, StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
         let internal_id = Uuid::new_v4().as_u64_pair().0;
         let sql = format!(
             "INSERT INTO tally_tenant AS t (tenant_id, name, internal_id, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name WHERE t.name IS DISTINCT FROM EXCLUDED.name
              RETURNING {TENANT_COLUMNS}, (t.xmax = 0) AS created"
         );
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant_id.as_str())
             .bind(name.as_str())
             .bind(internal_id_to_db(internal_id))
@@ -249,27 +300,32 @@ impl TenantStore for PgStore {
         let Some(row) = row else {
             // The tenant exists with this name already.
             let sql = format!("SELECT {TENANT_COLUMNS} FROM tally_tenant WHERE tenant_id = $1");
-            let row = sqlx::query(AssertSqlSafe(sql))
+            let row = self
+                .log
+                .query(AssertSqlSafe(sql))
                 .bind(tenant_id.as_str())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            tx.rollback().await.map_err(map_err)?;
+            self.log.rollback(tx).await.map_err(map_err)?;
             return Ok(PutOutcome::Unchanged(tenant_from_row(&row)?));
         };
         let tenant = tenant_from_row(&row)?;
         let created: bool = get(&row, "created")?;
         if created && self.tenancy() == Tenancy::Schema {
             let sql = create_tenant_schema_sql(&schema_name_for(tenant.internal_id), self.base_schema());
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(map_err)?;
+            self.log.raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(map_err)?;
         }
-        tx.commit().await.map_err(map_err)?;
+        bump_config_version(&self.log, &mut tx).await?;
+        self.log.commit(tx).await.map_err(map_err)?;
         Ok(if created { PutOutcome::Created(tenant) } else { PutOutcome::Updated(tenant) })
     }
 
     async fn find_tenant(&self, tenant_id: &TenantId) -> Result<Option<Tenant>, StoreError> {
         let sql = format!("SELECT {TENANT_COLUMNS} FROM tally_tenant WHERE tenant_id = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant_id.as_str())
             .fetch_optional(self.pool())
             .await
@@ -282,7 +338,9 @@ impl TenantStore for PgStore {
             "SELECT {TENANT_COLUMNS} FROM tally_tenant WHERE ($1::text IS NULL OR tenant_id > $1)
               ORDER BY tenant_id LIMIT $2"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(after.map(TenantId::as_str))
             .bind(list_limit(limit))
             .fetch_all(self.pool())
@@ -299,16 +357,18 @@ impl TenantStore for PgStore {
         now: Timestamp,
         audit: &AuditEntry,
     ) -> Result<Subscription, StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
-        let row = sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM tally_tenant WHERE tenant_id = $1) AS tenant_found,
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
+        let row = self
+            .log
+            .query(
+                "SELECT EXISTS (SELECT 1 FROM tally_tenant WHERE tenant_id = $1) AS tenant_found,
                     EXISTS (SELECT 1 FROM tally_plan WHERE code = $2) AS plan_found",
-        )
-        .bind(tenant_id.as_str())
-        .bind(plan.as_str())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
+            )
+            .bind(tenant_id.as_str())
+            .bind(plan.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
         if !get::<bool>(&row, "tenant_found")? {
             return Err(tenant_not_found(tenant_id));
         }
@@ -319,7 +379,9 @@ impl TenantStore for PgStore {
             let sql = format!(
                 "SELECT {SUBSCRIPTION_COLUMNS} FROM tally_subscription WHERE tenant_id = $1 FOR UPDATE"
             );
-            let existing = sqlx::query(AssertSqlSafe(sql))
+            let existing = self
+                .log
+                .query(AssertSqlSafe(sql))
                 .bind(tenant_id.as_str())
                 .fetch_optional(&mut *tx)
                 .await
@@ -330,7 +392,9 @@ impl TenantStore for PgStore {
                         "INSERT INTO tally_subscription (tenant_id, plan_code, anchor, started_at)
                          VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING RETURNING {SUBSCRIPTION_COLUMNS}"
                     );
-                    let row = sqlx::query(AssertSqlSafe(sql))
+                    let row = self
+                        .log
+                        .query(AssertSqlSafe(sql))
                         .bind(tenant_id.as_str())
                         .bind(plan.as_str())
                         .bind(anchor.unwrap_or(now))
@@ -353,25 +417,27 @@ impl TenantStore for PgStore {
                         started_at: if &old.plan_code == plan { old.started_at } else { now },
                     };
                     if new == old {
-                        tx.rollback().await.map_err(map_err)?;
+                        self.log.rollback(tx).await.map_err(map_err)?;
                         return Ok(old);
                     }
-                    sqlx::query(
-                        "UPDATE tally_subscription SET plan_code = $2, anchor = $3, started_at = $4
+                    self.log
+                        .query(
+                            "UPDATE tally_subscription SET plan_code = $2, anchor = $3, started_at = $4
                           WHERE tenant_id = $1",
-                    )
-                    .bind(tenant_id.as_str())
-                    .bind(new.plan_code.as_str())
-                    .bind(new.anchor)
-                    .bind(new.started_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
+                        )
+                        .bind(tenant_id.as_str())
+                        .bind(new.plan_code.as_str())
+                        .bind(new.anchor)
+                        .bind(new.started_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
                     new
                 }
             };
-            insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(map_err)?;
+            insert_audit(&self.log, &mut tx, audit).await?;
+            bump_config_version(&self.log, &mut tx).await?;
+            self.log.commit(tx).await.map_err(map_err)?;
             return Ok(subscription);
         }
         Err(StoreError::Retry)
@@ -379,7 +445,9 @@ impl TenantStore for PgStore {
 
     async fn find_subscription(&self, tenant_id: &TenantId) -> Result<Option<Subscription>, StoreError> {
         let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM tally_subscription WHERE tenant_id = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant_id.as_str())
             .fetch_optional(self.pool())
             .await
@@ -388,8 +456,10 @@ impl TenantStore for PgStore {
     }
 
     async fn delete_subscription(&self, tenant_id: &TenantId, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
-        let deleted = sqlx::query("DELETE FROM tally_subscription WHERE tenant_id = $1")
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
+        let deleted = self
+            .log
+            .query("DELETE FROM tally_subscription WHERE tenant_id = $1")
             .bind(tenant_id.as_str())
             .execute(&mut *tx)
             .await
@@ -397,19 +467,22 @@ impl TenantStore for PgStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::not_found(format!("subscription of tenant {tenant_id}")));
         }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)
+        insert_audit(&self.log, &mut tx, audit).await?;
+        bump_config_version(&self.log, &mut tx).await?;
+        self.log.commit(tx).await.map_err(map_err)
     }
 
     async fn list_subscribers(&self, plan: &PlanCode, limit: u32) -> Result<Vec<TenantId>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT tenant_id FROM tally_subscription WHERE plan_code = $1 ORDER BY tenant_id LIMIT $2",
-        )
-        .bind(plan.as_str())
-        .bind(list_limit(limit))
-        .fetch_all(self.pool())
-        .await
-        .map_err(map_err)?;
+        let ids: Vec<String> = self
+            .log
+            .query_scalar(
+                "SELECT tenant_id FROM tally_subscription WHERE plan_code = $1 ORDER BY tenant_id LIMIT $2",
+            )
+            .bind(plan.as_str())
+            .bind(list_limit(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(map_err)?;
         ids.iter().map(|id| TenantId::parse(id).map_err(StoreError::from)).collect()
     }
 
@@ -419,11 +492,11 @@ impl TenantStore for PgStore {
         limit: &QuotaLimit,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
-        if !tenant_exists(&mut tx, tenant_id).await? {
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
+        if !tenant_exists(&self.log, &mut tx, tenant_id).await? {
             return Err(tenant_not_found(tenant_id));
         }
-        let changed = sqlx::query(
+        let changed = self.log.query(
             "INSERT INTO tally_override AS o (tenant_id, metric_code, \"limit\", enforcement, period)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (tenant_id, metric_code) DO UPDATE
@@ -440,11 +513,12 @@ impl TenantStore for PgStore {
         .await
         .map_err(map_err)?;
         if changed.rows_affected() == 0 {
-            tx.rollback().await.map_err(map_err)?;
+            self.log.rollback(tx).await.map_err(map_err)?;
             return Ok(());
         }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)
+        insert_audit(&self.log, &mut tx, audit).await?;
+        bump_config_version(&self.log, &mut tx).await?;
+        self.log.commit(tx).await.map_err(map_err)
     }
 
     async fn delete_override(
@@ -453,8 +527,10 @@ impl TenantStore for PgStore {
         metric: &MetricCode,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
-        let deleted = sqlx::query("DELETE FROM tally_override WHERE tenant_id = $1 AND metric_code = $2")
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
+        let deleted = self
+            .log
+            .query("DELETE FROM tally_override WHERE tenant_id = $1 AND metric_code = $2")
             .bind(tenant_id.as_str())
             .bind(metric.as_str())
             .execute(&mut *tx)
@@ -463,15 +539,18 @@ impl TenantStore for PgStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::not_found(format!("override of {metric} for tenant {tenant_id}")));
         }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)
+        insert_audit(&self.log, &mut tx, audit).await?;
+        bump_config_version(&self.log, &mut tx).await?;
+        self.log.commit(tx).await.map_err(map_err)
     }
 
     async fn list_overrides(&self, tenant_id: &TenantId) -> Result<Vec<Override>, StoreError> {
         let sql = format!(
             "SELECT {OVERRIDE_COLUMNS} FROM tally_override WHERE tenant_id = $1 ORDER BY metric_code LIMIT $2"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant_id.as_str())
             .bind(WHOLE_LIST_LEN_MAX)
             .fetch_all(self.pool())
@@ -482,15 +561,15 @@ impl TenantStore for PgStore {
 
     async fn find_entitlement(&self, tenant_id: &TenantId) -> Result<EntitlementLookup, StoreError> {
         let mut conn = self.pool().acquire().await.map_err(map_err)?;
-        let mut found = load_entitlements(&mut conn, std::slice::from_ref(tenant_id)).await?;
+        let mut found = load_entitlements(&self.log, &mut conn, std::slice::from_ref(tenant_id)).await?;
         Ok(found.remove(tenant_id).map_or(EntitlementLookup::TenantMissing, |(_, lookup)| lookup))
     }
 }
 
 impl KeyStore for PgStore {
     async fn insert_key(&self, key: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
-        sqlx::query(
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
+        self.log.query(
             "INSERT INTO tally_api_key (id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -504,13 +583,16 @@ impl KeyStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)
+        insert_audit(&self.log, &mut tx, audit).await?;
+        bump_config_version(&self.log, &mut tx).await?;
+        self.log.commit(tx).await.map_err(map_err)
     }
 
     async fn find_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM tally_api_key WHERE key_hash = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(key_hash)
             .fetch_optional(self.pool())
             .await
@@ -520,7 +602,9 @@ impl KeyStore for PgStore {
 
     async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM tally_api_key ORDER BY created_at, id LIMIT $1");
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(WHOLE_LIST_LEN_MAX)
             .fetch_all(self.pool())
             .await
@@ -529,31 +613,34 @@ impl KeyStore for PgStore {
     }
 
     async fn revoke_key(&self, id: Uuid, now: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.map_err(map_err)?;
-        let revoked =
-            sqlx::query("UPDATE tally_api_key SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
+        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
+        let revoked = self
+            .log
+            .query("UPDATE tally_api_key SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         if revoked.rows_affected() == 0 {
             return Err(StoreError::not_found(format!("unrevoked key {id}")));
         }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)
+        insert_audit(&self.log, &mut tx, audit).await?;
+        bump_config_version(&self.log, &mut tx).await?;
+        self.log.commit(tx).await.map_err(map_err)
     }
 
     async fn touch_key(&self, id: Uuid, now: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE tally_api_key SET last_used_at = $2
+        self.log
+            .query(
+                "UPDATE tally_api_key SET last_used_at = $2
               WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(self.pool())
-        .await
-        .map_err(map_err)?;
+            )
+            .bind(id)
+            .bind(now)
+            .execute(self.pool())
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 }
@@ -578,7 +665,7 @@ impl AuditStore for PgStore {
                 "SELECT {AUDIT_COLUMNS} FROM tally_audit WHERE tenant_id = $2 AND id < $3 ORDER BY id DESC LIMIT $1"
             ),
         };
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(list_limit(limit));
+        let mut q = self.log.query(AssertSqlSafe(sql)).bind(list_limit(limit));
         if let Some(tenant_id) = tenant_id {
             q = q.bind(tenant_id.as_str());
         }
@@ -594,7 +681,19 @@ impl AuditStore for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(self.pool()).await.map_err(map_err)?;
+        self.log.query("SELECT 1").execute(self.pool()).await.map_err(map_err)?;
         Ok(())
+    }
+}
+
+impl ConfigVersion for PgStore {
+    async fn config_version(&self) -> Result<i64, StoreError> {
+        // One primary-key read on a connection of its own: a plain SELECT never waits for
+        // the writers' row locks, nor, here, for a connection that they hold.
+        self.log
+            .query_scalar::<i64>("SELECT version FROM tally_config_version WHERE id = 1")
+            .fetch_one(&self.version_pool)
+            .await
+            .map_err(map_err)
     }
 }

@@ -7,13 +7,16 @@
 //! - `scope.rs`: where a tenant's quota tables live, and how SQL names them;
 //! - `rows.rs`: reading rows back into domain values, and the one error mapping;
 //! - `usage.rs`: the hot path (`apply_usage` through `UsageTx`), records and events;
-//! - `admin.rs`: plans, tenants, subscriptions, overrides, keys and the audit log.
+//! - `admin.rs`: plans, tenants, subscriptions, overrides, keys, the audit log and the
+//!   configuration version;
+//! - `statements.rs`: the statement log, through which every statement is sent.
 #![warn(missing_docs)]
 
 mod admin;
 mod migrate;
 mod rows;
 mod scope;
+mod statements;
 mod usage;
 
 use std::fmt;
@@ -27,6 +30,7 @@ use tally_store::{SchemaReport, StoreError};
 use uuid::Uuid;
 
 pub use migrate::{Migration, MigrationSet, PUBLIC_SET, TENANT_SET};
+pub use statements::StatementLog;
 
 /// Connections in a store's pool unless configured otherwise.
 pub const PG_POOL_CONNECTIONS: u32 = 16;
@@ -137,8 +141,14 @@ impl fmt::Debug for PgConfig {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// One connection of its own (opened on first use) for `config_version`, which every
+    /// server polls several times a second: it never queues behind the hot path's
+    /// transactions for a pooled connection.
+    version_pool: PgPool,
     tenancy: Tenancy,
     base_schema: String,
+    /// Every statement this store sends goes through it (see `statements`).
+    log: StatementLog,
 }
 
 impl PgStore {
@@ -164,12 +174,23 @@ impl PgStore {
                 }
                 .boxed()
             });
+        let version_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .connect_lazy_with(options.clone());
         let pool = tokio::time::timeout(CONNECT_TIMEOUT, pool_options.connect_with(options))
             .await
             .map_err(|_| StoreError::Unavailable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
             .map_err(rows::map_err)?;
-        let store = PgStore { pool, tenancy: config.tenancy, base_schema: config.base_schema };
-        if let Some(stored) = migrate::stored_tenancy(&store.pool).await? {
+        let store = PgStore {
+            pool,
+            version_pool,
+            tenancy: config.tenancy,
+            base_schema: config.base_schema,
+            log: StatementLog::default(),
+        };
+        if let Some(stored) = migrate::stored_tenancy(&store.log, &store.pool).await? {
             check_tenancy(stored.as_str(), store.tenancy)?;
         }
         Ok(store)
@@ -195,7 +216,7 @@ impl PgStore {
 
     /// The highest applied version of the `public` set; 0 before the first migration.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        migrate::applied_version(&self.pool, &migrate::PUBLIC_SET).await
+        migrate::applied_version(&self.log, &self.pool, &migrate::PUBLIC_SET).await
     }
 
     /// The tenancy this store runs with.
@@ -211,6 +232,12 @@ impl PgStore {
     /// The pool, for tests and tools that touch rows behind Tally's back.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// This store's statement log (shared with its clones): off until `start`ed, it then
+    /// records the SQL text of every statement the store sends. A test tool.
+    pub fn statement_log(&self) -> StatementLog {
+        self.log.clone()
     }
 
     /// Test helper: connects to `test_database_url()`, creates a fresh base schema

@@ -22,7 +22,7 @@ use tally_store::{SchemaReport, StoreError};
 
 use crate::rows::{get, is_undefined_table, map_err};
 use crate::scope::internal_id_from_db;
-use crate::{MIGRATE_CONCURRENCY, PgStore, Tenancy, check_tenancy};
+use crate::{MIGRATE_CONCURRENCY, PgStore, StatementLog, Tenancy, check_tenancy};
 
 /// One migration, applied once per schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,11 +54,14 @@ impl MigrationSet {
 /// Tally's own tables, in the base schema.
 pub const PUBLIC_SET: MigrationSet = MigrationSet {
     name: "public",
-    migrations: &[Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../migrations/public/0001_init.sql"),
-    }],
+    migrations: &[
+        Migration { version: 1, name: "init", sql: include_str!("../migrations/public/0001_init.sql") },
+        Migration {
+            version: 2,
+            name: "config_version",
+            sql: include_str!("../migrations/public/0002_config_version.sql"),
+        },
+    ],
 };
 
 /// The quota tables, in the base schema (shared tenancy) or in each tenant's schema.
@@ -133,13 +136,19 @@ pub(crate) fn create_tenant_schema_sql(schema: &str, base_schema: &str) -> Strin
 
 /// Applies `set`'s migrations up to `target` (all when `None`) in `schema`, each in its own
 /// transaction. A failure stops this schema and is returned in the outcome.
-async fn run_set(pool: &PgPool, schema: &str, set: &MigrationSet, target: Option<i64>) -> SetOutcome {
+async fn run_set(
+    log: &StatementLog,
+    pool: &PgPool,
+    schema: &str,
+    set: &MigrationSet,
+    target: Option<i64>,
+) -> SetOutcome {
     let wanted: Vec<&Migration> =
         set.migrations.iter().filter(|m| target.is_none_or(|t| m.version <= t)).collect();
     let mut outcome = SetOutcome { applied: 0, version: 0, error: None };
     // Each pass applies one migration; the pass after the last one finds nothing pending.
     for _ in 0..=wanted.len() {
-        match run_one(pool, schema, set, &wanted).await {
+        match run_one(log, pool, schema, set, &wanted).await {
             Ok(step) => {
                 outcome.version = step.version;
                 if step.applied {
@@ -166,18 +175,19 @@ struct Step {
 
 /// One transaction: lock the schema, read what is applied, apply the first pending one.
 async fn run_one(
+    log: &StatementLog,
     pool: &PgPool,
     schema: &str,
     set: &MigrationSet,
     wanted: &[&Migration],
 ) -> Result<Step, StoreError> {
-    let mut tx = pool.begin().await.map_err(map_err)?;
+    let mut tx = log.begin(pool, "BEGIN").await.map_err(map_err)?;
     let read = format!(
         "{}SELECT version FROM tally_schema_migrations WHERE set_name = '{}';",
         enter_schema_sql(schema),
         set.name
     );
-    let rows = sqlx::raw_sql(AssertSqlSafe(read)).fetch_all(&mut *tx).await.map_err(map_err)?;
+    let rows = log.raw_sql(AssertSqlSafe(read)).fetch_all(&mut *tx).await.map_err(map_err)?;
     let mut done = BTreeSet::new();
     for row in &rows {
         done.insert(row.try_get::<i64, _>("version").map_err(map_err)?);
@@ -185,13 +195,13 @@ async fn run_one(
     let pending: Vec<&Migration> = wanted.iter().copied().filter(|m| !done.contains(&m.version)).collect();
     let version = done.last().copied().unwrap_or(0);
     let Some(next) = pending.first() else {
-        tx.commit().await.map_err(map_err)?;
+        log.commit(tx).await.map_err(map_err)?;
         return Ok(Step { applied: false, version, pending_after: 0 });
     };
-    sqlx::raw_sql(AssertSqlSafe(apply_sql(set, next))).execute(&mut *tx).await.map_err(|e| {
+    log.raw_sql(AssertSqlSafe(apply_sql(set, next))).execute(&mut *tx).await.map_err(|e| {
         StoreError::Other(format!("migration {} {:04}_{}: {}", set.name, next.version, next.name, map_err(e)))
     })?;
-    tx.commit().await.map_err(map_err)?;
+    log.commit(tx).await.map_err(map_err)?;
     Ok(Step { applied: true, version: version.max(next.version), pending_after: pending.len() - 1 })
 }
 
@@ -204,11 +214,12 @@ pub(crate) async fn migrate(
     let started = Instant::now();
     let pool = store.pool();
     let base = store.base_schema();
-    let public = run_set(pool, base, &PUBLIC_SET, None).await;
+    let log = &store.log;
+    let public = run_set(log, pool, base, &PUBLIC_SET, None).await;
     if let Some(e) = public.error {
         return Err(e);
     }
-    claim_tenancy(pool, store.tenancy()).await?;
+    claim_tenancy(log, pool, store.tenancy()).await?;
     let mut base_report = SchemaReport {
         schema: base.to_owned(),
         tenant_id: None,
@@ -218,7 +229,7 @@ pub(crate) async fn migrate(
         error: None,
     };
     if store.tenancy() == Tenancy::Shared {
-        let tenant = run_set(pool, base, &TENANT_SET, target_tenant_version).await;
+        let tenant = run_set(log, pool, base, &TENANT_SET, target_tenant_version).await;
         if let Some(e) = tenant.error {
             return Err(e);
         }
@@ -231,14 +242,14 @@ pub(crate) async fn migrate(
 
     let tenants = {
         let mut conn = pool.acquire().await.map_err(map_err)?;
-        list_tenant_schemas(&mut conn).await?
+        list_tenant_schemas(log, &mut conn).await?
     };
     let concurrency =
         MIGRATE_CONCURRENCY.min(usize::try_from(pool.options().get_max_connections()).unwrap_or(1));
     let mut results = stream::iter(tenants.into_iter().enumerate())
         .map(|(idx, (tenant_id, schema))| async move {
             let started = Instant::now();
-            let outcome = run_set(pool, &schema, &TENANT_SET, target_tenant_version).await;
+            let outcome = run_set(log, pool, &schema, &TENANT_SET, target_tenant_version).await;
             let report = SchemaReport {
                 schema,
                 tenant_id: Some(tenant_id),
@@ -266,23 +277,22 @@ pub(crate) async fn migrate(
 }
 
 /// Records the tenancy on first migrate; refuses to migrate with the other one later.
-async fn claim_tenancy(pool: &PgPool, tenancy: Tenancy) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO tally_settings (key, value) VALUES ('tenancy', $1) ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(tenancy.as_str())
-    .execute(pool)
-    .await
-    .map_err(map_err)?;
-    let stored = stored_tenancy(pool)
+async fn claim_tenancy(log: &StatementLog, pool: &PgPool, tenancy: Tenancy) -> Result<(), StoreError> {
+    log.query("INSERT INTO tally_settings (key, value) VALUES ('tenancy', $1) ON CONFLICT (key) DO NOTHING")
+        .bind(tenancy.as_str())
+        .execute(pool)
+        .await
+        .map_err(map_err)?;
+    let stored = stored_tenancy(log, pool)
         .await?
         .ok_or_else(|| StoreError::Other("tally_settings lost its tenancy".to_owned()))?;
     check_tenancy(&stored, tenancy)
 }
 
 /// The tenancy the database was migrated with; `None` before the first migration.
-pub(crate) async fn stored_tenancy(pool: &PgPool) -> Result<Option<String>, StoreError> {
-    let found = sqlx::query_scalar::<_, String>("SELECT value FROM tally_settings WHERE key = 'tenancy'")
+pub(crate) async fn stored_tenancy(log: &StatementLog, pool: &PgPool) -> Result<Option<String>, StoreError> {
+    let found = log
+        .query_scalar::<String>("SELECT value FROM tally_settings WHERE key = 'tenancy'")
         .fetch_optional(pool)
         .await;
     match found {
@@ -293,13 +303,18 @@ pub(crate) async fn stored_tenancy(pool: &PgPool) -> Result<Option<String>, Stor
 }
 
 /// The highest applied version of `set` in the base schema; 0 when none is.
-pub(crate) async fn applied_version(pool: &PgPool, set: &MigrationSet) -> Result<i64, StoreError> {
-    let found = sqlx::query_scalar::<_, i64>(
-        "SELECT COALESCE(max(version), 0)::bigint FROM tally_schema_migrations WHERE set_name = $1",
-    )
-    .bind(set.name)
-    .fetch_one(pool)
-    .await;
+pub(crate) async fn applied_version(
+    log: &StatementLog,
+    pool: &PgPool,
+    set: &MigrationSet,
+) -> Result<i64, StoreError> {
+    let found = log
+        .query_scalar::<i64>(
+            "SELECT COALESCE(max(version), 0)::bigint FROM tally_schema_migrations WHERE set_name = $1",
+        )
+        .bind(set.name)
+        .fetch_one(pool)
+        .await;
     match found {
         Ok(version) => Ok(version),
         Err(e) if is_undefined_table(&e) => Ok(0),
@@ -309,20 +324,22 @@ pub(crate) async fn applied_version(pool: &PgPool, set: &MigrationSet) -> Result
 
 /// Every tenant with the name of its schema (as schema tenancy names it), by tenant id.
 pub(crate) async fn list_tenant_schemas(
+    log: &StatementLog,
     conn: &mut PgConnection,
 ) -> Result<Vec<(TenantId, String)>, StoreError> {
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let rows = sqlx::query(
-            "SELECT tenant_id, internal_id FROM tally_tenant
+        let rows = log
+            .query(
+                "SELECT tenant_id, internal_id FROM tally_tenant
               WHERE ($1::text IS NULL OR tenant_id > $1) ORDER BY tenant_id LIMIT $2",
-        )
-        .bind(after.as_deref())
-        .bind(TENANT_PAGE_LEN)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_err)?;
+            )
+            .bind(after.as_deref())
+            .bind(TENANT_PAGE_LEN)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
         let full_page = i64::try_from(rows.len()).is_ok_and(|n| n == TENANT_PAGE_LEN);
         for row in &rows {
             let tenant_id = TenantId::parse(get(row, "tenant_id")?)?;

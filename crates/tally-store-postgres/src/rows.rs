@@ -21,8 +21,9 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
             match code.as_str() {
                 // unique_violation, foreign_key_violation: the change contradicts stored state.
                 "23505" | "23503" => StoreError::Conflict(db.constraint().unwrap_or(db.message()).to_owned()),
-                // deadlock_detected, serialization_failure: the transaction lost a race.
-                "40P01" | "40001" => StoreError::Retry,
+                // deadlock_detected, serialization_failure, lock_not_available (a NOWAIT lock
+                // found taken): the transaction lost a race.
+                "40P01" | "40001" | "55P03" => StoreError::Retry,
                 // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
                 "57P01" | "57P02" | "57P03" | "53300" => StoreError::Unavailable(db.message().to_owned()),
                 c if c.starts_with("08") => StoreError::Unavailable(db.message().to_owned()),

@@ -78,7 +78,9 @@ impl PgStore {
         if self.tenancy == Tenancy::Shared {
             return Ok(Some(Scope::Base));
         }
-        let row = sqlx::query("SELECT internal_id FROM tally_tenant WHERE tenant_id = $1")
+        let row = self
+            .log
+            .query("SELECT internal_id FROM tally_tenant WHERE tenant_id = $1")
             .bind(tenant.as_str())
             .fetch_optional(executor)
             .await

@@ -1,9 +1,18 @@
-//! The hot path (`apply_usage`: the shared algorithm over `UsageTx`, every primitive one
-//! round trip per schema whatever the batch length), the reset beside it, the seed's record
-//! and event repositories, and the inputs of `tally verify`.
+//! The hot path (`apply_usage`: the shared algorithm over `UsageTx`, every primitive a fixed
+//! number of round trips per schema whatever the batch length), the reset beside it, the
+//! seed's record and event repositories, and the inputs of `tally verify`.
 //!
 //! Every statement on the quota tables filters on its tenants (`tenant_id = $n` or
-//! `tenant_id = ANY($n)`), so the tables can later be distributed by tenant.
+//! `tenant_id = ANY($n)`), or inserts rows whose tenants are bound values, so the tables can
+//! later be distributed by tenant; `tests/hot_path` checks it on the statement log.
+//!
+//! Record locks (`lock_records`): one `SELECT ... FOR UPDATE` in key order takes the records
+//! that exist, which is all of them once a period is warm, without writing a row version;
+//! only the missing ones are then inserted (`ON CONFLICT DO NOTHING`, in key order), and
+//! those a concurrent transaction created meanwhile are locked last. A transaction that
+//! would have to wait for such a row while already holding others rolls back and re-runs
+//! instead (`NOWAIT`), so that no wait is ever out of key order and no deadlock can form.
+//! A cold period cannot be overshot: its first writers serialize on the unique key.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,7 +38,7 @@ use crate::rows::{
     map_err, plan_from_row, record_from_row, subscription_from_row,
 };
 use crate::scope::{Scope, internal_id_from_db};
-use crate::{PgStore, Tenancy};
+use crate::{PgStore, StatementLog, Tenancy};
 
 /// Rows one list call returns at most: a full page and one more, which tells the caller
 /// that another page follows.
@@ -64,11 +73,12 @@ SELECT t.tenant_id, t.internal_id,
 
 /// Reads the entitlements of `tenants`, with the internal id that names each one's schema.
 pub(crate) async fn load_entitlements(
+    log: &StatementLog,
     conn: &mut PgConnection,
     tenants: &[TenantId],
 ) -> Result<HashMap<TenantId, (u64, EntitlementLookup)>, StoreError> {
     let ids: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
-    let rows = sqlx::query(ENTITLEMENTS_SQL).bind(ids).fetch_all(conn).await.map_err(map_err)?;
+    let rows = log.query(ENTITLEMENTS_SQL).bind(ids).fetch_all(conn).await.map_err(map_err)?;
     let mut found = HashMap::with_capacity(rows.len());
     for row in &rows {
         let tenant_id = TenantId::parse(get(row, "tenant_id")?)?;
@@ -88,11 +98,67 @@ pub(crate) async fn load_entitlements(
 }
 
 /// One `apply_usage` transaction, as the shared algorithm sees it.
-struct PgUsageTx {
+struct PgUsageTx<'s> {
     tx: Transaction<'static, Postgres>,
+    log: &'s StatementLog,
     tenancy: Tenancy,
     /// The schema of every tenant `load_entitlements` found (schema tenancy).
     scopes: HashMap<TenantId, Scope>,
+}
+
+/// Whether a record lock may wait for another transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockWait {
+    /// Wait, as row locks taken in key order may.
+    Block,
+    /// Fail at once (`NOWAIT`): the transaction is re-run.
+    NoWait,
+}
+
+/// A usage record as the lock statements return it.
+struct LockedRow {
+    tenant_id: String,
+    metric_code: String,
+    period_start: Timestamp,
+    id: Uuid,
+    current_usage: i64,
+}
+
+fn locked_row(row: &PgRow) -> Result<LockedRow, StoreError> {
+    Ok(LockedRow {
+        tenant_id: get(row, "tenant_id")?,
+        metric_code: get(row, "metric_code")?,
+        period_start: get(row, "period_start")?,
+        id: get(row, "id")?,
+        current_usage: get(row, "current_usage")?,
+    })
+}
+
+/// A record key as the database spells it.
+type KeyParts = (String, String, Timestamp);
+
+fn key_parts(key: &RecordKey) -> KeyParts {
+    (key.tenant_id.as_str().to_owned(), key.metric_code.as_str().to_owned(), key.period.start())
+}
+
+/// Moves each of `rows` from `wanted` into `locked`.
+fn settle(
+    wanted: &mut HashMap<KeyParts, &RecordKey>,
+    locked: &mut HashMap<RecordKey, LockedRecord>,
+    rows: Vec<LockedRow>,
+    created: bool,
+) -> Result<(), StoreError> {
+    for row in rows {
+        let parts = (row.tenant_id, row.metric_code, row.period_start);
+        let key = wanted.remove(&parts).ok_or_else(|| {
+            StoreError::Other(format!(
+                "locked a record nobody asked for: {} {} {}",
+                parts.0, parts.1, parts.2
+            ))
+        })?;
+        locked.insert(key.clone(), LockedRecord { id: row.id, current_usage: row.current_usage, created });
+    }
+    Ok(())
 }
 
 /// What to do with an item whose tenant `load_entitlements` did not find.
@@ -104,7 +170,73 @@ enum Unknown {
     Fail,
 }
 
-impl PgUsageTx {
+impl PgUsageTx<'_> {
+    /// Locks, in key order, the records among `keys` that exist; `NoWait` fails the
+    /// statement (as `StoreError::Retry`) rather than wait for another transaction's lock.
+    async fn lock_existing(
+        &mut self,
+        scope: &Scope,
+        keys: &[&RecordKey],
+        wait: LockWait,
+    ) -> Result<Vec<LockedRow>, StoreError> {
+        let sql = format!(
+            "SELECT r.id, r.tenant_id, r.metric_code, r.period_start, r.current_usage
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(tenant_id, metric_code, period_start)
+               JOIN {records} AS r
+                 ON r.tenant_id = k.tenant_id AND r.metric_code = k.metric_code AND r.period_start = k.period_start
+              WHERE r.tenant_id = ANY($1)
+              ORDER BY r.tenant_id, r.metric_code, r.period_start
+                FOR UPDATE OF r{nowait}",
+            records = scope.records(),
+            nowait = if wait == LockWait::NoWait { " NOWAIT" } else { "" },
+        );
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
+            .bind(keys.iter().map(|k| k.tenant_id.as_str()).collect::<Vec<&str>>())
+            .bind(keys.iter().map(|k| k.metric_code.as_str()).collect::<Vec<&str>>())
+            .bind(keys.iter().map(|k| k.period.start()).collect::<Vec<Timestamp>>())
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(locked_row).collect()
+    }
+
+    /// Creates the records of `keys` at zero, in key order, leaving out those that exist
+    /// (or that a concurrent transaction creates and commits meanwhile); returns the rows
+    /// created, which stay locked by this transaction.
+    async fn create_missing(
+        &mut self,
+        scope: &Scope,
+        keys: &[&RecordKey],
+        now: Timestamp,
+    ) -> Result<Vec<LockedRow>, StoreError> {
+        let sql = format!(
+            "INSERT INTO {records} AS r
+                    (id, tenant_id, metric_code, current_usage, period_start, period_end, created_at, updated_at)
+             SELECT u.id, u.tenant_id, u.metric_code, 0, u.period_start, u.period_end, $6, $6
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+                    AS u(id, tenant_id, metric_code, period_start, period_end)
+              ORDER BY u.tenant_id, u.metric_code, u.period_start
+             ON CONFLICT ON CONSTRAINT quota_usage_record_uq DO NOTHING
+             RETURNING r.id, r.tenant_id, r.metric_code, r.period_start, r.current_usage",
+            records = scope.records()
+        );
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
+            .bind(keys.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>())
+            .bind(keys.iter().map(|k| k.tenant_id.as_str()).collect::<Vec<&str>>())
+            .bind(keys.iter().map(|k| k.metric_code.as_str()).collect::<Vec<&str>>())
+            .bind(keys.iter().map(|k| k.period.start()).collect::<Vec<Timestamp>>())
+            .bind(keys.iter().map(|k| k.period.end()).collect::<Vec<Timestamp>>())
+            .bind(now)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(locked_row).collect()
+    }
+
     /// Splits items by the schema of their tenant: one group in shared tenancy; in schema
     /// tenancy one per tenant, in tenant order (the global order records are locked in).
     fn by_scope<'t, T>(
@@ -134,12 +266,12 @@ impl PgUsageTx {
     }
 }
 
-impl UsageTx for PgUsageTx {
+impl UsageTx for PgUsageTx<'_> {
     async fn load_entitlements(
         &mut self,
         tenants: &[TenantId],
     ) -> Result<HashMap<TenantId, EntitlementLookup>, StoreError> {
-        let found = load_entitlements(&mut self.tx, tenants).await?;
+        let found = load_entitlements(self.log, &mut self.tx, tenants).await?;
         let mut lookups = HashMap::with_capacity(tenants.len());
         for tenant in tenants {
             match found.get(tenant) {
@@ -171,7 +303,9 @@ impl UsageTx for PgUsageTx {
             );
             let tenants: Vec<&str> = group.iter().map(|(t, _)| t.as_str()).collect();
             let idem: Vec<&str> = group.iter().map(|(_, k)| k.as_str()).collect();
-            let rows = sqlx::query(AssertSqlSafe(sql))
+            let rows = self
+                .log
+                .query(AssertSqlSafe(sql))
                 .bind(tenants)
                 .bind(idem)
                 .fetch_all(&mut *self.tx)
@@ -184,6 +318,8 @@ impl UsageTx for PgUsageTx {
         Ok(events)
     }
 
+    /// See the module's documentation: lock what exists, create what is missing, lock what
+    /// was created meanwhile; one to three statements per schema.
     async fn lock_records(
         &mut self,
         keys: &[RecordKey],
@@ -191,56 +327,43 @@ impl UsageTx for PgUsageTx {
     ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
         let mut locked = HashMap::with_capacity(keys.len());
         for (scope, group) in self.by_scope(keys.iter().map(|k| (&k.tenant_id, k)), Unknown::Fail)? {
-            // Inserting the missing rows and re-writing the existing ones row-locks all of them,
-            // in one global order, in one statement; `xmax = 0` marks the rows inserted here.
-            let sql = format!(
-                "INSERT INTO {records} AS r
-                        (id, tenant_id, metric_code, current_usage, period_start, period_end, created_at, updated_at)
-                 SELECT u.id, u.tenant_id, u.metric_code, 0, u.period_start, u.period_end, $6, $6
-                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
-                        AS u(id, tenant_id, metric_code, period_start, period_end)
-                  ORDER BY u.tenant_id, u.metric_code, u.period_start
-                 ON CONFLICT ON CONSTRAINT quota_usage_record_uq
-                 DO UPDATE SET current_usage = r.current_usage
-                 RETURNING r.id, r.tenant_id, r.metric_code, r.period_start, r.current_usage,
-                           (r.xmax = 0) AS created",
-                records = scope.records()
-            );
-            let ids: Vec<Uuid> = group.iter().map(|_| Uuid::now_v7()).collect();
-            let tenants: Vec<&str> = group.iter().map(|k| k.tenant_id.as_str()).collect();
-            let metrics: Vec<&str> = group.iter().map(|k| k.metric_code.as_str()).collect();
-            let starts: Vec<Timestamp> = group.iter().map(|k| k.period.start()).collect();
-            let ends: Vec<Timestamp> = group.iter().map(|k| k.period.end()).collect();
-            let rows = sqlx::query(AssertSqlSafe(sql))
-                .bind(ids)
-                .bind(tenants)
-                .bind(metrics)
-                .bind(starts)
-                .bind(ends)
-                .bind(now)
-                .fetch_all(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
-            let mut wanted: HashMap<(&str, &str, Timestamp), &RecordKey> = group
-                .iter()
-                .map(|k| ((k.tenant_id.as_str(), k.metric_code.as_str(), k.period.start()), *k))
-                .collect();
-            for row in &rows {
-                let tenant: &str = get(row, "tenant_id")?;
-                let metric: &str = get(row, "metric_code")?;
-                let start: Timestamp = get(row, "period_start")?;
-                let key = wanted.remove(&(tenant, metric, start)).ok_or_else(|| {
-                    StoreError::Other(format!("locked a record nobody asked for: {tenant} {metric} {start}"))
-                })?;
-                let record = LockedRecord {
-                    id: get(row, "id")?,
-                    current_usage: get(row, "current_usage")?,
-                    created: get(row, "created")?,
-                };
-                locked.insert(key.clone(), record);
+            let mut wanted: HashMap<KeyParts, &RecordKey> =
+                group.iter().map(|k| (key_parts(k), *k)).collect();
+
+            // 1. Lock the records that exist, in key order: usually all of them, and locking
+            //    writes no new row version.
+            let existing = self.lock_existing(&scope, &group, LockWait::Block).await?;
+            let mut holds_any = !existing.is_empty();
+            settle(&mut wanted, &mut locked, existing, false)?;
+            if wanted.is_empty() {
+                continue;
             }
+
+            // 2. Create the missing ones, in key order. A key that a concurrent transaction is
+            //    creating waits for that transaction; if it commits, the key conflicts and is
+            //    left out here.
+            let missing: Vec<&RecordKey> =
+                group.iter().copied().filter(|k| wanted.contains_key(&key_parts(k))).collect();
+            let created = self.create_missing(&scope, &missing, now).await?;
+            holds_any |= !created.is_empty();
+            settle(&mut wanted, &mut locked, created, true)?;
+            if wanted.is_empty() {
+                continue;
+            }
+
+            // 3. Lock what concurrent transactions created since step 1. Holding nothing of
+            //    this group yet, the transaction may wait as in step 1; holding rows, it must
+            //    not wait out of key order, so a row locked by another transaction makes it
+            //    roll back and re-run (with every record existing by then, step 1 takes them
+            //    all in order).
+            let raced: Vec<&RecordKey> =
+                group.iter().copied().filter(|k| wanted.contains_key(&key_parts(k))).collect();
+            let wait = if holds_any { LockWait::NoWait } else { LockWait::Block };
+            let found = self.lock_existing(&scope, &raced, wait).await?;
+            settle(&mut wanted, &mut locked, found, false)?;
             if !wanted.is_empty() {
-                return Err(StoreError::Other(format!("{} records were not locked", wanted.len())));
+                // Deleted again meanwhile: start over.
+                return Err(StoreError::Retry);
             }
         }
         Ok(locked)
@@ -257,7 +380,9 @@ impl UsageTx for PgUsageTx {
             let ids: Vec<Uuid> = group.iter().map(|u| u.id).collect();
             let usages: Vec<i64> = group.iter().map(|u| u.current_usage).collect();
             let tenants: Vec<&str> = group.iter().map(|u| u.key.tenant_id.as_str()).collect();
-            let done = sqlx::query(AssertSqlSafe(sql))
+            let done = self
+                .log
+                .query(AssertSqlSafe(sql))
                 .bind(ids)
                 .bind(usages)
                 .bind(now)
@@ -286,7 +411,8 @@ impl UsageTx for PgUsageTx {
             );
             let tenants: Vec<&str> = group.iter().map(|(k, _)| k.tenant_id.as_str()).collect();
             let ids: Vec<Uuid> = group.iter().map(|(_, id)| *id).collect();
-            sqlx::query(AssertSqlSafe(sql))
+            self.log
+                .query(AssertSqlSafe(sql))
                 .bind(tenants)
                 .bind(ids)
                 .execute(&mut *self.tx)
@@ -312,7 +438,9 @@ impl UsageTx for PgUsageTx {
                  RETURNING id",
                 events = scope.events()
             );
-            let rows = sqlx::query(AssertSqlSafe(sql))
+            let rows = self
+                .log
+                .query(AssertSqlSafe(sql))
                 .bind(group.iter().map(|e| e.event.id).collect::<Vec<Uuid>>())
                 .bind(group.iter().map(|e| e.event.tenant_id.as_str()).collect::<Vec<&str>>())
                 .bind(group.iter().map(|e| e.event.metric_code.as_str()).collect::<Vec<&str>>())
@@ -354,12 +482,13 @@ impl UsageApplier for PgStore {
             return Ok(Vec::new());
         }
         for attempt in 0..=APPLY_RETRY_MAX {
-            let tx = self.pool().begin_with(BEGIN_READ_COMMITTED).await.map_err(map_err)?;
-            let mut usage_tx = PgUsageTx { tx, tenancy: self.tenancy(), scopes: HashMap::new() };
+            let tx = self.log.begin(self.pool(), BEGIN_READ_COMMITTED).await.map_err(map_err)?;
+            let mut usage_tx =
+                PgUsageTx { tx, log: &self.log, tenancy: self.tenancy(), scopes: HashMap::new() };
             let result = match apply_in_tx(&mut usage_tx, requests, now).await {
-                Ok(outcomes) => usage_tx.tx.commit().await.map_err(map_err).map(|()| outcomes),
+                Ok(outcomes) => self.log.commit(usage_tx.tx).await.map_err(map_err).map(|()| outcomes),
                 Err(e) => {
-                    if let Err(rollback) = usage_tx.tx.rollback().await {
+                    if let Err(rollback) = self.log.rollback(usage_tx.tx).await {
                         tracing::debug!(error = %rollback, "rollback of a failed usage transaction failed");
                     }
                     Err(e)
@@ -383,10 +512,10 @@ impl UsageApplier for PgStore {
         now: Timestamp,
         key_id: Option<Uuid>,
     ) -> Result<UsageRecord, StoreError> {
-        let mut tx = self.pool().begin_with(BEGIN_READ_COMMITTED).await.map_err(map_err)?;
+        let mut tx = self.log.begin(self.pool(), BEGIN_READ_COMMITTED).await.map_err(map_err)?;
         let scope = self.scope_of(&mut *tx, tenant).await?.ok_or_else(|| tenant_not_found(tenant))?;
         // Shared tenancy found the scope without asking; a reset is audited, so it needs a tenant.
-        if self.tenancy() == Tenancy::Shared && !tenant_exists(&mut tx, tenant).await? {
+        if self.tenancy() == Tenancy::Shared && !tenant_exists(&self.log, &mut tx, tenant).await? {
             return Err(tenant_not_found(tenant));
         }
         let lock = format!(
@@ -395,7 +524,9 @@ impl UsageApplier for PgStore {
              RETURNING {RECORD_COLUMNS}",
             records = scope.records()
         );
-        let row = sqlx::query(AssertSqlSafe(lock))
+        let row = self
+            .log
+            .query(AssertSqlSafe(lock))
             .bind(Uuid::now_v7())
             .bind(tenant.as_str())
             .bind(metric.as_str())
@@ -411,7 +542,9 @@ impl UsageApplier for PgStore {
              RETURNING {RECORD_COLUMNS}",
             records = scope.records()
         );
-        let row = sqlx::query(AssertSqlSafe(reset))
+        let row = self
+            .log
+            .query(AssertSqlSafe(reset))
             .bind(tenant.as_str())
             .bind(before.id)
             .bind(now)
@@ -419,8 +552,8 @@ impl UsageApplier for PgStore {
             .await
             .map_err(map_err)?;
         let after = record_from_row(&row)?;
-        insert_audit(&mut tx, &reset_audit(key_id, now, &before)).await?;
-        tx.commit().await.map_err(map_err)?;
+        insert_audit(&self.log, &mut tx, &reset_audit(key_id, now, &before)).await?;
+        self.log.commit(tx).await.map_err(map_err)?;
         Ok(after)
     }
 }
@@ -459,7 +592,9 @@ impl UsageRepository for PgStore {
               ORDER BY period_start DESC LIMIT $5",
             records = scope.records()
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(metric.as_str())
             .bind(from)
@@ -486,7 +621,9 @@ impl UsageRepository for PgStore {
               ORDER BY period_start DESC LIMIT 1",
             records = scope.records()
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(metric.as_str())
             .bind(at)
@@ -504,7 +641,9 @@ impl UsageRepository for PgStore {
             "SELECT {RECORD_COLUMNS} FROM {records} WHERE tenant_id = $1 AND id = $2",
             records = scope.records()
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(id)
             .fetch_all(self.pool())
@@ -524,7 +663,9 @@ impl UsageRepository for PgStore {
               WHERE r.tenant_id = $2",
             records = scope.records()
         );
-        let done = sqlx::query(AssertSqlSafe(sql))
+        let done = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(record.id)
             .bind(tenant.as_str())
             .bind(record.metric_code.as_str())
@@ -551,7 +692,9 @@ impl UsageRepository for PgStore {
         };
         let sql =
             format!("DELETE FROM {records} WHERE tenant_id = $1 AND id = $2", records = scope.records());
-        let done = sqlx::query(AssertSqlSafe(sql))
+        let done = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(id)
             .execute(self.pool())
@@ -577,7 +720,9 @@ impl UsageRepository for PgStore {
               WHERE tenant_id = $1 AND metric_code = $2 AND period_start = $3",
             records = scope.records()
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .log
+            .query(AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(metric.as_str())
             .bind(period_start)
@@ -600,7 +745,8 @@ impl EventRecorder for PgStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             events = scope.events()
         );
-        sqlx::query(AssertSqlSafe(sql))
+        self.log
+            .query(AssertSqlSafe(sql))
             .bind(event.id)
             .bind(tenant.as_str())
             .bind(event.metric_code.as_str())
@@ -650,7 +796,7 @@ impl EventRecorder for PgStore {
             sql.push_str(&format!(" AND (\"timestamp\", id) < (${ts}, ${id})"));
         }
         sql.push_str(&format!(" ORDER BY \"timestamp\" DESC, id DESC LIMIT ${}", next()));
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.as_str());
+        let mut q = self.log.query(AssertSqlSafe(sql)).bind(tenant.as_str());
         if let Some(metric) = &query.metric_code {
             q = q.bind(metric.as_str());
         }
@@ -670,12 +816,14 @@ impl EventRecorder for PgStore {
 
 /// Everything `tally verify` compares, from one snapshot of every schema.
 pub(crate) async fn verify_inputs(store: &PgStore) -> Result<VerifyInputs, StoreError> {
-    let mut tx = store.pool().begin_with(BEGIN_SNAPSHOT).await.map_err(map_err)?;
+    let mut tx = store.log.begin(store.pool(), BEGIN_SNAPSHOT).await.map_err(map_err)?;
     let scopes: Vec<Scope> = match store.tenancy() {
         Tenancy::Shared => vec![Scope::Base],
-        Tenancy::Schema => {
-            list_tenant_schemas(&mut tx).await?.into_iter().map(|(_, schema)| Scope::Tenant(schema)).collect()
-        }
+        Tenancy::Schema => list_tenant_schemas(&store.log, &mut tx)
+            .await?
+            .into_iter()
+            .map(|(_, schema)| Scope::Tenant(schema))
+            .collect(),
     };
     let mut inputs = VerifyInputs::default();
     for scope in &scopes {
@@ -684,7 +832,7 @@ pub(crate) async fn verify_inputs(store: &PgStore) -> Result<VerifyInputs, Store
               ORDER BY tenant_id, metric_code, period_start",
             records = scope.records()
         );
-        for row in &sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
+        for row in &store.log.query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
             inputs.records.push(RecordTotal {
                 id: get(row, "id")?,
                 key: RecordKey {
@@ -701,7 +849,7 @@ pub(crate) async fn verify_inputs(store: &PgStore) -> Result<VerifyInputs, Store
               ORDER BY tenant_id, metric_code, period_start",
             events = scope.events()
         );
-        for row in &sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
+        for row in &store.log.query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
             inputs.events.push(EventTotal {
                 tenant_id: TenantId::parse(get(row, "tenant_id")?)?,
                 metric_code: MetricCode::parse(get(row, "metric_code")?)?,
@@ -712,11 +860,90 @@ pub(crate) async fn verify_inputs(store: &PgStore) -> Result<VerifyInputs, Store
         }
     }
     let sql = format!("SELECT {AUDIT_COLUMNS} FROM tally_audit WHERE action = 'reset' ORDER BY id");
-    for row in &sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
+    for row in &store.log.query(AssertSqlSafe(sql)).fetch_all(&mut *tx).await.map_err(map_err)? {
         if let Some(fact) = reset_fact(&audit_from_row(row)?)? {
             inputs.resets.push(fact);
         }
     }
-    tx.commit().await.map_err(map_err)?;
+    store.log.commit(tx).await.map_err(map_err)?;
     Ok(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tally_domain::PeriodKind;
+    use tally_store::contract::{metric, now, tenant};
+
+    use super::*;
+
+    fn key(m: &str) -> RecordKey {
+        RecordKey {
+            tenant_id: tenant("acme"),
+            metric_code: metric(m),
+            period: PeriodKind::Day.containing(now(), now()).unwrap(),
+        }
+    }
+
+    async fn begin(store: &PgStore) -> PgUsageTx<'_> {
+        let tx = store.pool().begin_with(BEGIN_READ_COMMITTED).await.unwrap();
+        PgUsageTx { tx, log: &store.log, tenancy: store.tenancy(), scopes: HashMap::new() }
+    }
+
+    async fn ctid(store: &PgStore, tx: Option<&mut PgUsageTx<'_>>, m: &str) -> String {
+        let q =
+            sqlx::query_scalar("SELECT ctid::text FROM quota_usage_record WHERE metric_code = $1").bind(m);
+        match tx {
+            Some(tx) => q.fetch_one(&mut *tx.tx).await.unwrap(),
+            None => q.fetch_one(store.pool()).await.unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn locking_creates_only_the_missing_records_and_rewrites_no_existing_one() {
+        let store = PgStore::open_test(Tenancy::Shared).await;
+        let mut first = begin(&store).await;
+        let locked = first.lock_records(&[key("a"), key("b")], now()).await.unwrap();
+        assert!(locked.values().all(|l| l.created && l.current_usage == 0), "{locked:?}");
+        let a = locked[&key("a")].id;
+        first
+            .update_records(&[RecordUpdate { id: a, key: key("a"), current_usage: 5 }], now())
+            .await
+            .unwrap();
+        first.tx.commit().await.unwrap();
+        let before = (ctid(&store, None, "a").await, ctid(&store, None, "b").await);
+
+        let mut second = begin(&store).await;
+        let locked = second.lock_records(&[key("a"), key("b"), key("c")], now()).await.unwrap();
+        assert_eq!(locked[&key("a")], LockedRecord { id: a, current_usage: 5, created: false });
+        assert!(!locked[&key("b")].created && locked[&key("c")].created, "{locked:?}");
+        // Locked, not rewritten: the existing rows are the same row versions.
+        let during = (ctid(&store, Some(&mut second), "a").await, ctid(&store, Some(&mut second), "b").await);
+        assert_eq!(during, before);
+        let c = locked[&key("c")].id;
+        second.delete_records(&[(key("c"), c)]).await.unwrap();
+        second.tx.commit().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM quota_usage_record")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[tokio::test]
+    async fn a_lock_that_must_not_wait_is_a_retry_when_the_row_is_taken() {
+        let store = PgStore::open_test(Tenancy::Shared).await;
+        let mut holder = begin(&store).await;
+        holder.lock_records(&[key("a")], now()).await.unwrap();
+        holder.tx.commit().await.unwrap();
+        let mut holder = begin(&store).await;
+        holder.lock_records(&[key("a")], now()).await.unwrap();
+
+        let mut other = begin(&store).await;
+        let err = other.lock_existing(&Scope::Base, &[&key("a")], LockWait::NoWait).await;
+        assert!(matches!(err, Err(StoreError::Retry)), "{:?}", err.map(|rows| rows.len()));
+        other.tx.rollback().await.unwrap();
+        holder.tx.rollback().await.unwrap();
+    }
 }

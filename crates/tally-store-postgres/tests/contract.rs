@@ -13,4 +13,6 @@ mod schema {
     ));
 }
 
+mod hot_path;
+mod locking;
 mod migrations;

@@ -4,7 +4,7 @@
 //! Every mutation runs under the writer lock in a `BEGIN IMMEDIATE` transaction that also
 //! writes its audit entry, and only when something changes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
@@ -13,18 +13,18 @@ use tally_domain::{
     QuotaLimit, Subscription, Tenant, TenantId, Timestamp,
 };
 use tally_store::{
-    AuditStore, EntitlementLookup, EventTotal, KeyStore, PlanStore, PutOutcome, RecordKey, RecordTotal,
-    StoreError, TenantStore, VerifyInputs, reset_fact,
+    AuditStore, ConfigVersion, EntitlementLookup, EventTotal, KeyStore, PlanStore, PutOutcome, RecordKey,
+    RecordTotal, StoreError, TenantStore, VerifyInputs, reset_fact,
 };
 use uuid::Uuid;
 
-use crate::SqliteStore;
 use crate::error::store_error;
 use crate::rows::{
-    self, AuditRow, KeyRow, OverrideRow, PlanRow, RecordRow, SubscriptionRow, TenantOverrideRow, TenantRow,
-    TenantSubscriptionRow, audit_columns, insert_audit, instant, internal_id_bits, key_columns, limits_json,
-    micros, plan_columns, record_columns, rows_per_statement,
+    self, AuditRow, KeyRow, OverrideRow, PlanRow, RecordRow, SubscriptionRow, TenantEntitlementRow,
+    TenantOverrideRow, TenantRow, audit_columns, insert_audit, instant, internal_id_bits, key_columns,
+    limits_json, micros, plan_columns, record_columns, rows_per_statement,
 };
+use crate::{SqliteStore, StatementLog};
 
 // ---------------------------------------------------------------------------------------
 // Plans
@@ -38,62 +38,70 @@ impl PlanStore for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<PutOutcome<Plan>, StoreError> {
         let mut w = self.begin_write().await?;
-        let outcome = put_plan_in_tx(w.conn(), code, spec, now, audit).await;
+        let outcome = put_plan_in_tx(&self.log, w.conn(), code, spec, now, audit).await;
         w.finish(outcome).await
     }
 
     async fn find_plan(&self, code: &PlanCode) -> Result<Option<Plan>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        find_plan(&mut conn, code).await
+        find_plan(&self.log, &mut conn, code).await
     }
 
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
-        let found: Vec<PlanRow> =
-            sqlx::query_as(concat!("SELECT ", plan_columns!(), " FROM tally_plan ORDER BY code"))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(store_error)?;
+        let found: Vec<PlanRow> = self
+            .log
+            .query_as(concat!("SELECT ", plan_columns!(), " FROM tally_plan ORDER BY code"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         found.into_iter().map(rows::plan).collect()
     }
 
     async fn list_plan_versions(&self, code: &PlanCode) -> Result<Vec<Plan>, StoreError> {
-        let found: Vec<PlanRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            plan_columns!(),
-            " FROM tally_plan_version WHERE code = ?1 ORDER BY version DESC"
-        ))
-        .bind(code.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let found: Vec<PlanRow> = self
+            .log
+            .query_as(concat!(
+                "SELECT ",
+                plan_columns!(),
+                " FROM tally_plan_version WHERE code = ?1 ORDER BY version DESC"
+            ))
+            .bind(code.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         found.into_iter().map(rows::plan).collect()
     }
 
     async fn delete_plan(&self, code: &PlanCode, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
-        let outcome = delete_plan_in_tx(w.conn(), code, audit).await;
+        let outcome = delete_plan_in_tx(&self.log, w.conn(), code, audit).await;
         w.finish(outcome).await
     }
 }
 
-async fn find_plan(conn: &mut SqliteConnection, code: &PlanCode) -> Result<Option<Plan>, StoreError> {
-    let found: Option<PlanRow> =
-        sqlx::query_as(concat!("SELECT ", plan_columns!(), " FROM tally_plan WHERE code = ?1"))
-            .bind(code.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(store_error)?;
+async fn find_plan(
+    log: &StatementLog,
+    conn: &mut SqliteConnection,
+    code: &PlanCode,
+) -> Result<Option<Plan>, StoreError> {
+    let found: Option<PlanRow> = log
+        .query_as(concat!("SELECT ", plan_columns!(), " FROM tally_plan WHERE code = ?1"))
+        .bind(code.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store_error)?;
     found.map(rows::plan).transpose()
 }
 
 async fn put_plan_in_tx(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     code: &PlanCode,
     spec: &PlanSpec,
     now: Timestamp,
     audit: &AuditEntry,
 ) -> Result<PutOutcome<Plan>, StoreError> {
-    let existing = find_plan(conn, code).await?;
+    let existing = find_plan(log, conn, code).await?;
     let plan = match &existing {
         Some(current) if current.matches(spec) => return Ok(PutOutcome::Unchanged(current.clone())),
         Some(current) => Plan {
@@ -116,7 +124,7 @@ async fn put_plan_in_tx(
         },
     };
     let limits = limits_json(&plan.limits)?;
-    sqlx::query(concat!(
+    log.query(concat!(
         "INSERT INTO tally_plan (",
         plan_columns!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -132,7 +140,7 @@ async fn put_plan_in_tx(
     .execute(&mut *conn)
     .await
     .map_err(store_error)?;
-    sqlx::query(concat!(
+    log.query(concat!(
         "INSERT INTO tally_plan_version (",
         plan_columns!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
@@ -146,32 +154,35 @@ async fn put_plan_in_tx(
     .execute(&mut *conn)
     .await
     .map_err(store_error)?;
-    insert_audit(conn, audit).await?;
+    insert_audit(log, conn, audit).await?;
+    bump_config_version(log, conn).await?;
     Ok(if existing.is_some() { PutOutcome::Updated(plan) } else { PutOutcome::Created(plan) })
 }
 
 async fn delete_plan_in_tx(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     code: &PlanCode,
     audit: &AuditEntry,
 ) -> Result<(), StoreError> {
-    if find_plan(conn, code).await?.is_none() {
+    if find_plan(log, conn, code).await?.is_none() {
         return Err(StoreError::not_found(format!("plan {code}")));
     }
-    let n_subscribers: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM tally_subscription WHERE plan_code = ?1")
-            .bind(code.as_str())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(store_error)?;
+    let n_subscribers: i64 = log
+        .query_scalar("SELECT COUNT(*) FROM tally_subscription WHERE plan_code = ?1")
+        .bind(code.as_str())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(store_error)?;
     if n_subscribers > 0 {
         return Err(StoreError::Conflict(format!("plan {code} has {n_subscribers} subscribers")));
     }
     // The history goes with the plan, so that a plan created again starts at version 1.
     for sql in ["DELETE FROM tally_plan_version WHERE code = ?1", "DELETE FROM tally_plan WHERE code = ?1"] {
-        sqlx::query(sql).bind(code.as_str()).execute(&mut *conn).await.map_err(store_error)?;
+        log.query(sql).bind(code.as_str()).execute(&mut *conn).await.map_err(store_error)?;
     }
-    insert_audit(conn, audit).await
+    insert_audit(log, conn, audit).await?;
+    bump_config_version(log, conn).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -185,13 +196,13 @@ impl TenantStore for SqliteStore {
         now: Timestamp,
     ) -> Result<PutOutcome<Tenant>, StoreError> {
         let mut w = self.begin_write().await?;
-        let outcome = put_tenant_in_tx(w.conn(), tenant_id, name, now).await;
+        let outcome = put_tenant_in_tx(&self.log, w.conn(), tenant_id, name, now).await;
         w.finish(outcome).await
     }
 
     async fn find_tenant(&self, tenant_id: &TenantId) -> Result<Option<Tenant>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        find_tenant(&mut conn, tenant_id).await
+        find_tenant(&self.log, &mut conn, tenant_id).await
     }
 
     async fn list_tenants(&self, after: Option<&TenantId>, limit: u32) -> Result<Vec<Tenant>, StoreError> {
@@ -201,7 +212,8 @@ impl TenantStore for SqliteStore {
             qb.push(" WHERE tenant_id > ").push_bind(after.as_str());
         }
         qb.push(" ORDER BY tenant_id LIMIT ").push_bind(i64::from(limit));
-        let found: Vec<TenantRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
+        let found: Vec<TenantRow> =
+            self.log.built_as(&mut qb).fetch_all(&self.pool).await.map_err(store_error)?;
         found.into_iter().map(rows::tenant).collect()
     }
 
@@ -214,20 +226,21 @@ impl TenantStore for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<Subscription, StoreError> {
         let mut w = self.begin_write().await?;
-        let outcome = put_subscription_in_tx(w.conn(), tenant_id, plan, anchor, now, audit).await;
+        let outcome = put_subscription_in_tx(&self.log, w.conn(), tenant_id, plan, anchor, now, audit).await;
         w.finish(outcome).await
     }
 
     async fn find_subscription(&self, tenant_id: &TenantId) -> Result<Option<Subscription>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        find_subscription(&mut conn, tenant_id).await
+        find_subscription(&self.log, &mut conn, tenant_id).await
     }
 
     async fn delete_subscription(&self, tenant_id: &TenantId, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let outcome = change_one_in_tx(
+            &self.log,
             w.conn(),
-            sqlx::query("DELETE FROM tally_subscription WHERE tenant_id = ?1").bind(tenant_id.as_str()),
+            self.log.query("DELETE FROM tally_subscription WHERE tenant_id = ?1").bind(tenant_id.as_str()),
             || format!("subscription of tenant {tenant_id}"),
             audit,
         )
@@ -236,14 +249,16 @@ impl TenantStore for SqliteStore {
     }
 
     async fn list_subscribers(&self, plan: &PlanCode, limit: u32) -> Result<Vec<TenantId>, StoreError> {
-        let found: Vec<String> = sqlx::query_scalar(
-            "SELECT tenant_id FROM tally_subscription WHERE plan_code = ?1 ORDER BY tenant_id LIMIT ?2",
-        )
-        .bind(plan.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let found: Vec<String> = self
+            .log
+            .query_scalar(
+                "SELECT tenant_id FROM tally_subscription WHERE plan_code = ?1 ORDER BY tenant_id LIMIT ?2",
+            )
+            .bind(plan.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         found.iter().map(|t| Ok(TenantId::parse(t)?)).collect()
     }
 
@@ -254,7 +269,7 @@ impl TenantStore for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
-        let outcome = put_override_in_tx(w.conn(), tenant_id, limit, audit).await;
+        let outcome = put_override_in_tx(&self.log, w.conn(), tenant_id, limit, audit).await;
         w.finish(outcome).await
     }
 
@@ -266,8 +281,10 @@ impl TenantStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let outcome = change_one_in_tx(
+            &self.log,
             w.conn(),
-            sqlx::query("DELETE FROM tally_override WHERE tenant_id = ?1 AND metric_code = ?2")
+            self.log
+                .query("DELETE FROM tally_override WHERE tenant_id = ?1 AND metric_code = ?2")
                 .bind(tenant_id.as_str())
                 .bind(metric.as_str()),
             || format!("override of {metric} for tenant {tenant_id}"),
@@ -279,47 +296,49 @@ impl TenantStore for SqliteStore {
 
     async fn list_overrides(&self, tenant_id: &TenantId) -> Result<Vec<Override>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        list_overrides(&mut conn, tenant_id).await
+        list_overrides(&self.log, &mut conn, tenant_id).await
     }
 
     async fn find_entitlement(&self, tenant_id: &TenantId) -> Result<EntitlementLookup, StoreError> {
         // One snapshot for the tenant, its subscription, plan and overrides.
         let mut tx = self.begin_read().await?;
-        let mut found = load_entitlements(&mut tx, std::slice::from_ref(tenant_id)).await?;
-        tx.commit().await.map_err(store_error)?;
+        let mut found = load_entitlements(&self.log, &mut tx, std::slice::from_ref(tenant_id)).await?;
+        self.log.commit(tx).await.map_err(store_error)?;
         Ok(found.remove(tenant_id).unwrap_or(EntitlementLookup::TenantMissing))
     }
 }
 
 async fn find_tenant(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     tenant_id: &TenantId,
 ) -> Result<Option<Tenant>, StoreError> {
-    let found: Option<TenantRow> = sqlx::query_as(
-        "SELECT tenant_id, name, internal_id, created_at FROM tally_tenant WHERE tenant_id = ?1",
-    )
-    .bind(tenant_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(store_error)?;
+    let found: Option<TenantRow> = log
+        .query_as("SELECT tenant_id, name, internal_id, created_at FROM tally_tenant WHERE tenant_id = ?1")
+        .bind(tenant_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store_error)?;
     found.map(rows::tenant).transpose()
 }
 
 async fn put_tenant_in_tx(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     tenant_id: &TenantId,
     name: &Name,
     now: Timestamp,
 ) -> Result<PutOutcome<Tenant>, StoreError> {
-    match find_tenant(conn, tenant_id).await? {
+    match find_tenant(log, conn, tenant_id).await? {
         Some(current) if current.name == *name => Ok(PutOutcome::Unchanged(current)),
         Some(current) => {
-            sqlx::query("UPDATE tally_tenant SET name = ?2 WHERE tenant_id = ?1")
+            log.query("UPDATE tally_tenant SET name = ?2 WHERE tenant_id = ?1")
                 .bind(tenant_id.as_str())
                 .bind(name.as_str())
                 .execute(&mut *conn)
                 .await
                 .map_err(store_error)?;
+            bump_config_version(log, conn).await?;
             Ok(PutOutcome::Updated(Tenant { name: name.clone(), ..current }))
         }
         None => {
@@ -330,7 +349,7 @@ async fn put_tenant_in_tx(
                 internal_id: Uuid::new_v4().as_u64_pair().0,
                 created_at: now,
             };
-            sqlx::query(
+            log.query(
                 "INSERT INTO tally_tenant (tenant_id, name, internal_id, created_at) VALUES (?1, ?2, ?3, ?4)",
             )
             .bind(tenant.tenant_id.as_str())
@@ -340,26 +359,30 @@ async fn put_tenant_in_tx(
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;
+            bump_config_version(log, conn).await?;
             Ok(PutOutcome::Created(tenant))
         }
     }
 }
 
 async fn find_subscription(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     tenant_id: &TenantId,
 ) -> Result<Option<Subscription>, StoreError> {
-    let found: Option<SubscriptionRow> = sqlx::query_as(
-        "SELECT tenant_id, plan_code, anchor, started_at FROM tally_subscription WHERE tenant_id = ?1",
-    )
-    .bind(tenant_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(store_error)?;
+    let found: Option<SubscriptionRow> = log
+        .query_as(
+            "SELECT tenant_id, plan_code, anchor, started_at FROM tally_subscription WHERE tenant_id = ?1",
+        )
+        .bind(tenant_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store_error)?;
     found.map(rows::subscription).transpose()
 }
 
 async fn put_subscription_in_tx(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     tenant_id: &TenantId,
     plan: &PlanCode,
@@ -367,13 +390,13 @@ async fn put_subscription_in_tx(
     now: Timestamp,
     audit: &AuditEntry,
 ) -> Result<Subscription, StoreError> {
-    if find_tenant(conn, tenant_id).await?.is_none() {
+    if find_tenant(log, conn, tenant_id).await?.is_none() {
         return Err(StoreError::not_found(format!("tenant {tenant_id}")));
     }
-    if find_plan(conn, plan).await?.is_none() {
+    if find_plan(log, conn, plan).await?.is_none() {
         return Err(StoreError::not_found(format!("plan {plan}")));
     }
-    let existing = find_subscription(conn, tenant_id).await?;
+    let existing = find_subscription(log, conn, tenant_id).await?;
     let subscription = Subscription {
         tenant_id: tenant_id.clone(),
         plan_code: plan.clone(),
@@ -386,7 +409,7 @@ async fn put_subscription_in_tx(
     if existing.as_ref() == Some(&subscription) {
         return Ok(subscription);
     }
-    sqlx::query(
+    log.query(
         "INSERT INTO tally_subscription (tenant_id, plan_code, anchor, started_at) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (tenant_id) DO UPDATE SET plan_code = excluded.plan_code, anchor = excluded.anchor, \
          started_at = excluded.started_at",
@@ -398,38 +421,42 @@ async fn put_subscription_in_tx(
     .execute(&mut *conn)
     .await
     .map_err(store_error)?;
-    insert_audit(conn, audit).await?;
+    insert_audit(log, conn, audit).await?;
+    bump_config_version(log, conn).await?;
     Ok(subscription)
 }
 
 async fn list_overrides(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     tenant_id: &TenantId,
 ) -> Result<Vec<Override>, StoreError> {
-    let found: Vec<OverrideRow> = sqlx::query_as(
-        "SELECT metric_code, \"limit\", enforcement, period FROM tally_override WHERE tenant_id = ?1 \
+    let found: Vec<OverrideRow> = log
+        .query_as(
+            "SELECT metric_code, \"limit\", enforcement, period FROM tally_override WHERE tenant_id = ?1 \
          ORDER BY metric_code",
-    )
-    .bind(tenant_id.as_str())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(store_error)?;
+        )
+        .bind(tenant_id.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
     found.into_iter().map(rows::quota_limit).collect()
 }
 
 async fn put_override_in_tx(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     tenant_id: &TenantId,
     limit: &QuotaLimit,
     audit: &AuditEntry,
 ) -> Result<(), StoreError> {
-    if find_tenant(conn, tenant_id).await?.is_none() {
+    if find_tenant(log, conn, tenant_id).await?.is_none() {
         return Err(StoreError::not_found(format!("tenant {tenant_id}")));
     }
-    if list_overrides(conn, tenant_id).await?.contains(limit) {
+    if list_overrides(log, conn, tenant_id).await?.contains(limit) {
         return Ok(());
     }
-    sqlx::query(
+    log.query(
         "INSERT INTO tally_override (tenant_id, metric_code, \"limit\", enforcement, period) \
          VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant_id, metric_code) DO UPDATE SET \
          \"limit\" = excluded.\"limit\", enforcement = excluded.enforcement, period = excluded.period",
@@ -442,12 +469,14 @@ async fn put_override_in_tx(
     .execute(&mut *conn)
     .await
     .map_err(store_error)?;
-    insert_audit(conn, audit).await
+    insert_audit(log, conn, audit).await?;
+    bump_config_version(log, conn).await
 }
 
-/// Runs a statement that changes (deletes, revokes) one row and audits it; `NotFound`
-/// (naming `what`) when it matched none.
+/// Runs a statement that changes (deletes, revokes) one configuration row, audits it and
+/// raises the configuration version; `NotFound` (naming `what`) when it matched none.
 async fn change_one_in_tx<'q>(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     change: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
     what: impl FnOnce() -> String,
@@ -457,61 +486,76 @@ async fn change_one_in_tx<'q>(
     if done.rows_affected() == 0 {
         return Err(StoreError::not_found(what()));
     }
-    insert_audit(conn, audit).await
+    insert_audit(log, conn, audit).await?;
+    bump_config_version(log, conn).await
 }
 
-/// Each tenant's entitlement, read on `conn` (inside the caller's transaction) with one
-/// statement per table whatever the number of tenants.
+/// Raises the configuration version inside the caller's transaction: every change to a
+/// plan, tenant, subscription, override or key calls it once, after the change.
+async fn bump_config_version(log: &StatementLog, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let done = log
+        .query("UPDATE tally_config_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    if done.rows_affected() != 1 {
+        return Err(StoreError::Corrupt("tally_config_version has lost its row".to_owned()));
+    }
+    Ok(())
+}
+
+/// Each tenant's entitlement, read on `conn` (inside the caller's transaction) with two
+/// statements whatever the number of tenants, each filtered on the tenants: the tenants
+/// with their subscriptions and plans, then their overrides.
 pub(crate) async fn load_entitlements(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     tenants: &[TenantId],
 ) -> Result<HashMap<TenantId, EntitlementLookup>, StoreError> {
     let mut found: HashMap<TenantId, EntitlementLookup> = HashMap::with_capacity(tenants.len());
-    let mut subscriptions: Vec<Subscription> = Vec::new();
+    let mut subscriptions: Vec<(Subscription, Plan)> = Vec::new();
+    // A plan shared by many tenants of the batch is read back once.
+    let mut plans: HashMap<String, Plan> = HashMap::new();
     for chunk in tenants.chunks(rows_per_statement(1)) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT t.tenant_id, s.plan_code, s.anchor, s.started_at FROM tally_tenant AS t \
-             LEFT JOIN tally_subscription AS s ON s.tenant_id = t.tenant_id WHERE t.tenant_id IN (",
-        );
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+            "SELECT t.tenant_id, s.plan_code, s.anchor, s.started_at, ",
+            "p.code, p.name, p.limits, p.version, p.created_at, p.updated_at ",
+            "FROM tally_tenant AS t LEFT JOIN tally_subscription AS s ON s.tenant_id = t.tenant_id ",
+            "LEFT JOIN tally_plan AS p ON p.code = s.plan_code WHERE t.tenant_id IN ("
+        ));
         let mut ids = qb.separated(", ");
         for tenant in chunk {
             ids.push_bind(tenant.as_str());
         }
         qb.push(")");
-        let page: Vec<TenantSubscriptionRow> =
-            qb.build_query_as().persistent(false).fetch_all(&mut *conn).await.map_err(store_error)?;
-        for row in page {
-            match row {
-                (tenant_id, Some(plan_code), Some(anchor), Some(started_at)) => {
-                    subscriptions.push(rows::subscription((tenant_id, plan_code, anchor, started_at))?);
+        let page: Vec<TenantEntitlementRow> =
+            log.built_as(&mut qb).persistent(false).fetch_all(&mut *conn).await.map_err(store_error)?;
+        for (tenant_id, subscribed, plan) in page.into_iter().map(rows::tenant_entitlement) {
+            let tenant_id = TenantId::parse(&tenant_id)?;
+            let Some(subscription) = subscribed else {
+                found.insert(tenant_id, EntitlementLookup::NoSubscription);
+                continue;
+            };
+            let subscription = rows::subscription(subscription)?;
+            let Some(plan_row) = plan else {
+                return Err(StoreError::Corrupt(format!(
+                    "tenant {} subscribes to missing plan {}",
+                    subscription.tenant_id, subscription.plan_code
+                )));
+            };
+            let plan = match plans.get(&plan_row.0) {
+                Some(plan) => plan.clone(),
+                None => {
+                    let plan = rows::plan(plan_row)?;
+                    plans.insert(plan.code.as_str().to_owned(), plan.clone());
+                    plan
                 }
-                (tenant_id, _, _, _) => {
-                    found.insert(TenantId::parse(&tenant_id)?, EntitlementLookup::NoSubscription);
-                }
-            }
+            };
+            subscriptions.push((subscription, plan));
         }
     }
     if subscriptions.is_empty() {
         return Ok(found);
-    }
-
-    let codes: Vec<&PlanCode> =
-        subscriptions.iter().map(|s| &s.plan_code).collect::<BTreeSet<_>>().into_iter().collect();
-    let mut plans: HashMap<PlanCode, Plan> = HashMap::with_capacity(codes.len());
-    for chunk in codes.chunks(rows_per_statement(1)) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new(concat!("SELECT ", plan_columns!(), " FROM tally_plan WHERE code IN ("));
-        let mut list = qb.separated(", ");
-        for code in chunk {
-            list.push_bind(code.as_str());
-        }
-        qb.push(")");
-        let page: Vec<PlanRow> =
-            qb.build_query_as().persistent(false).fetch_all(&mut *conn).await.map_err(store_error)?;
-        for row in page {
-            let plan = rows::plan(row)?;
-            plans.insert(plan.code.clone(), plan);
-        }
     }
 
     let mut overrides: HashMap<TenantId, Vec<Override>> = HashMap::new();
@@ -521,28 +565,22 @@ pub(crate) async fn load_entitlements(
              WHERE tenant_id IN (",
         );
         let mut ids = qb.separated(", ");
-        for s in chunk {
+        for (s, _) in chunk {
             ids.push_bind(s.tenant_id.as_str());
         }
         qb.push(") ORDER BY tenant_id, metric_code");
         let page: Vec<TenantOverrideRow> =
-            qb.build_query_as().persistent(false).fetch_all(&mut *conn).await.map_err(store_error)?;
+            log.built_as(&mut qb).persistent(false).fetch_all(&mut *conn).await.map_err(store_error)?;
         for (tenant_id, metric_code, limit, enforcement, period) in page {
             let limit = rows::quota_limit((metric_code, limit, enforcement, period))?;
             overrides.entry(TenantId::parse(&tenant_id)?).or_default().push(limit);
         }
     }
 
-    for subscription in subscriptions {
-        let plan = plans.get(&subscription.plan_code).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "tenant {} subscribes to missing plan {}",
-                subscription.tenant_id, subscription.plan_code
-            ))
-        })?;
+    for (subscription, plan) in subscriptions {
         let tenant_id = subscription.tenant_id.clone();
         let own = overrides.get(&tenant_id).map_or(&[][..], Vec::as_slice);
-        found.insert(tenant_id, EntitlementLookup::Found(Entitlement::resolve(subscription, plan, own)));
+        found.insert(tenant_id, EntitlementLookup::Found(Entitlement::resolve(subscription, &plan, own)));
     }
     Ok(found)
 }
@@ -553,34 +591,38 @@ pub(crate) async fn load_entitlements(
 impl KeyStore for SqliteStore {
     async fn insert_key(&self, key: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
-        let outcome = insert_key_in_tx(w.conn(), key, audit).await;
+        let outcome = insert_key_in_tx(&self.log, w.conn(), key, audit).await;
         w.finish(outcome).await
     }
 
     async fn find_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        let found: Option<KeyRow> =
-            sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM tally_api_key WHERE key_hash = ?1"))
-                .bind(key_hash)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(store_error)?;
+        let found: Option<KeyRow> = self
+            .log
+            .query_as(concat!("SELECT ", key_columns!(), " FROM tally_api_key WHERE key_hash = ?1"))
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
         found.map(rows::key).transpose()
     }
 
     async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let found: Vec<KeyRow> =
-            sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM tally_api_key ORDER BY created_at, id"))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(store_error)?;
+        let found: Vec<KeyRow> = self
+            .log
+            .query_as(concat!("SELECT ", key_columns!(), " FROM tally_api_key ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         found.into_iter().map(rows::key).collect()
     }
 
     async fn revoke_key(&self, id: Uuid, now: Timestamp, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let outcome = change_one_in_tx(
+            &self.log,
             w.conn(),
-            sqlx::query("UPDATE tally_api_key SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+            self.log
+                .query("UPDATE tally_api_key SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
                 .bind(id.to_string())
                 .bind(micros(now)),
             || format!("active key {id}"),
@@ -594,25 +636,27 @@ impl KeyStore for SqliteStore {
         let _writer = self.lock_writer().await?;
         // Only forward: a late touch never hides a newer one. An unknown key is no error,
         // as in the other adapters: there is nothing to note.
-        sqlx::query(
-            "UPDATE tally_api_key SET last_used_at = ?2 \
+        self.log
+            .query(
+                "UPDATE tally_api_key SET last_used_at = ?2 \
              WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-        )
-        .bind(id.to_string())
-        .bind(micros(now))
-        .execute(&self.pool)
-        .await
-        .map_err(store_error)?;
+            )
+            .bind(id.to_string())
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 }
 
 async fn insert_key_in_tx(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     key: &ApiKey,
     audit: &AuditEntry,
 ) -> Result<(), StoreError> {
-    sqlx::query(concat!(
+    log.query(concat!(
         "INSERT INTO tally_api_key (",
         key_columns!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
@@ -627,7 +671,8 @@ async fn insert_key_in_tx(
     .execute(&mut *conn)
     .await
     .map_err(store_error)?;
-    insert_audit(conn, audit).await
+    insert_audit(log, conn, audit).await?;
+    bump_config_version(log, conn).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -650,33 +695,46 @@ impl AuditStore for SqliteStore {
             qb.push(" AND id < ").push_bind(before.to_string());
         }
         qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
-        let found: Vec<AuditRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
+        let found: Vec<AuditRow> =
+            self.log.built_as(&mut qb).fetch_all(&self.pool).await.map_err(store_error)?;
         found.into_iter().map(rows::audit).collect()
     }
 
     async fn verify_inputs(&self) -> Result<VerifyInputs, StoreError> {
         // One snapshot, so that counters, events and resets agree with each other.
         let mut tx = self.begin_read().await?;
-        let inputs = verify_inputs(&mut tx).await?;
-        tx.commit().await.map_err(store_error)?;
+        let inputs = verify_inputs(&self.log, &mut tx).await?;
+        self.log.commit(tx).await.map_err(store_error)?;
         Ok(inputs)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&self.pool).await.map_err(store_error)?;
+        let _: i64 = self.log.query_scalar("SELECT 1").fetch_one(&self.pool).await.map_err(store_error)?;
         Ok(())
     }
 }
 
-async fn verify_inputs(conn: &mut SqliteConnection) -> Result<VerifyInputs, StoreError> {
-    let found: Vec<RecordRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        record_columns!(),
-        " FROM quota_usage_record ORDER BY tenant_id, metric_code, period_start"
-    ))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(store_error)?;
+impl ConfigVersion for SqliteStore {
+    async fn config_version(&self) -> Result<i64, StoreError> {
+        // One primary-key read on a pooled connection: in WAL mode it never waits for the writer.
+        self.log
+            .query_scalar("SELECT version FROM tally_config_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+}
+
+async fn verify_inputs(log: &StatementLog, conn: &mut SqliteConnection) -> Result<VerifyInputs, StoreError> {
+    let found: Vec<RecordRow> = log
+        .query_as(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM quota_usage_record ORDER BY tenant_id, metric_code, period_start"
+        ))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
     let mut records = Vec::with_capacity(found.len());
     for row in found {
         let r = rows::record(row)?;
@@ -685,13 +743,14 @@ async fn verify_inputs(conn: &mut SqliteConnection) -> Result<VerifyInputs, Stor
         records.push(RecordTotal { id: r.id, key, current_usage: r.current_usage });
     }
 
-    let sums: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT tenant_id, metric_code, period_start, SUM(amount), COUNT(*) FROM quota_usage_event \
+    let sums: Vec<(String, String, i64, i64, i64)> = log
+        .query_as(
+            "SELECT tenant_id, metric_code, period_start, SUM(amount), COUNT(*) FROM quota_usage_event \
          GROUP BY tenant_id, metric_code, period_start ORDER BY tenant_id, metric_code, period_start",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(store_error)?;
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
     let mut events = Vec::with_capacity(sums.len());
     for (tenant_id, metric_code, period_start, amount_sum, n_events) in sums {
         events.push(EventTotal {
@@ -703,15 +762,12 @@ async fn verify_inputs(conn: &mut SqliteConnection) -> Result<VerifyInputs, Stor
         });
     }
 
-    let audited: Vec<AuditRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        audit_columns!(),
-        " FROM tally_audit WHERE action = ?1 ORDER BY id"
-    ))
-    .bind(AuditAction::Reset.as_str())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(store_error)?;
+    let audited: Vec<AuditRow> = log
+        .query_as(concat!("SELECT ", audit_columns!(), " FROM tally_audit WHERE action = ?1 ORDER BY id"))
+        .bind(AuditAction::Reset.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
     let mut resets = Vec::with_capacity(audited.len());
     for row in audited {
         if let Some(fact) = reset_fact(&rows::audit(row)?)? {

@@ -12,6 +12,7 @@ mod admin;
 mod error;
 mod migrate;
 mod rows;
+mod statements;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 use crate::error::store_error;
+pub use crate::statements::StatementLog;
 
 /// Connections the pool opens at most.
 pub const SQLITE_POOL_CONNECTIONS: u32 = 8;
@@ -50,6 +52,8 @@ pub(crate) const SQLITE_BIND_PARAMS_MAX: usize = 32_766;
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: Arc<Mutex<()>>,
+    /// Every statement this store sends goes through it (see `statements`).
+    log: StatementLog,
     /// Declared last, so that the pool handle is dropped before the file is removed.
     _temp_file: Option<Arc<TempFile>>,
 }
@@ -87,12 +91,18 @@ impl SqliteStore {
 
     /// The highest applied migration version (0 for a database never migrated).
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        migrate::schema_version(&self.pool).await
+        migrate::schema_version(&self.log, &self.pool).await
     }
 
     /// The pool, for tests and tools that must touch rows behind Tally's back.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// This store's statement log (shared with its clones): off until `start`ed, it then
+    /// records the SQL text of every statement the store sends. A test tool.
+    pub fn statement_log(&self) -> StatementLog {
+        self.log.clone()
     }
 
     async fn connect(path: &Path, temp_file: Option<Arc<TempFile>>) -> Result<SqliteStore, StoreError> {
@@ -110,7 +120,12 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(store_error)?;
-        Ok(SqliteStore { pool, writer: Arc::new(Mutex::new(())), _temp_file: temp_file })
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::new(Mutex::new(())),
+            log: StatementLog::default(),
+            _temp_file: temp_file,
+        })
     }
 
     /// Takes the in-process writer lock, waiting at most `SQLITE_WRITER_WAIT_MAX`.
@@ -125,19 +140,19 @@ impl SqliteStore {
 
     /// `BEGIN IMMEDIATE` on a pooled connection; the caller holds the writer lock.
     pub(crate) async fn begin_immediate(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)
+        self.log.begin(&self.pool, "BEGIN IMMEDIATE").await.map_err(store_error)
     }
 
     /// The writer lock, then a `BEGIN IMMEDIATE` transaction.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
         let writer = self.lock_writer().await?;
         let tx = self.begin_immediate().await?;
-        Ok(WriteTx { tx, _writer: writer })
+        Ok(WriteTx { tx, log: &self.log, _writer: writer })
     }
 
     /// A deferred transaction for reads that must see one snapshot.
     pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool.begin().await.map_err(store_error)
+        self.log.begin(&self.pool, "BEGIN").await.map_err(store_error)
     }
 }
 
@@ -146,6 +161,7 @@ pub(crate) struct WriteTx<'s> {
     /// Declared first, so that an unfinished transaction is dropped (and rolled back)
     /// before the writer lock is released.
     tx: Transaction<'static, Sqlite>,
+    log: &'s StatementLog,
     _writer: MutexGuard<'s, ()>,
 }
 
@@ -157,14 +173,14 @@ impl WriteTx<'_> {
 
     /// Commits when `outcome` is `Ok`, rolls back otherwise, and returns `outcome`.
     pub(crate) async fn finish<T>(self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
-        let WriteTx { tx, _writer } = self;
+        let WriteTx { tx, log, _writer } = self;
         match outcome {
             Ok(value) => {
-                tx.commit().await.map_err(store_error)?;
+                log.commit(tx).await.map_err(store_error)?;
                 Ok(value)
             }
             Err(e) => {
-                rollback(tx).await;
+                rollback(log, tx).await;
                 Err(e)
             }
         }
@@ -173,8 +189,8 @@ impl WriteTx<'_> {
 
 /// Rolls back; a failed rollback is logged, since the error that caused it matters more
 /// (and SQLite rolls back an unfinished transaction when the connection closes).
-pub(crate) async fn rollback(tx: Transaction<'static, Sqlite>) {
-    if let Err(e) = tx.rollback().await {
+pub(crate) async fn rollback(log: &StatementLog, tx: Transaction<'static, Sqlite>) {
+    if let Err(e) = log.rollback(tx).await {
         tracing::warn!(error = %e, "sqlite rollback failed");
     }
 }

@@ -11,9 +11,9 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 use tally_store::{SchemaReport, StoreError};
 
-use crate::SqliteStore;
 use crate::error::store_error;
 use crate::rows::micros;
+use crate::{SqliteStore, StatementLog};
 
 /// The migration set of this adapter (PostgreSQL has `public` and `tenant`).
 const MIGRATION_SET: &str = "main";
@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "event_listing_index",
         sql: include_str!("../migrations/0002_event_listing_index.sql"),
     },
+    Migration {
+        version: 3,
+        name: "config_version",
+        sql: include_str!("../migrations/0003_config_version.sql"),
+    },
 ];
 
 const _: () = {
@@ -58,19 +63,20 @@ const CREATE_TRACKING_TABLE: &str = "CREATE TABLE IF NOT EXISTS tally_schema_mig
 /// Applies the pending migrations of `store`.
 pub(crate) async fn migrate(store: &SqliteStore) -> Result<SchemaReport, StoreError> {
     let started = Instant::now();
-    if !tracking_table_exists(store.pool()).await? {
+    let log = &store.log;
+    if !tracking_table_exists(log, store.pool()).await? {
         let mut w = store.begin_write().await?;
-        let outcome = sqlx::query(CREATE_TRACKING_TABLE).execute(w.conn()).await.map(|_| ());
+        let outcome = log.query(CREATE_TRACKING_TABLE).execute(w.conn()).await.map(|_| ());
         w.finish(outcome.map_err(store_error)).await?;
     }
     let mut applied = 0u32;
     for migration in MIGRATIONS {
         // A cheap look first, so that an up-to-date database takes no write lock.
-        if is_applied(store.pool(), migration.version).await? {
+        if is_applied(log, store.pool(), migration.version).await? {
             continue;
         }
         let mut w = store.begin_write().await?;
-        let outcome = apply(w.conn(), migration).await;
+        let outcome = apply(log, w.conn(), migration).await;
         if w.finish(outcome).await? {
             applied += 1;
             tracing::info!(version = migration.version, name = migration.name, "sqlite migration applied");
@@ -80,7 +86,7 @@ pub(crate) async fn migrate(store: &SqliteStore) -> Result<SchemaReport, StoreEr
         schema: MIGRATION_SET.to_owned(),
         tenant_id: None,
         applied,
-        version: schema_version(store.pool()).await?,
+        version: schema_version(log, store.pool()).await?,
         elapsed: started.elapsed(),
         error: None,
     })
@@ -88,12 +94,16 @@ pub(crate) async fn migrate(store: &SqliteStore) -> Result<SchemaReport, StoreEr
 
 /// Applies one migration inside the caller's `BEGIN IMMEDIATE` transaction, unless another
 /// process applied it since the caller looked. Returns whether it was applied now.
-async fn apply(conn: &mut SqliteConnection, migration: &Migration) -> Result<bool, StoreError> {
-    if is_applied(&mut *conn, migration.version).await? {
+async fn apply(
+    log: &StatementLog,
+    conn: &mut SqliteConnection,
+    migration: &Migration,
+) -> Result<bool, StoreError> {
+    if is_applied(log, &mut *conn, migration.version).await? {
         return Ok(false);
     }
-    sqlx::raw_sql(migration.sql).execute(&mut *conn).await.map_err(store_error)?;
-    sqlx::query(
+    log.raw_sql(migration.sql).execute(&mut *conn).await.map_err(store_error)?;
+    log.query(
         "INSERT INTO tally_schema_migrations (set_name, version, name, applied_at) VALUES (?1, ?2, ?3, ?4)",
     )
     .bind(MIGRATION_SET)
@@ -106,36 +116,35 @@ async fn apply(conn: &mut SqliteConnection, migration: &Migration) -> Result<boo
     Ok(true)
 }
 
-async fn tracking_table_exists(pool: &SqlitePool) -> Result<bool, StoreError> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tally_schema_migrations'",
-    )
-    .fetch_optional(pool)
-    .await
-    .map_err(store_error)?;
+async fn tracking_table_exists(log: &StatementLog, pool: &SqlitePool) -> Result<bool, StoreError> {
+    let found: Option<i64> = log
+        .query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tally_schema_migrations'")
+        .fetch_optional(pool)
+        .await
+        .map_err(store_error)?;
     Ok(found.is_some())
 }
 
-async fn is_applied<'e, E>(executor: E, version: i64) -> Result<bool, StoreError>
+async fn is_applied<'e, E>(log: &StatementLog, executor: E, version: i64) -> Result<bool, StoreError>
 where
     E: sqlx::SqliteExecutor<'e>,
 {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM tally_schema_migrations WHERE set_name = ?1 AND version = ?2")
-            .bind(MIGRATION_SET)
-            .bind(version)
-            .fetch_optional(executor)
-            .await
-            .map_err(store_error)?;
+    let found: Option<i64> = log
+        .query_scalar("SELECT 1 FROM tally_schema_migrations WHERE set_name = ?1 AND version = ?2")
+        .bind(MIGRATION_SET)
+        .bind(version)
+        .fetch_optional(executor)
+        .await
+        .map_err(store_error)?;
     Ok(found.is_some())
 }
 
 /// The highest applied version; 0 when nothing was ever applied.
-pub(crate) async fn schema_version(pool: &SqlitePool) -> Result<i64, StoreError> {
-    if !tracking_table_exists(pool).await? {
+pub(crate) async fn schema_version(log: &StatementLog, pool: &SqlitePool) -> Result<i64, StoreError> {
+    if !tracking_table_exists(log, pool).await? {
         return Ok(0);
     }
-    sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM tally_schema_migrations WHERE set_name = ?1")
+    log.query_scalar("SELECT COALESCE(MAX(version), 0) FROM tally_schema_migrations WHERE set_name = ?1")
         .bind(MIGRATION_SET)
         .fetch_one(pool)
         .await

@@ -11,8 +11,8 @@ use tally_domain::{
 use tally_store::StoreError;
 use uuid::Uuid;
 
-use crate::SQLITE_BIND_PARAMS_MAX;
 use crate::error::store_error;
+use crate::{SQLITE_BIND_PARAMS_MAX, StatementLog};
 
 /// How many rows of `n_columns` bound values fit in one statement.
 pub(crate) const fn rows_per_statement(n_columns: usize) -> usize {
@@ -141,6 +141,7 @@ pub(crate) fn event(row: EventRow) -> Result<RecordedEvent, StoreError> {
 /// Appends events with multi-row inserts, as few as the bind limit allows. Returns the
 /// driver's error so that callers can tell a taken idempotency key from other failures.
 pub(crate) async fn insert_events(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     events: &[RecordedEvent],
 ) -> Result<(), sqlx::Error> {
@@ -164,7 +165,7 @@ pub(crate) async fn insert_events(
                 .push_bind(micros(r.period.end()))
                 .push_bind(i64::from(r.timestamp_explicit));
         });
-        qb.build().persistent(false).execute(&mut *conn).await?;
+        log.built(&mut qb).persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -235,9 +236,42 @@ pub(crate) fn subscription(row: SubscriptionRow) -> Result<Subscription, StoreEr
     })
 }
 
-/// A tenant and its subscription, if any (a `tally_tenant LEFT JOIN tally_subscription`
-/// row): tenant, plan, anchor, started_at.
-pub(crate) type TenantSubscriptionRow = (String, Option<String>, Option<i64>, Option<i64>);
+/// A tenant with its subscription and its plan, if any (a `tally_tenant LEFT JOIN
+/// tally_subscription LEFT JOIN tally_plan` row): tenant; plan code, anchor, started_at; then
+/// the plan's columns in `plan_columns!()` order.
+pub(crate) type TenantEntitlementRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Splits a `TenantEntitlementRow` into the tenant, its subscription (when it has one) and
+/// the subscribed plan (when the row has one).
+pub(crate) fn tenant_entitlement(
+    row: TenantEntitlementRow,
+) -> (String, Option<SubscriptionRow>, Option<PlanRow>) {
+    let (tenant_id, plan_code, anchor, started_at, code, name, limits, version, created_at, updated_at) = row;
+    let subscription = match (plan_code, anchor, started_at) {
+        (Some(plan_code), Some(anchor), Some(started_at)) => {
+            Some((tenant_id.clone(), plan_code, anchor, started_at))
+        }
+        _ => None,
+    };
+    let plan = match (code, name, limits, version, created_at, updated_at) {
+        (Some(code), Some(name), Some(limits), Some(version), Some(created_at), Some(updated_at)) => {
+            Some((code, name, limits, version, created_at, updated_at))
+        }
+        _ => None,
+    };
+    (tenant_id, subscription, plan)
+}
 
 /// A `tally_override` row with its tenant: tenant, metric, limit, enforcement, period.
 pub(crate) type TenantOverrideRow = (String, String, Option<i64>, String, String);
@@ -311,22 +345,27 @@ pub(crate) fn audit(row: AuditRow) -> Result<AuditEntry, StoreError> {
 /// is free. Callers may hand the same entry to several mutations (the contract suite does),
 /// and each mutation is its own line in the log, so a taken id is replaced by a fresh
 /// UUID v7, which also sorts the line after the earlier ones.
-pub(crate) async fn insert_audit(conn: &mut SqliteConnection, entry: &AuditEntry) -> Result<(), StoreError> {
+pub(crate) async fn insert_audit(
+    log: &StatementLog,
+    conn: &mut SqliteConnection,
+    entry: &AuditEntry,
+) -> Result<(), StoreError> {
     for id in [entry.id, Uuid::now_v7()] {
-        let done = sqlx::query(concat!(
-            "INSERT INTO tally_audit (",
-            audit_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING"
-        ))
-        .bind(id.to_string())
-        .bind(micros(entry.at))
-        .bind(entry.key_id.map(|k| k.to_string()))
-        .bind(entry.action.as_str())
-        .bind(entry.tenant_id.as_ref().map(|t| t.as_str().to_owned()))
-        .bind(entry.details.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(store_error)?;
+        let done = log
+            .query(concat!(
+                "INSERT INTO tally_audit (",
+                audit_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING"
+            ))
+            .bind(id.to_string())
+            .bind(micros(entry.at))
+            .bind(entry.key_id.map(|k| k.to_string()))
+            .bind(entry.action.as_str())
+            .bind(entry.tenant_id.as_ref().map(|t| t.as_str().to_owned()))
+            .bind(entry.details.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
         if done.rows_affected() == 1 {
             return Ok(());
         }

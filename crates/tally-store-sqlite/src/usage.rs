@@ -1,7 +1,11 @@
 //! Usage on SQLite: the seed's repository and event recorder, and the hot path, which runs
 //! `tally_store::apply_in_tx` inside one `BEGIN IMMEDIATE` transaction through `SqliteUsageTx`.
+//!
+//! Every statement of the hot path names its tenants (`tenant_id = ?` or `tenant_id IN
+//! (...)`, also beside the joins on a batch's keys), or inserts rows whose tenants are bound
+//! values, as on PostgreSQL; `tests/hot_path` checks it on the statement log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{QueryBuilder, Sqlite};
@@ -20,7 +24,7 @@ use crate::error::{EVENT_IDEMPOTENCY_CONSTRAINT, store_error, unique_violation};
 use crate::rows::{
     self, EventRow, RecordRow, event_columns, insert_audit, micros, record_columns, rows_per_statement,
 };
-use crate::{SqliteStore, admin, rollback};
+use crate::{SqliteStore, StatementLog, admin, rollback};
 
 impl UsageRepository for SqliteStore {
     async fn list_by_tenant_and_metric(
@@ -44,7 +48,8 @@ impl UsageRepository for SqliteStore {
             qb.push(" AND period_start < ").push_bind(micros(to));
         }
         qb.push(" ORDER BY period_start DESC LIMIT ").push_bind(i64::from(limit));
-        let found: Vec<RecordRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
+        let found: Vec<RecordRow> =
+            self.log.built_as(&mut qb).fetch_all(&self.pool).await.map_err(store_error)?;
         found.into_iter().map(rows::record).collect()
     }
 
@@ -54,33 +59,37 @@ impl UsageRepository for SqliteStore {
         metric: &MetricCode,
         at: Timestamp,
     ) -> Result<UsageRecord, StoreError> {
-        let found: Option<RecordRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM quota_usage_record WHERE tenant_id = ?1 AND metric_code = ?2",
-            " AND period_start <= ?3 AND period_end > ?3 ORDER BY period_start DESC LIMIT 1"
-        ))
-        .bind(tenant.as_str())
-        .bind(metric.as_str())
-        .bind(micros(at))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let found: Option<RecordRow> = self
+            .log
+            .query_as(concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM quota_usage_record WHERE tenant_id = ?1 AND metric_code = ?2",
+                " AND period_start <= ?3 AND period_end > ?3 ORDER BY period_start DESC LIMIT 1"
+            ))
+            .bind(tenant.as_str())
+            .bind(metric.as_str())
+            .bind(micros(at))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
         let row = found.ok_or_else(|| StoreError::not_found(format!("usage record of {tenant} {metric}")))?;
         rows::record(row)
     }
 
     async fn get_by_id(&self, tenant: &TenantId, id: Uuid) -> Result<UsageRecord, StoreError> {
-        let found: Option<RecordRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM quota_usage_record WHERE id = ?1 AND tenant_id = ?2"
-        ))
-        .bind(id.to_string())
-        .bind(tenant.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let found: Option<RecordRow> = self
+            .log
+            .query_as(concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM quota_usage_record WHERE id = ?1 AND tenant_id = ?2"
+            ))
+            .bind(id.to_string())
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
         rows::record(found.ok_or_else(|| StoreError::not_found(format!("usage record {id}")))?)
     }
 
@@ -88,7 +97,7 @@ impl UsageRepository for SqliteStore {
         let _writer = self.lock_writer().await?;
         // Only the counter and updated_at change; an id that names another tenant's, metric's
         // or period's record matches no row of the upsert's WHERE, which is a conflict.
-        let upsert = sqlx::query(concat!(
+        let upsert = self.log.query(concat!(
             "INSERT INTO quota_usage_record (",
             record_columns!(),
             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -111,7 +120,9 @@ impl UsageRepository for SqliteStore {
 
     async fn delete(&self, tenant: &TenantId, id: Uuid) -> Result<(), StoreError> {
         let _writer = self.lock_writer().await?;
-        let done = sqlx::query("DELETE FROM quota_usage_record WHERE id = ?1 AND tenant_id = ?2")
+        let done = self
+            .log
+            .query("DELETE FROM quota_usage_record WHERE id = ?1 AND tenant_id = ?2")
             .bind(id.to_string())
             .bind(tenant.as_str())
             .execute(&self.pool)
@@ -129,7 +140,7 @@ impl UsageRepository for SqliteStore {
         metric: &MetricCode,
         period_start: Timestamp,
     ) -> Result<UsageRecord, StoreError> {
-        let found = find_record(&self.pool, tenant, metric, period_start).await?;
+        let found = find_record(&self.log, &self.pool, tenant, metric, period_start).await?;
         found.ok_or_else(|| {
             StoreError::not_found(format!("usage record of {tenant} {metric} at {period_start}"))
         })
@@ -187,6 +198,7 @@ fn bind_record<'q>(
 
 /// The record of `metric` whose period starts at `period_start`, if any.
 async fn find_record<'e, E>(
+    log: &StatementLog,
     executor: E,
     tenant: &TenantId,
     metric: &MetricCode,
@@ -195,17 +207,18 @@ async fn find_record<'e, E>(
 where
     E: sqlx::SqliteExecutor<'e>,
 {
-    let found: Option<RecordRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        record_columns!(),
-        " FROM quota_usage_record WHERE tenant_id = ?1 AND metric_code = ?2 AND period_start = ?3"
-    ))
-    .bind(tenant.as_str())
-    .bind(metric.as_str())
-    .bind(micros(period_start))
-    .fetch_optional(executor)
-    .await
-    .map_err(store_error)?;
+    let found: Option<RecordRow> = log
+        .query_as(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM quota_usage_record WHERE tenant_id = ?1 AND metric_code = ?2 AND period_start = ?3"
+        ))
+        .bind(tenant.as_str())
+        .bind(metric.as_str())
+        .bind(micros(period_start))
+        .fetch_optional(executor)
+        .await
+        .map_err(store_error)?;
     found.map(rows::record).transpose()
 }
 
@@ -213,7 +226,7 @@ impl EventRecorder for SqliteStore {
     async fn record(&self, event: &RecordedEvent) -> Result<(), StoreError> {
         let _writer = self.lock_writer().await?;
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        rows::insert_events(&mut conn, std::slice::from_ref(event)).await.map_err(store_error)
+        rows::insert_events(&self.log, &mut conn, std::slice::from_ref(event)).await.map_err(store_error)
     }
 
     async fn get_events_for_metric(
@@ -223,7 +236,8 @@ impl EventRecorder for SqliteStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
         push_events_page(&mut qb, tenant, query);
-        let found: Vec<EventRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(store_error)?;
+        let found: Vec<EventRow> =
+            self.log.built_as(&mut qb).fetch_all(&self.pool).await.map_err(store_error)?;
         found.into_iter().map(rows::event).collect()
     }
 }
@@ -241,18 +255,19 @@ impl UsageApplier for SqliteStore {
         // The first run and at most APPLY_RETRY_MAX re-runs.
         for attempt in 0..=APPLY_RETRY_MAX {
             let mut tx = self.begin_immediate().await?;
-            let outcome = apply_in_tx(&mut SqliteUsageTx { conn: &mut tx }, requests, now).await;
+            let outcome =
+                apply_in_tx(&mut SqliteUsageTx { conn: &mut tx, log: &self.log }, requests, now).await;
             match outcome {
                 Ok(results) => {
-                    tx.commit().await.map_err(store_error)?;
+                    self.log.commit(tx).await.map_err(store_error)?;
                     return Ok(results);
                 }
                 Err(StoreError::Retry) => {
-                    rollback(tx).await;
+                    rollback(&self.log, tx).await;
                     tracing::debug!(attempt, "usage transaction lost a race on an idempotency key");
                 }
                 Err(e) => {
-                    rollback(tx).await;
+                    rollback(&self.log, tx).await;
                     return Err(e);
                 }
             }
@@ -272,12 +287,13 @@ impl UsageApplier for SqliteStore {
         key_id: Option<Uuid>,
     ) -> Result<UsageRecord, StoreError> {
         let mut w = self.begin_write().await?;
-        let outcome = reset_in_tx(w.conn(), tenant, metric, period, now, key_id).await;
+        let outcome = reset_in_tx(&self.log, w.conn(), tenant, metric, period, now, key_id).await;
         w.finish(outcome).await
     }
 }
 
 async fn reset_in_tx(
+    log: &StatementLog,
     conn: &mut SqliteConnection,
     tenant: &TenantId,
     metric: &MetricCode,
@@ -285,11 +301,11 @@ async fn reset_in_tx(
     now: Timestamp,
     key_id: Option<Uuid>,
 ) -> Result<UsageRecord, StoreError> {
-    let before = match find_record(&mut *conn, tenant, metric, period.start()).await? {
+    let before = match find_record(log, &mut *conn, tenant, metric, period.start()).await? {
         Some(existing) => existing,
         None => {
             let zero = UsageRecord::new(tenant.clone(), metric.clone(), period, now);
-            let insert = sqlx::query(concat!(
+            let insert = log.query(concat!(
                 "INSERT INTO quota_usage_record (",
                 record_columns!(),
                 ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
@@ -300,14 +316,17 @@ async fn reset_in_tx(
     };
     let mut after = before.clone();
     after.reset(now);
-    sqlx::query("UPDATE quota_usage_record SET current_usage = ?2, updated_at = ?3 WHERE id = ?1")
-        .bind(after.id.to_string())
-        .bind(after.current_usage)
-        .bind(micros(after.updated_at))
-        .execute(&mut *conn)
-        .await
-        .map_err(store_error)?;
-    insert_audit(conn, &reset_audit(key_id, now, &before)).await?;
+    log.query(
+        "UPDATE quota_usage_record SET current_usage = ?2, updated_at = ?3 WHERE tenant_id = ?4 AND id = ?1",
+    )
+    .bind(after.id.to_string())
+    .bind(after.current_usage)
+    .bind(micros(after.updated_at))
+    .bind(tenant.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    insert_audit(log, conn, &reset_audit(key_id, now, &before)).await?;
     Ok(after)
 }
 
@@ -315,6 +334,23 @@ async fn reset_in_tx(
 /// from the start, so nothing changes between its reads and its writes.
 struct SqliteUsageTx<'c> {
     conn: &'c mut SqliteConnection,
+    log: &'c StatementLog,
+}
+
+/// Appends `column IN (?, ...)` over the distinct tenants among `tenants`: every statement
+/// of the hot path names its tenants, so that the tables can be distributed by tenant.
+fn push_tenants_in<'t>(
+    qb: &mut QueryBuilder<Sqlite>,
+    column: &str,
+    tenants: impl IntoIterator<Item = &'t TenantId>,
+) {
+    let distinct: BTreeSet<&str> = tenants.into_iter().map(TenantId::as_str).collect();
+    qb.push(column).push(" IN (");
+    let mut list = qb.separated(", ");
+    for tenant in distinct {
+        list.push_bind(tenant);
+    }
+    qb.push(")");
 }
 
 /// The events stored under these keys: a `SELECT` appended to `qb`. The keys are the outer
@@ -330,8 +366,9 @@ fn push_events_by_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[(TenantId, Idempot
         ") SELECT ",
         event_columns!(),
         " FROM k CROSS JOIN quota_usage_event AS e",
-        " ON e.tenant_id = k.key_tenant_id AND e.idempotency_key = k.key_value"
+        " ON e.tenant_id = k.key_tenant_id AND e.idempotency_key = k.key_value WHERE "
     ));
+    push_tenants_in(qb, "e.tenant_id", keys.iter().map(|(tenant, _)| tenant));
 }
 
 /// The id and counter of the records with these keys: a `SELECT` appended to `qb`, one
@@ -346,23 +383,28 @@ fn push_records_by_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[RecordKey]) {
     qb.push(
         ") SELECT r.tenant_id, r.metric_code, r.period_start, r.id, r.current_usage \
          FROM k CROSS JOIN quota_usage_record AS r ON r.tenant_id = k.tenant_id \
-         AND r.metric_code = k.metric_code AND r.period_start = k.period_start",
+         AND r.metric_code = k.metric_code AND r.period_start = k.period_start WHERE ",
     );
+    push_tenants_in(qb, "r.tenant_id", keys.iter().map(|key| &key.tenant_id));
 }
 
 /// Columns bound per row when creating a zero record.
 const NEW_RECORD_BINDS: usize = 7;
-/// Columns bound per row when selecting records by key.
-const RECORD_KEY_BINDS: usize = 3;
-/// Columns bound per row when updating counters.
-const RECORD_UPDATE_BINDS: usize = 3;
+/// Values bound per row when selecting events by key: the key, and its tenant in the filter.
+const EVENT_KEY_BINDS: usize = 3;
+/// Values bound per row when selecting records by key: the key, and its tenant in the filter.
+const RECORD_KEY_BINDS: usize = 4;
+/// Values bound per row when updating counters: the row, and its tenant in the filter.
+const RECORD_UPDATE_BINDS: usize = 4;
+/// Values bound per row when deleting records: the id, and its tenant in the filter.
+const RECORD_DELETE_BINDS: usize = 2;
 
 impl UsageTx for SqliteUsageTx<'_> {
     async fn load_entitlements(
         &mut self,
         tenants: &[TenantId],
     ) -> Result<HashMap<TenantId, EntitlementLookup>, StoreError> {
-        admin::load_entitlements(self.conn, tenants).await
+        admin::load_entitlements(self.log, self.conn, tenants).await
     }
 
     async fn find_events_by_keys(
@@ -370,11 +412,12 @@ impl UsageTx for SqliteUsageTx<'_> {
         keys: &[(TenantId, IdempotencyKey)],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut found = Vec::new();
-        for chunk in keys.chunks(rows_per_statement(2)) {
+        for chunk in keys.chunks(rows_per_statement(EVENT_KEY_BINDS)) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
             push_events_by_keys(&mut qb, chunk);
-            let page: Vec<EventRow> = qb
-                .build_query_as()
+            let page: Vec<EventRow> = self
+                .log
+                .built_as(&mut qb)
                 .persistent(false)
                 .fetch_all(&mut *self.conn)
                 .await
@@ -411,15 +454,16 @@ impl UsageTx for SqliteUsageTx<'_> {
                     .push_bind(at);
             });
             qb.push(" ON CONFLICT (tenant_id, metric_code, period_start) DO NOTHING");
-            qb.build().persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+            self.log.built(&mut qb).persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
         }
 
         let mut stored: HashMap<(String, String, i64), (String, i64)> = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(rows_per_statement(RECORD_KEY_BINDS)) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
             push_records_by_keys(&mut qb, chunk);
-            let page: Vec<(String, String, i64, String, i64)> = qb
-                .build_query_as()
+            let page: Vec<(String, String, i64, String, i64)> = self
+                .log
+                .built_as(&mut qb)
                 .persistent(false)
                 .fetch_all(&mut *self.conn)
                 .await
@@ -460,9 +504,16 @@ impl UsageTx for SqliteUsageTx<'_> {
             });
             qb.push(
                 ") UPDATE quota_usage_record SET current_usage = v.current_usage, updated_at = v.updated_at \
-                 FROM v WHERE quota_usage_record.id = v.id",
+                 FROM v WHERE quota_usage_record.id = v.id AND ",
             );
-            let done = qb.build().persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+            push_tenants_in(&mut qb, "quota_usage_record.tenant_id", chunk.iter().map(|u| &u.key.tenant_id));
+            let done = self
+                .log
+                .built(&mut qb)
+                .persistent(false)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(store_error)?;
             if done.rows_affected() != chunk.len() as u64 {
                 return Err(StoreError::Other(format!(
                     "updated {} of {} locked usage records",
@@ -475,21 +526,22 @@ impl UsageTx for SqliteUsageTx<'_> {
     }
 
     async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
-        for chunk in keys.chunks(rows_per_statement(1)) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("DELETE FROM quota_usage_record WHERE id IN (");
+        for chunk in keys.chunks(rows_per_statement(RECORD_DELETE_BINDS)) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM quota_usage_record WHERE ");
+            push_tenants_in(&mut qb, "tenant_id", chunk.iter().map(|(key, _)| &key.tenant_id));
+            qb.push(" AND id IN (");
             let mut ids = qb.separated(", ");
             for (_, id) in chunk {
                 ids.push_bind(id.to_string());
             }
             qb.push(")");
-            qb.build().persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+            self.log.built(&mut qb).persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
         }
         Ok(())
     }
 
     async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
-        match rows::insert_events(self.conn, events).await {
+        match rows::insert_events(self.log, self.conn, events).await {
             Ok(()) => Ok(()),
             Err(e) if unique_violation(&e).as_deref() == Some(EVENT_IDEMPOTENCY_CONSTRAINT) => {
                 Err(StoreError::Retry)
@@ -555,7 +607,11 @@ mod tests {
         let mut qb = explain();
         push_events_by_keys(&mut qb, &keys);
         let plan = plan_of(&store, qb).await;
-        assert!(plan.contains("SEARCH e USING INDEX"), "{plan}");
+        // The tenant filter leaves the search on the unique key whole.
+        assert!(
+            plan.contains("SEARCH e USING INDEX") && plan.contains("(tenant_id=? AND idempotency_key=?)"),
+            "{plan}"
+        );
         assert!(!plan.contains("SCAN e") && !plan.contains("SCAN quota_usage_event"), "{plan}");
 
         let at = tally_domain::time::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
@@ -571,7 +627,11 @@ mod tests {
         let mut qb = explain();
         push_records_by_keys(&mut qb, &record_keys);
         let plan = plan_of(&store, qb).await;
-        assert!(plan.contains("SEARCH r USING INDEX"), "{plan}");
+        assert!(
+            plan.contains("SEARCH r USING INDEX")
+                && plan.contains("(tenant_id=? AND metric_code=? AND period_start=?)"),
+            "{plan}"
+        );
         assert!(!plan.contains("SCAN r") && !plan.contains("SCAN quota_usage_record"), "{plan}");
     }
 
@@ -587,24 +647,28 @@ mod tests {
     async fn lock_records_creates_what_is_missing_and_says_so_only_for_those() {
         let store = SqliteStore::open_temp_file().await.unwrap();
         let mut tx = store.begin_immediate().await.unwrap();
-        let first = SqliteUsageTx { conn: &mut tx }
+        let first = SqliteUsageTx { conn: &mut tx, log: &store.log }
             .lock_records(&[record_key("a"), record_key("b")], now())
             .await
             .unwrap();
         assert!(first.values().all(|l| l.created && l.current_usage == 0), "{first:?}");
         let a = first[&record_key("a")].id;
         let update = RecordUpdate { id: a, key: record_key("a"), current_usage: 5 };
-        SqliteUsageTx { conn: &mut tx }.update_records(&[update], now()).await.unwrap();
+        SqliteUsageTx { conn: &mut tx, log: &store.log }.update_records(&[update], now()).await.unwrap();
         tx.commit().await.unwrap();
 
         let mut tx = store.begin_immediate().await.unwrap();
         let keys = [record_key("a"), record_key("b"), record_key("c")];
-        let second = SqliteUsageTx { conn: &mut tx }.lock_records(&keys, now()).await.unwrap();
+        let second =
+            SqliteUsageTx { conn: &mut tx, log: &store.log }.lock_records(&keys, now()).await.unwrap();
         assert_eq!(second[&record_key("a")], LockedRecord { id: a, current_usage: 5, created: false });
         assert!(!second[&record_key("b")].created);
         assert!(second[&record_key("c")].created);
         let c = second[&record_key("c")].id;
-        SqliteUsageTx { conn: &mut tx }.delete_records(&[(record_key("c"), c)]).await.unwrap();
+        SqliteUsageTx { conn: &mut tx, log: &store.log }
+            .delete_records(&[(record_key("c"), c)])
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quota_usage_record")
             .fetch_one(store.pool())
@@ -640,14 +704,17 @@ mod tests {
         let store = SqliteStore::open_temp_file().await.unwrap();
         let mut tx = store.begin_immediate().await.unwrap();
         let first = event(Some("k"));
-        SqliteUsageTx { conn: &mut tx }.insert_events(std::slice::from_ref(&first)).await.unwrap();
-        let again = SqliteUsageTx { conn: &mut tx }.insert_events(&[event(Some("k"))]).await;
+        SqliteUsageTx { conn: &mut tx, log: &store.log }
+            .insert_events(std::slice::from_ref(&first))
+            .await
+            .unwrap();
+        let again = SqliteUsageTx { conn: &mut tx, log: &store.log }.insert_events(&[event(Some("k"))]).await;
         assert_eq!(again, Err(StoreError::Retry));
         let mut same_id = event(None);
         same_id.event.id = first.event.id;
-        let clash = SqliteUsageTx { conn: &mut tx }.insert_events(&[same_id]).await;
+        let clash = SqliteUsageTx { conn: &mut tx, log: &store.log }.insert_events(&[same_id]).await;
         assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
-        let found = SqliteUsageTx { conn: &mut tx }
+        let found = SqliteUsageTx { conn: &mut tx, log: &store.log }
             .find_events_by_keys(&[(tenant("acme"), IdempotencyKey::parse("k").unwrap())])
             .await
             .unwrap();

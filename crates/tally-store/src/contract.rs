@@ -51,6 +51,7 @@ macro_rules! contract_suite {
             audit_log_is_newest_first_and_filtered_by_tenant,
             verify_inputs_hold_records_event_sums_and_resets,
             one_tenant_never_sees_another_tenants_rows,
+            config_version_grows_with_every_configuration_change_and_only_then,
             concurrent_writers_never_overshoot_a_hard_limit_on_a_warm_record,
             concurrent_writers_never_overshoot_a_hard_limit_on_a_cold_period,
             concurrent_retries_over_twenty_keys_record_twenty_events
@@ -772,6 +773,90 @@ pub async fn one_tenant_never_sees_another_tenants_rows<S: Store>(store: S) {
             .is_empty()
     );
     assert_eq!(current(&store, "beta", "api_calls").await, None);
+}
+
+pub async fn config_version_grows_with_every_configuration_change_and_only_then<S: Store>(store: S) {
+    let mut last = store.config_version().await.unwrap();
+    let (acme, a) = (tenant("acme"), |action| audit(action, None));
+    macro_rules! grows {
+        ($what:expr, $op:expr) => {{
+            $op;
+            let now_version = store.config_version().await.unwrap();
+            assert!(
+                now_version > last,
+                "{} did not raise the config version ({} -> {})",
+                $what,
+                last,
+                now_version
+            );
+            last = now_version;
+        }};
+    }
+    macro_rules! stays {
+        ($what:expr, $op:expr) => {{
+            $op;
+            let now_version = store.config_version().await.unwrap();
+            assert_eq!(now_version, last, "{} raised the config version", $what);
+        }};
+    }
+    let pro = plan_code("pro");
+    grows!(
+        "plan create",
+        store
+            .put_plan(&pro, &spec("Pro", vec![hard("api_calls", 10)]), now(), &a(AuditAction::PlanPut))
+            .await
+            .unwrap()
+    );
+    stays!(
+        "an equal plan put",
+        store
+            .put_plan(&pro, &spec("Pro", vec![hard("api_calls", 10)]), now(), &a(AuditAction::PlanPut))
+            .await
+            .unwrap()
+    );
+    grows!(
+        "plan change",
+        store
+            .put_plan(&pro, &spec("Pro", vec![hard("api_calls", 20)]), now(), &a(AuditAction::PlanPut))
+            .await
+            .unwrap()
+    );
+    grows!("tenant create", store.put_tenant(&acme, &Name::parse("Acme").unwrap(), now()).await.unwrap());
+    grows!(
+        "subscription",
+        store
+            .put_subscription(&acme, &pro, Some(anchor()), now(), &a(AuditAction::SubscriptionPut))
+            .await
+            .unwrap()
+    );
+    grows!(
+        "override",
+        store.put_override(&acme, &hard("exports", 1), &a(AuditAction::OverridePut)).await.unwrap()
+    );
+    stays!("usage", apply_one(&store, req("acme", "api_calls", 1)).await.unwrap());
+    stays!("a read", store.find_entitlement(&acme).await.unwrap());
+    grows!(
+        "override removal",
+        store.delete_override(&acme, &metric("exports"), &a(AuditAction::OverrideDelete)).await.unwrap()
+    );
+    let key = ApiKey {
+        id: Uuid::now_v7(),
+        scope: KeyScope::Tenant(acme.clone()),
+        key_hash: "d".repeat(64),
+        created_at: now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    grows!("key create", store.insert_key(&key, &a(AuditAction::KeyCreate)).await.unwrap());
+    stays!("key touch", store.touch_key(key.id, now()).await.unwrap());
+    grows!("key revoke", store.revoke_key(key.id, now(), &a(AuditAction::KeyRevoke)).await.unwrap());
+    grows!(
+        "subscription removal",
+        store.delete_subscription(&acme, &a(AuditAction::SubscriptionDelete)).await.unwrap()
+    );
+    grows!("plan removal", store.delete_plan(&pro, &a(AuditAction::PlanDelete)).await.unwrap());
+    // Another handle on the same store sees the same version.
+    assert_eq!(store.clone().config_version().await.unwrap(), last);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ pub mod contract;
 pub use apply::{LockedRecord, RecordUpdate, UsageTx, apply_in_tx, reset_audit};
 pub use error::StoreError;
 pub use traits::{
-    AuditStore, EventRecorder, KeyStore, PlanStore, Store, TenantStore, UsageApplier, UsageRepository,
+    AuditStore, ConfigVersion, EventRecorder, KeyStore, PlanStore, Store, TenantStore, UsageApplier,
+    UsageRepository,
 };
 pub use types::{
     EntitlementLookup, EventCursor, EventQuery, EventTotal, KeyedEvent, PutOutcome, RecordKey, RecordTotal,

@@ -262,6 +262,15 @@ pub trait AuditStore: Send + Sync {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// A number that grows with every configuration change, so that caches of plans,
+/// subscriptions, overrides, tenants and keys — in this process or any other sharing the
+/// store — can tell cheaply whether they are stale.
+pub trait ConfigVersion: Send + Sync {
+    /// The current version. Every committed change to a plan, tenant, subscription, override
+    /// or key increases it (in the same transaction as the change); usage never does.
+    fn config_version(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
 /// Everything a Tally store does. Cloning is cheap (a pool handle).
 pub trait Store:
     UsageRepository
@@ -271,6 +280,7 @@ pub trait Store:
     + TenantStore
     + KeyStore
     + AuditStore
+    + ConfigVersion
     + Clone
     + 'static
 {
@@ -284,6 +294,7 @@ impl<S> Store for S where
         + TenantStore
         + KeyStore
         + AuditStore
+        + ConfigVersion
         + Clone
         + 'static
 {

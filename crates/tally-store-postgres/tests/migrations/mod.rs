@@ -7,7 +7,8 @@ use sqlx::AssertSqlSafe;
 use tally_domain::{Name, PlanCode, TenantId};
 use tally_store::contract::{self, apply_one, keyed, now, req, setup};
 use tally_store::{
-    AuditStore, PlanStore, SchemaReport, StoreError, TenantStore, UsageApplier, UsageRepository,
+    AuditStore, ConfigVersion, PlanStore, SchemaReport, StoreError, TenantStore, UsageApplier,
+    UsageRepository,
 };
 use tally_store_postgres::{CONNECT_TIMEOUT, PUBLIC_SET, PgConfig, PgStore, TENANT_SET, Tenancy};
 use uuid::Uuid;
@@ -392,5 +393,49 @@ async fn resetting_an_unknown_tenant_is_not_found_in_both_tenancies() {
             .unwrap_err();
         assert!(matches!(err, StoreError::NotFound(_)), "{tenancy}: {err:?}");
         assert!(store.list_audit(None, None, 10).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_config_version_is_one_row_read_without_waiting_for_writers() {
+    for tenancy in [Tenancy::Shared, Tenancy::Schema] {
+        let store = PgStore::open_test(tenancy).await;
+        assert_eq!(store.config_version().await.unwrap(), 0, "{tenancy}");
+        setup(
+            &store,
+            "acme",
+            "pro",
+            vec![contract::limit(
+                "api_calls",
+                Some(10),
+                tally_domain::LimitEnforcement::Hard,
+                tally_domain::PeriodKind::Month,
+            )],
+        )
+        .await;
+        // A plan, a tenant (in schema tenancy, with its schema) and a subscription.
+        assert_eq!(store.config_version().await.unwrap(), 3, "{tenancy}");
+        apply_one(&store, req("acme", "api_calls", 1)).await.unwrap();
+        assert_eq!(store.config_version().await.unwrap(), 3, "{tenancy}: usage leaves it alone");
+        let second_row = sqlx::query("INSERT INTO tally_config_version (id, version) VALUES (2, 0)")
+            .execute(store.pool())
+            .await;
+        assert!(second_row.is_err(), "{tenancy}: there is only ever the one row");
+
+        // A writer holds the row's lock, and every pooled connection is taken: the version
+        // is read all the same, at once.
+        let mut writer = store.pool().begin().await.unwrap();
+        sqlx::query("UPDATE tally_config_version SET version = version + 1")
+            .execute(&mut *writer)
+            .await
+            .unwrap();
+        let mut held = Vec::new();
+        while let Ok(conn) = tokio::time::timeout(Duration::from_millis(200), store.pool().acquire()).await {
+            held.push(conn.unwrap());
+        }
+        let read = tokio::time::timeout(Duration::from_secs(1), store.config_version()).await;
+        assert_eq!(read.expect("the read waits for nobody").unwrap(), 3, "{tenancy}");
+        drop(held);
+        writer.rollback().await.unwrap();
     }
 }

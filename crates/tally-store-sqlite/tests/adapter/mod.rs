@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tally_domain::{LimitEnforcement, Name, PeriodKind, UsageError, UsageRecord};
 use tally_store::contract::{apply_one, limit, metric, now, req, setup, tenant};
 use tally_store::{
-    EventQuery, EventRecorder, PlanStore, StoreError, TenantStore, UsageApplier, UsageRepository,
+    ConfigVersion, EventQuery, EventRecorder, PlanStore, StoreError, TenantStore, UsageApplier,
+    UsageRepository,
 };
 use tally_store_sqlite::{SQLITE_POOL_CONNECTIONS, SqliteStore};
 use uuid::Uuid;
@@ -60,7 +61,7 @@ async fn migrating_twice_changes_nothing() {
     assert_eq!(reports.len(), 1);
     let report = &reports[0];
     assert_eq!((report.schema.as_str(), report.tenant_id.as_ref()), ("main", None));
-    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 2, None));
+    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 3, None));
     assert_eq!(schema_sql(&store).await, schema_before);
     let tracked: Vec<(String, i64, String)> =
         sqlx::query_as("SELECT set_name, version, name FROM tally_schema_migrations ORDER BY version")
@@ -71,26 +72,61 @@ async fn migrating_twice_changes_nothing() {
         tracked,
         [
             ("main".to_owned(), 1, "create_tables".to_owned()),
-            ("main".to_owned(), 2, "event_listing_index".to_owned())
+            ("main".to_owned(), 2, "event_listing_index".to_owned()),
+            ("main".to_owned(), 3, "config_version".to_owned())
         ]
     );
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
 }
 
 #[tokio::test]
-async fn a_database_at_version_one_is_brought_to_version_two() {
+async fn a_database_at_version_one_is_brought_to_the_latest_version() {
     let store = SqliteStore::open_temp_file().await.unwrap();
     sqlx::query("DROP INDEX quota_usage_event_tenant_ts_idx").execute(store.pool()).await.unwrap();
-    sqlx::query("DELETE FROM tally_schema_migrations WHERE version = 2").execute(store.pool()).await.unwrap();
+    sqlx::query("DROP TABLE tally_config_version").execute(store.pool()).await.unwrap();
+    sqlx::query("DELETE FROM tally_schema_migrations WHERE version >= 2")
+        .execute(store.pool())
+        .await
+        .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap().remove(0);
-    assert_eq!((report.applied, report.version), (1, 2));
+    assert_eq!((report.applied, report.version), (2, 3));
     let n = scalar_i64(
         &store,
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'quota_usage_event_tenant_ts_idx'",
     )
     .await;
     assert_eq!(n, 1);
+    assert_eq!(store.config_version().await.unwrap(), 0, "the version starts at zero");
+}
+
+#[tokio::test]
+async fn the_config_version_is_one_row_that_only_configuration_changes_raise() {
+    let store = SqliteStore::open_temp_file().await.unwrap();
+    assert_eq!(store.config_version().await.unwrap(), 0);
+    setup(
+        &store,
+        "acme",
+        "pro",
+        vec![limit("api_calls", Some(10), LimitEnforcement::Hard, PeriodKind::Month)],
+    )
+    .await;
+    // A plan, a tenant and a subscription: three changes, three steps.
+    assert_eq!(store.config_version().await.unwrap(), 3);
+    apply_one(&store, req("acme", "api_calls", 1)).await.unwrap();
+    assert_eq!(store.config_version().await.unwrap(), 3);
+    // There is only ever the one row.
+    let err = sqlx::query("INSERT INTO tally_config_version (id, version) VALUES (2, 0)")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CHECK"), "{err}");
+    // A writer holding the write lock does not hold up the version's readers.
+    let mut writer = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("UPDATE tally_config_version SET version = version + 1").execute(&mut *writer).await.unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(1), store.config_version()).await;
+    assert_eq!(read.expect("the read does not wait for the writer").unwrap(), 3);
+    writer.rollback().await.unwrap();
 }
 
 #[tokio::test]
@@ -99,8 +135,8 @@ async fn two_stores_opening_one_new_file_at_once_both_migrate_it() {
     let url = path.url();
     let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (2, 2));
-    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 2);
+    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (3, 3));
+    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 3);
     // And migrating both again at once applies nothing.
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     assert_eq!((ra.unwrap()[0].applied, rb.unwrap()[0].applied), (0, 0));

@@ -65,7 +65,9 @@ impl<S: Store> Tally<S> {
     ) -> Result<PutOutcome<Plan>, ServiceError> {
         let details = serde_json::json!({"plan_code": code.as_str(), "name": spec.name.as_str(), "limits": limits_json(&spec.limits)});
         let audit = self.audit(key_id, AuditAction::PlanPut, None, details);
-        Ok(self.store.put_plan(code, spec, self.now(), &audit).await?)
+        let out = self.store.put_plan(code, spec, self.now(), &audit).await?;
+        self.invalidate();
+        Ok(out)
     }
 
     /// The plan; `NotFound` when missing.
@@ -96,7 +98,9 @@ impl<S: Store> Tally<S> {
                 "plan {code} has subscribers; move them to another plan first"
             )),
             other => other.into(),
-        })
+        })?;
+        self.invalidate();
+        Ok(())
     }
 
     /// Creates a tenant or renames it.
@@ -106,6 +110,7 @@ impl<S: Store> Tally<S> {
         name: &Name,
     ) -> Result<PutOutcome<TenantView>, ServiceError> {
         let out = self.store.put_tenant(tenant, name, self.now()).await?;
+        self.invalidate();
         let view = |t: Tenant| async { self.view(t).await };
         Ok(match out {
             PutOutcome::Created(t) => PutOutcome::Created(view(t).await?),
@@ -163,14 +168,18 @@ impl<S: Store> Tally<S> {
             "anchor": anchor.map(tally_domain::time::format_rfc3339),
         });
         let audit = self.audit(key_id, AuditAction::SubscriptionPut, Some(tenant), details);
-        Ok(self.store.put_subscription(tenant, plan, anchor, self.now(), &audit).await?)
+        let sub = self.store.put_subscription(tenant, plan, anchor, self.now(), &audit).await?;
+        self.invalidate();
+        Ok(sub)
     }
 
     /// Ends a tenant's subscription.
     pub async fn unsubscribe(&self, tenant: &TenantId, key_id: Option<Uuid>) -> Result<(), ServiceError> {
         self.require_tenant(tenant).await?;
         let audit = self.audit(key_id, AuditAction::SubscriptionDelete, Some(tenant), serde_json::json!({}));
-        Ok(self.store.delete_subscription(tenant, &audit).await?)
+        self.store.delete_subscription(tenant, &audit).await?;
+        self.invalidate();
+        Ok(())
     }
 
     /// Sets a tenant's own limit for one metric.
@@ -182,7 +191,9 @@ impl<S: Store> Tally<S> {
     ) -> Result<(), ServiceError> {
         let details = serde_json::to_value(limit).unwrap_or(serde_json::Value::Null);
         let audit = self.audit(key_id, AuditAction::OverridePut, Some(tenant), details);
-        Ok(self.store.put_override(tenant, limit, &audit).await?)
+        self.store.put_override(tenant, limit, &audit).await?;
+        self.invalidate();
+        Ok(())
     }
 
     /// Removes a tenant's override of one metric.
@@ -195,7 +206,9 @@ impl<S: Store> Tally<S> {
         self.require_tenant(tenant).await?;
         let details = serde_json::json!({"metric_code": metric.as_str()});
         let audit = self.audit(key_id, AuditAction::OverrideDelete, Some(tenant), details);
-        Ok(self.store.delete_override(tenant, metric, &audit).await?)
+        self.store.delete_override(tenant, metric, &audit).await?;
+        self.invalidate();
+        Ok(())
     }
 
     /// A page of the audit log, newest first.

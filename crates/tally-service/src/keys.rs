@@ -70,6 +70,7 @@ impl<S: Store> Tally<S> {
         let audit =
             AuditEntry::new(self.now(), actor, AuditAction::KeyCreate, key.scope.tenant().cloned(), details);
         self.store.insert_key(&key, &audit).await?;
+        self.invalidate();
         Ok((key, secret))
     }
 
@@ -89,13 +90,19 @@ impl<S: Store> Tally<S> {
             .find(|k| k.id == id)
             .and_then(|k| k.scope.tenant().cloned());
         let audit = AuditEntry::new(self.now(), actor, AuditAction::KeyRevoke, tenant, details);
-        Ok(self.store.revoke_key(id, self.now(), &audit).await?)
+        self.store.revoke_key(id, self.now(), &audit).await?;
+        self.invalidate();
+        Ok(())
     }
 
     /// The live key a presented secret belongs to, if any.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<ApiKey>, ServiceError> {
         let presented = hash_key(secret);
-        let Some(key) = self.store.find_key_by_hash(&presented).await? else { return Ok(None) };
+        let found = match &self.cache {
+            Some(cache) => cache.key_by_hash(&self.store, &presented).await?,
+            None => self.store.find_key_by_hash(&presented).await?,
+        };
+        let Some(key) = found else { return Ok(None) };
         // The look-up went by hash; compare again in constant time so that no timing of
         // ours depends on how much of a guess was right.
         if !constant_time_eq(key.key_hash.as_bytes(), presented.as_bytes()) || key.revoked_at.is_some() {

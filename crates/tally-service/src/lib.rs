@@ -4,8 +4,10 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cache;
 pub mod clock;
 pub mod error;
+pub mod group;
 pub mod keys;
 pub mod usage;
 pub mod verify;
@@ -38,11 +40,19 @@ pub struct Tally<S: Store> {
     store: S,
     clock: Arc<dyn Clock>,
     config: ServiceConfig,
+    committer: Option<Arc<group::GroupCommitter>>,
+    cache: Option<Arc<cache::ConfigCache>>,
 }
 
 impl<S: Store> Clone for Tally<S> {
     fn clone(&self) -> Self {
-        Tally { store: self.store.clone(), clock: self.clock.clone(), config: self.config.clone() }
+        Tally {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            committer: self.committer.clone(),
+            cache: self.cache.clone(),
+        }
     }
 }
 
@@ -54,7 +64,31 @@ impl<S: Store> Tally<S> {
 
     /// Use cases over `store` with the given clock and settings.
     pub fn with_clock(store: S, clock: Arc<dyn Clock>, config: ServiceConfig) -> Tally<S> {
-        Tally { store, clock, config }
+        Tally { store, clock, config, committer: None, cache: None }
+    }
+
+    /// Coalesces concurrent `record` calls into one transaction per round trip, with
+    /// `writers` concurrent transactions (1 for SQLite's single writer). Starts tasks on the
+    /// current tokio runtime.
+    pub fn with_group_commit(mut self, writers: usize) -> Tally<S> {
+        self.committer =
+            Some(Arc::new(group::GroupCommitter::start(self.store.clone(), self.clock.clone(), writers)));
+        self
+    }
+
+    /// Caches keys, entitlements and tenants, revalidated against the store's configuration
+    /// version (see `cache`).
+    pub fn with_caches(mut self) -> Tally<S> {
+        self.cache = Some(Arc::new(cache::ConfigCache::default()));
+        self
+    }
+
+    /// Drops this instance's cached configuration after a change made through it (other
+    /// instances notice through the store's configuration version).
+    pub(crate) fn invalidate(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
     }
 
     /// The store.

@@ -127,6 +127,9 @@ impl<S: Store> Tally<S> {
     pub async fn record(&self, req: UsageRequest) -> Result<UsageOutcome, ServiceError> {
         let now = self.now();
         self.check_window(&req, now)?;
+        if let Some(committer) = &self.committer {
+            return committer.submit(req).await;
+        }
         let mut out = self.store.apply_usage(std::slice::from_ref(&req), now).await?;
         match out.pop() {
             Some(result) => result.map_err(ServiceError::from),
@@ -303,7 +306,11 @@ impl<S: Store> Tally<S> {
 
     /// The tenant's entitlement, or the error that says why there is none.
     pub async fn entitlement(&self, tenant: &TenantId) -> Result<tally_domain::Entitlement, ServiceError> {
-        match self.store.find_entitlement(tenant).await? {
+        let lookup = match &self.cache {
+            Some(cache) => cache.entitlement(&self.store, tenant).await?,
+            None => self.store.find_entitlement(tenant).await?,
+        };
+        match lookup {
             EntitlementLookup::Found(e) => Ok(e),
             EntitlementLookup::NoSubscription => {
                 Err(UsageError::NoSubscription { tenant: tenant.clone() }.into())

@@ -217,3 +217,91 @@ async fn a_plan_in_use_cannot_be_deleted() {
     tally.delete_plan(&pro, None).await.unwrap();
     assert!(matches!(tally.get_plan(&pro).await.unwrap_err(), ServiceError::NotFound(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_never_overshoots_and_answers_each_caller_its_own_result() {
+    let (tally, _clock) = tally_with(vec![hard("api_calls", 500, PeriodKind::Month)]).await;
+    let tally = tally.with_group_commit(2);
+    let mut handles = Vec::new();
+    for i in 0..64 {
+        let tally = tally.clone();
+        handles.push(tokio::spawn(async move {
+            let mut accepted = 0;
+            for n in 0..10 {
+                let mut r = req("api_calls", 1);
+                r.idempotency_key = Some(tally_domain::IdempotencyKey::parse(&format!("t{i}-{n}")).unwrap());
+                match tally.record(r.clone()).await {
+                    Ok(out) => {
+                        assert!(!out.replayed);
+                        accepted += 1;
+                        // The same request again is a replay of exactly this answer.
+                        let again = tally.record(r).await.unwrap();
+                        assert_eq!((again.event_id, again.replayed), (out.event_id, true));
+                    }
+                    Err(ServiceError::Usage(UsageError::QuotaExceeded { .. })) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            accepted
+        }));
+    }
+    let mut accepted = 0;
+    for h in handles {
+        accepted += h.await.unwrap();
+    }
+    assert_eq!(accepted, 500);
+    assert_eq!(tally.usage(&acme()).await.unwrap().metrics[0].current_usage, 500);
+    assert!(tally.verify().await.unwrap().drifts.is_empty());
+}
+
+/// Polls `probe` until it holds, failing after one second.
+async fn within_a_second<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !probe().await {
+        assert!(std::time::Instant::now() < deadline, "{what} was not seen within 1 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_change_made_through_another_instance_is_seen_within_a_second() {
+    let (writer, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
+    // A second instance over the same store, with caches, as a second server would be.
+    let reader = Tally::new(writer.store().clone()).with_caches();
+    let (key, secret) = writer.create_key(KeyScope::Tenant(acme()), None).await.unwrap();
+    assert!(reader.authenticate(&secret).await.unwrap().is_some());
+    assert_eq!(
+        reader.check(&acme(), &m("api_calls"), Amount::new(10).unwrap()).await.unwrap().limit,
+        Some(10)
+    );
+
+    let pro = PlanCode::parse("pro").unwrap();
+    let raised =
+        PlanSpec::new(Name::parse("Pro").unwrap(), vec![hard("api_calls", 20, PeriodKind::Month)]).unwrap();
+    writer.put_plan(&pro, &raised, None).await.unwrap();
+    writer.revoke_key(key.id, None).await.unwrap();
+    within_a_second("the raised limit", || async {
+        reader.check(&acme(), &m("api_calls"), Amount::new(10).unwrap()).await.unwrap().limit == Some(20)
+    })
+    .await;
+    within_a_second("the revoked key", || async { reader.authenticate(&secret).await.unwrap().is_none() })
+        .await;
+}
+
+#[tokio::test]
+async fn a_change_made_through_the_same_instance_is_seen_at_once() {
+    let (tally, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
+    let tally = tally.with_caches();
+    let beta = TenantId::parse("beta").unwrap();
+    tally.put_tenant(&beta, &Name::parse("Beta").unwrap()).await.unwrap();
+    assert!(matches!(
+        tally.usage(&beta).await.unwrap_err(),
+        ServiceError::Usage(UsageError::NoSubscription { .. })
+    ));
+    tally.subscribe(&beta, &PlanCode::parse("pro").unwrap(), None, None).await.unwrap();
+    assert_eq!(tally.usage(&beta).await.unwrap().metrics.len(), 1);
+}

@@ -26,6 +26,7 @@ use tally_http::dto;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = ServiceConfig { max_event_age: parse_age(&cli.global.max_event_age)? };
     match &cli.command {
+        Command::Bench(args) => return crate::bench::run(args.clone()).await,
         Command::Migrate { target_version } => return migrate(&cli.global, *target_version).await,
         Command::Serve { server, no_migrate, print_config } => {
             if *print_config {
@@ -114,7 +115,7 @@ fn refused_or_error(e: ServiceError) -> anyhow::Result<ExitCode> {
 
 async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Migrate { .. } | Command::Serve { .. } | Command::Demo { .. } => {
+        Command::Migrate { .. } | Command::Serve { .. } | Command::Demo { .. } | Command::Bench(_) => {
             unreachable!("handled before a store is opened")
         }
         Command::Plans(PlansCmd::Apply { file }) => {
@@ -405,7 +406,7 @@ async fn serve(
     match backend {
         Backend::Sqlite(s) => {
             let version = s.schema_version().await.context("reading the schema version")?;
-            serve_with(s, global, server, config, demo, format!("sqlite {url}"), version).await
+            serve_with(s, server, config, demo, format!("sqlite {url}"), version, 1).await
         }
         Backend::Postgres(s) => {
             if !no_migrate {
@@ -421,19 +422,28 @@ async fn serve(
                 bail!("the database at {url} is not migrated: run `tally migrate` or drop --no-migrate");
             }
             let name = format!("postgres {url} ({} tenancy)", global.tenancy);
-            serve_with(s, global, server, config, demo, name, version).await
+            serve_with(
+                s,
+                server,
+                config,
+                demo,
+                name,
+                version,
+                tally_service::group::GROUP_COMMIT_WRITERS_DEFAULT,
+            )
+            .await
         }
     }
 }
 
 async fn serve_with<S: Store>(
     store: S,
-    _global: &Global,
     server: &crate::ServerArgs,
     config: ServiceConfig,
     demo: bool,
     store_name: String,
     schema_version: i64,
+    writers: usize,
 ) -> anyhow::Result<ExitCode> {
     let tally = Tally::with_clock(store.clone(), Arc::new(SystemClock), config.clone());
     let listener = crate::serve::bind(&server.listen).await?;
@@ -456,6 +466,7 @@ async fn serve_with<S: Store>(
         config,
         store_name,
         schema_version,
+        writers,
     };
     crate::serve::run_server(store, listener, opts).await?;
     Ok(ExitCode::SUCCESS)

@@ -2,6 +2,7 @@
 //! Exit codes: 0 success, 1 the answer is "no" (a refused check or record, drift found by
 //! verify, a failed schema in migrate), 2 an error, with one line on stderr.
 
+mod bench;
 mod commands;
 mod config;
 mod demo;
@@ -169,6 +170,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load-test a running server over HTTP, then check no HARD limit was overshot and
+    /// accepted == recorded (exit 1 if not).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -189,3 +189,192 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_loses_no_acknowledge
     assert!(acked.len() >= 200);
     assert_eq!(stored.len(), acked.len(), "every stored event was acknowledged: in-flight requests finished");
 }
+
+/// Starts a process and returns it with its stdout lines as they come.
+fn spawn_with_stdout(args: &[&str], envs: &[(&str, &str)]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = Command::new(TALLY);
+    cmd.args(args)
+        .env_remove("TALLY_ADMIN_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start tally");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx_err = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx_err.send(format!("stderr: {line}"));
+        }
+    });
+    (child, rx)
+}
+
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> String {
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the line never came");
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_owned();
+        }
+    }
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    child.wait().expect("wait")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_url_and_keys_that_work_with_its_curl_calls() {
+    let (mut child, rx) = spawn_with_stdout(&["demo", "--listen", "127.0.0.1:0"], &[]);
+    let url = wait_for_line(&rx, "url: ");
+    let admin = wait_for_line(&rx, "admin key: ");
+    let tenant_line = wait_for_line(&rx, "tenant key (");
+    let (tenant, key) = tenant_line.split_once("): ").expect("tenant key (T): KEY");
+    let client = reqwest::Client::new();
+    let recorded = client
+        .post(format!("{url}/v1/tenants/{tenant}/usage"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"metric_code": "api_calls", "amount": 1, "idempotency_key": "demo-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recorded.status(), 200);
+    let usage: serde_json::Value = client
+        .get(format!("{url}/v1/tenants/{tenant}/usage"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["metrics"].as_array().unwrap().len(), 3);
+    let tenants: serde_json::Value = client
+        .get(format!("{url}/v1/tenants?limit=1000"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 51);
+    let plans: serde_json::Value =
+        client.get(format!("{url}/v1/plans")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let codes: Vec<&str> =
+        plans["plans"].as_array().unwrap().iter().map(|p| p["plan_code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["enterprise", "free", "pro"]);
+    // Usage spreads over past periods: history has more than the current record.
+    let history: serde_json::Value = client
+        .get(format!("{url}/v1/tenants/{tenant}/usage/storage_bytes/history"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(history["records"].as_array().unwrap().len() >= 3, "{history}");
+    let docs = client.get(format!("{url}/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(sigterm(&mut child).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_without_an_admin_key_creates_one_and_prints_it_once() {
+    let dir = std::env::temp_dir().join(format!("tally-proc-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_url = format!("sqlite://{}", dir.join("tally.db").display());
+    let envs = [("TALLY_DATABASE_URL", db_url.as_str()), ("TALLY_LOG_FORMAT", "json")];
+    let (mut first, rx) = spawn_with_stdout(&["serve", "--listen", "127.0.0.1:0"], &envs);
+    let key = wait_for_line(&rx, "admin key: ");
+    // The log line of the start, as JSON: address, store and schema version.
+    let log = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("a start log line");
+        if let Some(json) = line.strip_prefix("stderr: ")
+            && json.contains("listening on")
+        {
+            break serde_json::from_str::<serde_json::Value>(json).expect("a JSON log line");
+        }
+    };
+    let address = log["fields"]["address"].as_str().expect("the address is logged").to_owned();
+    assert!(log["fields"]["store"].as_str().unwrap().starts_with("sqlite"));
+    assert!(log["fields"]["schema_version"].as_i64().unwrap() >= 1);
+    let client = reqwest::Client::new();
+    let plans = client.get(format!("http://{address}/v1/plans")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(plans.status(), 200);
+    assert!(sigterm(&mut first).success());
+    // Only its hash was kept; a second start prints no key.
+    let stored = Command::new(TALLY)
+        .args(["keys", "list", "--json"])
+        .env("TALLY_DATABASE_URL", &db_url)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&stored.stdout);
+    assert!(!listed.contains(&key));
+    assert!(listed.contains("\"scope\": \"admin\""));
+    let (mut second, rx) = spawn_with_stdout(&["serve", "--listen", "127.0.0.1:0"], &envs);
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the second start logs");
+        assert!(!line.starts_with("admin key: "), "a second start printed a key");
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    assert!(sigterm(&mut second).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_with_the_cli_stops_working_on_every_instance_within_a_second() {
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&pg_url()).await.expect("PostgreSQL must be reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\""))).execute(&mut conn).await.unwrap();
+    let url = pg_url();
+    let envs = [("TALLY_DATABASE_URL", url.as_str()), ("TALLY_PG_SCHEMA", schema.as_str())];
+    let a = Server::start(&envs);
+    let b = Server::start(&envs);
+    let client = reqwest::Client::new();
+    setup(&client, &a.base_url, 1_000).await;
+    let created =
+        Command::new(TALLY).args(["keys", "create", "--tenant", "acme"]).envs(envs).output().unwrap();
+    assert!(created.status.success());
+    let text = String::from_utf8_lossy(&created.stdout).into_owned();
+    let key = text.lines().last().unwrap().to_owned();
+    let id = text.lines().next().unwrap().trim_start_matches("id: ").to_owned();
+    let usage_status = |base: String, key: String, client: reqwest::Client| async move {
+        client
+            .get(format!("{base}/v1/tenants/acme/usage"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // Both instances know the key (and cache it).
+    for base in [&a.base_url, &b.base_url] {
+        assert_eq!(usage_status(base.clone(), key.clone(), client.clone()).await, 200);
+    }
+    let revoked = Command::new(TALLY).args(["keys", "revoke", &id]).envs(envs).output().unwrap();
+    assert!(revoked.status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    for base in [&a.base_url, &b.base_url] {
+        while usage_status(base.clone(), key.clone(), client.clone()).await != 401 {
+            assert!(std::time::Instant::now() < deadline, "the revoked key still worked on {base} after 1 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}

@@ -230,14 +230,17 @@ impl TestApp {
         let service = match backend {
             Backend::Sqlite => {
                 let store = SqliteStore::open_temp_file().await.expect("open a temporary sqlite store");
-                let tally = Tally::with_clock(store, clock_dyn, config);
+                // As `tally serve` runs it: caches, and group commit with SQLite's one writer.
+                let tally = Tally::with_clock(store, clock_dyn, config).with_caches().with_group_commit(1);
                 let state = AppState::new(tally.clone()).with_admin_key(Some(ADMIN_KEY));
                 tokio::spawn(tally_http::serve(listener, state, stop));
                 Service::Sqlite(tally)
             }
             Backend::Postgres => {
                 let store = PgStore::open_test(Tenancy::Shared).await;
-                let tally = Tally::with_clock(store, clock_dyn, config);
+                let tally = Tally::with_clock(store, clock_dyn, config)
+                    .with_caches()
+                    .with_group_commit(tally_service::group::GROUP_COMMIT_WRITERS_DEFAULT);
                 let state = AppState::new(tally.clone()).with_admin_key(Some(ADMIN_KEY));
                 tokio::spawn(tally_http::serve(listener, state, stop));
                 Service::Postgres(tally)

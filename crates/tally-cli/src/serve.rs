@@ -39,27 +39,30 @@ pub fn init_logging(format: &str) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// it is first awaited, so a signal that arrives just after start-up is not lost (it would
+/// otherwise kill the process without a graceful stop).
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+            tracing::info!("shutdown signal received; finishing in-flight requests");
+        })
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+    #[cfg(not(unix))]
+    {
+        Ok(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown signal received; finishing in-flight requests");
+        })
+    }
 }
 
 /// Creates the first admin key when none is configured and none is stored; returns it.
@@ -96,12 +99,13 @@ pub async fn run_server<S: Store>(store: S, listener: TcpListener, opts: ServeOp
         .with_admin_key(opts.admin_key.as_deref())
         .with_metrics_token(opts.metrics_token.as_deref());
     let addr = listener.local_addr().context("reading the bound address")?;
+    let signal = shutdown_signal()?;
     tracing::info!(address = %addr, store = %opts.store_name, schema_version = opts.schema_version, "tally listening on http://{addr}");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tally_http::serve(listener, state, async move {
         let _ = rx.await;
     }));
-    shutdown_signal().await;
+    signal.await;
     let _ = tx.send(());
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(Ok(()))) => tracing::info!("stopped cleanly"),

@@ -190,8 +190,38 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_loses_no_acknowledge
     assert_eq!(stored.len(), acked.len(), "every stored event was acknowledged: in-flight requests finished");
 }
 
-/// Starts a process and returns it with its stdout lines as they come.
-fn spawn_with_stdout(args: &[&str], envs: &[(&str, &str)]) -> (Child, std::sync::mpsc::Receiver<String>) {
+/// The output lines of a process, kept as they come, from both stdout and stderr (stderr
+/// lines prefixed `stderr: `). Waiting for one line never loses another: the two pipes are
+/// read by two threads, so their lines may arrive in either order.
+struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    /// The first line (seen before or arriving within 60 s) that `pick` accepts.
+    fn wait<T>(&mut self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+        if let Some(found) = self.seen.iter().find_map(|l| pick(l)) {
+            return found;
+        }
+        loop {
+            let line =
+                self.rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("{what} never came"));
+            self.seen.push(line.clone());
+            if let Some(found) = pick(&line) {
+                return found;
+            }
+        }
+    }
+
+    /// The rest of the line that starts with `prefix`.
+    fn after(&mut self, prefix: &str) -> String {
+        self.wait(prefix, |l| l.strip_prefix(prefix).map(|rest| rest.trim().to_owned()))
+    }
+}
+
+/// Starts a process and returns it with its output lines as they come.
+fn spawn_with_stdout(args: &[&str], envs: &[(&str, &str)]) -> (Child, Lines) {
     let mut cmd = Command::new(TALLY);
     cmd.args(args)
         .env_remove("TALLY_ADMIN_KEY")
@@ -216,16 +246,7 @@ fn spawn_with_stdout(args: &[&str], envs: &[(&str, &str)]) -> (Child, std::sync:
             let _ = tx_err.send(format!("stderr: {line}"));
         }
     });
-    (child, rx)
-}
-
-fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> String {
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the line never came");
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return rest.trim().to_owned();
-        }
-    }
+    (child, Lines { rx, seen: Vec::new() })
 }
 
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {
@@ -236,10 +257,10 @@ fn sigterm(child: &mut Child) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_prints_a_url_and_keys_that_work_with_its_curl_calls() {
-    let (mut child, rx) = spawn_with_stdout(&["demo", "--listen", "127.0.0.1:0"], &[]);
-    let url = wait_for_line(&rx, "url: ");
-    let admin = wait_for_line(&rx, "admin key: ");
-    let tenant_line = wait_for_line(&rx, "tenant key (");
+    let (mut child, mut lines) = spawn_with_stdout(&["demo", "--listen", "127.0.0.1:0"], &[]);
+    let url = lines.after("url: ");
+    let admin = lines.after("admin key: ");
+    let tenant_line = lines.after("tenant key (");
     let (tenant, key) = tenant_line.split_once("): ").expect("tenant key (T): KEY");
     let client = reqwest::Client::new();
     let recorded = client
@@ -297,17 +318,14 @@ async fn the_first_start_without_an_admin_key_creates_one_and_prints_it_once() {
     std::fs::create_dir_all(&dir).unwrap();
     let db_url = format!("sqlite://{}", dir.join("tally.db").display());
     let envs = [("TALLY_DATABASE_URL", db_url.as_str()), ("TALLY_LOG_FORMAT", "json")];
-    let (mut first, rx) = spawn_with_stdout(&["serve", "--listen", "127.0.0.1:0"], &envs);
-    let key = wait_for_line(&rx, "admin key: ");
+    let (mut first, mut lines) = spawn_with_stdout(&["serve", "--listen", "127.0.0.1:0"], &envs);
+    let key = lines.after("admin key: ");
     // The log line of the start, as JSON: address, store and schema version.
-    let log = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("a start log line");
-        if let Some(json) = line.strip_prefix("stderr: ")
-            && json.contains("listening on")
-        {
-            break serde_json::from_str::<serde_json::Value>(json).expect("a JSON log line");
-        }
-    };
+    let log = lines.wait("the start log line", |line| {
+        line.strip_prefix("stderr: ")
+            .filter(|json| json.contains("listening on"))
+            .map(|json| serde_json::from_str::<serde_json::Value>(json).expect("a JSON log line"))
+    });
     let address = log["fields"]["address"].as_str().expect("the address is logged").to_owned();
     assert!(log["fields"]["store"].as_str().unwrap().starts_with("sqlite"));
     assert!(log["fields"]["schema_version"].as_i64().unwrap() >= 1);
@@ -324,14 +342,9 @@ async fn the_first_start_without_an_admin_key_creates_one_and_prints_it_once() {
     let listed = String::from_utf8_lossy(&stored.stdout);
     assert!(!listed.contains(&key));
     assert!(listed.contains("\"scope\": \"admin\""));
-    let (mut second, rx) = spawn_with_stdout(&["serve", "--listen", "127.0.0.1:0"], &envs);
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the second start logs");
-        assert!(!line.starts_with("admin key: "), "a second start printed a key");
-        if line.contains("listening on") {
-            break;
-        }
-    }
+    let (mut second, mut lines) = spawn_with_stdout(&["serve", "--listen", "127.0.0.1:0"], &envs);
+    lines.wait("the second start's log line", |line| line.contains("listening on").then_some(()));
+    assert!(!lines.seen.iter().any(|l| l.starts_with("admin key: ")), "a second start printed a key");
     assert!(sigterm(&mut second).success());
 }
 

@@ -13,13 +13,20 @@ pub const KEY_PREFIX: &str = "tly_";
 /// Random bytes in a key's secret.
 pub const KEY_SECRET_BYTES: usize = 32;
 
+/// Lowercase hex of `bytes`, without an allocation per byte (this runs on every request).
+fn to_hex(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+}
+
 /// Lowercase hex SHA-256 of a presented key.
 pub fn hash_key(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
     let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
+    to_hex(&digest, &mut out);
     out
 }
 
@@ -41,9 +48,7 @@ pub fn generate_secret() -> String {
     rand::rng().fill_bytes(&mut bytes);
     let mut out = String::with_capacity(KEY_PREFIX.len() + 2 * KEY_SECRET_BYTES);
     out.push_str(KEY_PREFIX);
-    for b in bytes {
-        out.push_str(&format!("{b:02x}"));
-    }
+    to_hex(&bytes, &mut out);
     out
 }
 

@@ -236,7 +236,13 @@ pub async fn apply_in_tx<T: UsageTx>(
     if !unused.is_empty() {
         tx.delete_records(&unused).await?;
     }
-    let events: Vec<RecordedEvent> = recorded.into_iter().flatten().collect();
+    let mut events: Vec<RecordedEvent> = recorded.into_iter().flatten().collect();
+    // Insert in one global order of the unique (tenant_id, idempotency_key), so that two
+    // batches waiting on each other's keys cannot deadlock; arrival order is kept in the
+    // answers, and the events' ids and timestamps say when each happened.
+    events.sort_by(|a, b| {
+        (&a.event.tenant_id, &a.event.idempotency_key).cmp(&(&b.event.tenant_id, &b.event.idempotency_key))
+    });
     if !events.is_empty() {
         tx.insert_events(&events).await?;
     }

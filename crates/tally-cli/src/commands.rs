@@ -406,7 +406,8 @@ async fn serve(
     match backend {
         Backend::Sqlite(s) => {
             let version = s.schema_version().await.context("reading the schema version")?;
-            serve_with(s, server, config, demo, format!("sqlite {url}"), version, 1).await
+            let writers = server.writers.map_or(1, usize::from);
+            serve_with(s, server, config, demo, format!("sqlite {url}"), version, writers).await
         }
         Backend::Postgres(s) => {
             if !no_migrate {

@@ -23,6 +23,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "log_format",
     "metrics_token",
     "no_migrate",
+    "writers",
 ];
 
 /// Finds `--config FILE` or `--config=FILE` in the raw arguments.

@@ -79,6 +79,10 @@ pub struct ServerArgs {
     /// When set, `/metrics` needs `Authorization: Bearer <token>`.
     #[arg(long, env = "TALLY_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Concurrent group-commit transactions (default: 1 on SQLite, whose writes serialize
+    /// anyway; 2 on PostgreSQL). Fewer writers make bigger batches.
+    #[arg(long, env = "TALLY_WRITERS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub writers: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -23,7 +23,7 @@ pub const GROUP_COMMIT_BATCH_LEN_MAX: usize = 512;
 /// Requests that may wait for a writer; beyond it callers wait to enqueue (backpressure).
 pub const GROUP_COMMIT_QUEUE_LEN_MAX: usize = 16_384;
 /// Writers when the store takes concurrent transactions (PostgreSQL).
-pub const GROUP_COMMIT_WRITERS_DEFAULT: usize = 4;
+pub const GROUP_COMMIT_WRITERS_DEFAULT: usize = 2;
 
 type Reply = oneshot::Sender<Result<UsageOutcome, ServiceError>>;
 

@@ -23,6 +23,14 @@ struct Server {
     base_url: String,
 }
 
+impl Drop for Server {
+    /// A test that fails before stopping its server must not leave the process running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Server {
     /// Starts `tally serve` on a free port and waits for its "listening" log line.
     fn start(envs: &[(&str, &str)]) -> Server {

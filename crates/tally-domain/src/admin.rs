@@ -74,6 +74,8 @@ pub enum AuditAction {
     KeyCreate,
     /// A key was revoked.
     KeyRevoke,
+    /// The admin UI's password was set or changed.
+    AdminPasswordSet,
 }
 
 impl AuditAction {
@@ -89,6 +91,7 @@ impl AuditAction {
             AuditAction::OverrideDelete => "override.delete",
             AuditAction::KeyCreate => "key.create",
             AuditAction::KeyRevoke => "key.revoke",
+            AuditAction::AdminPasswordSet => "admin.password_set",
         }
     }
 }
@@ -112,6 +115,7 @@ impl FromStr for AuditAction {
             AuditAction::OverrideDelete,
             AuditAction::KeyCreate,
             AuditAction::KeyRevoke,
+            AuditAction::AdminPasswordSet,
         ];
         all.into_iter()
             .find(|a| a.as_str() == raw)

@@ -1,17 +1,19 @@
 //! The in-memory store: every trait of tally-store over maps behind one async mutex. For unit
 //! tests only; it keeps nothing across restarts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use tally_domain::limits::PAGE_LEN_MAX;
 use tally_domain::{
     ApiKey, AuditEntry, Entitlement, IdempotencyKey, MetricCode, Name, Override, Period, Plan, PlanCode,
     PlanSpec, QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome,
     UsageRecord, UsageRequest,
 };
 use tally_store::{
-    AuditStore, ConfigVersion, EntitlementLookup, EventQuery, EventRecorder, EventTotal, KeyStore,
-    LockedRecord, PlanStore, PutOutcome, RecordKey, RecordTotal, RecordUpdate, StoreError, TenantStore,
+    AdminSearch, AdminSession, AdminUiStore, AuditStore, ConfigVersion, EntitlementLookup, EventListQuery,
+    EventQuery, EventRecorder, EventTotal, KeyStore, LockedRecord, PlanStore, PutOutcome, RecordCursor,
+    RecordKey, RecordListQuery, RecordSort, RecordTotal, RecordUpdate, SortKey, StoreError, TenantStore,
     UsageApplier, UsageRepository, UsageTx, VerifyInputs, apply_in_tx, reset_audit, reset_fact,
 };
 use tokio::sync::Mutex;
@@ -33,6 +35,8 @@ struct State {
     events: Vec<RecordedEvent>,
     event_keys: HashMap<(TenantId, IdempotencyKey), usize>,
     config_version: i64,
+    admin_password: Option<String>,
+    admin_sessions: BTreeMap<String, AdminSession>,
 }
 
 impl State {
@@ -651,5 +655,145 @@ impl AuditStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// Rows an admin list returns at most, as in the other adapters: a full page and one more.
+const ADMIN_LIST_LEN_MAX: u32 = PAGE_LEN_MAX + 1;
+
+/// Whether a row of `tenant` and `metric` passes the search, when there is one.
+fn passes(search: Option<&AdminSearch>, tenant: &TenantId, metric: &MetricCode) -> bool {
+    search.is_none_or(|s| s.matches(tenant, metric))
+}
+
+/// A cursor whose key is not of the sort's kind is an error, as in the other adapters.
+fn check_cursor(sort: RecordSort, cursor: &RecordCursor) -> Result<(), StoreError> {
+    let kind_matches = matches!(
+        (sort, &cursor.key),
+        (RecordSort::CreatedAt | RecordSort::PeriodEnd, SortKey::Time(_))
+            | (RecordSort::CurrentUsage, SortKey::Int(_))
+            | (RecordSort::TenantId | RecordSort::MetricCode, SortKey::Text(_))
+    );
+    if !kind_matches {
+        return Err(StoreError::Other(format!(
+            "a cursor at {:?} cannot continue a list sorted by {sort:?}",
+            cursor.key
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `record` comes strictly after `cursor` in the list's order.
+fn is_after(sort: RecordSort, descending: bool, record: &UsageRecord, cursor: &RecordCursor) -> bool {
+    let order = (sort.key_of(record), record.id).cmp(&(cursor.key.clone(), cursor.id));
+    if descending { order.is_lt() } else { order.is_gt() }
+}
+
+impl AdminUiStore for MemoryStore {
+    async fn list_records_admin(&self, query: &RecordListQuery) -> Result<Vec<UsageRecord>, StoreError> {
+        if let Some(cursor) = &query.after {
+            check_cursor(query.sort, cursor)?;
+        }
+        let state = self.state.lock().await;
+        let mut out: Vec<UsageRecord> = state
+            .records
+            .values()
+            .filter(|r| query.metric_code.as_ref().is_none_or(|m| &r.metric_code == m))
+            .filter(|r| query.period_end.contains(r.period_end) && query.created_at.contains(r.created_at))
+            .filter(|r| passes(query.search.as_ref(), &r.tenant_id, &r.metric_code))
+            .filter(|r| query.after.as_ref().is_none_or(|c| is_after(query.sort, query.descending, r, c)))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| {
+            let order = (query.sort.key_of(a), a.id).cmp(&(query.sort.key_of(b), b.id));
+            if query.descending { order.reverse() } else { order }
+        });
+        out.truncate(query.limit.min(ADMIN_LIST_LEN_MAX) as usize);
+        Ok(out)
+    }
+
+    async fn list_events_admin(&self, query: &EventListQuery) -> Result<Vec<RecordedEvent>, StoreError> {
+        let state = self.state.lock().await;
+        let mut out: Vec<RecordedEvent> = state
+            .events
+            .iter()
+            .filter(|e| query.metric_code.as_ref().is_none_or(|m| &e.event.metric_code == m))
+            .filter(|e| query.created_at.contains(e.event.created_at))
+            .filter(|e| passes(query.search.as_ref(), &e.event.tenant_id, &e.event.metric_code))
+            .filter(|e| query.after.is_none_or(|after| (e.event.created_at, e.event.id) < after))
+            .cloned()
+            .collect();
+        out.sort_by_key(|e| std::cmp::Reverse((e.event.created_at, e.event.id)));
+        out.truncate(query.limit.min(ADMIN_LIST_LEN_MAX) as usize);
+        Ok(out)
+    }
+
+    async fn find_event(&self, tenant: &TenantId, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let state = self.state.lock().await;
+        Ok(state.events.iter().find(|e| e.event.id == id && &e.event.tenant_id == tenant).cloned())
+    }
+
+    async fn list_tenant_ids_by_prefix(&self, prefix: &str, limit: u32) -> Result<Vec<TenantId>, StoreError> {
+        let state = self.state.lock().await;
+        Ok(state
+            .tenants
+            .keys()
+            .filter(|t| t.as_str().starts_with(prefix))
+            .take(limit.min(ADMIN_LIST_LEN_MAX) as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn list_metric_codes(&self) -> Result<Vec<MetricCode>, StoreError> {
+        let state = self.state.lock().await;
+        let plans = state.plans.values().chain(state.plan_versions.values());
+        let mut codes: BTreeSet<MetricCode> =
+            plans.flat_map(|p| p.limits.iter().map(|l| l.metric_code.clone())).collect();
+        codes.extend(state.overrides.keys().map(|(_, m)| m.clone()));
+        Ok(codes.into_iter().collect())
+    }
+
+    async fn set_admin_password(&self, phc_hash: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if state.admin_password.as_deref() == Some(phc_hash) {
+            return Ok(());
+        }
+        state.admin_password = Some(phc_hash.to_owned());
+        state.audit.push(audit.clone());
+        Ok(())
+    }
+
+    async fn find_admin_password(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.state.lock().await.admin_password.clone())
+    }
+
+    async fn insert_admin_session(&self, session: &AdminSession) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if state.admin_sessions.contains_key(&session.token_hash) {
+            return Err(StoreError::Conflict("tally_admin_session_pkey".to_owned()));
+        }
+        state.admin_sessions.insert(session.token_hash.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn find_admin_session(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<AdminSession>, StoreError> {
+        let state = self.state.lock().await;
+        Ok(state.admin_sessions.get(token_hash).filter(|s| now < s.expires_at).cloned())
+    }
+
+    async fn delete_admin_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        self.state.lock().await.admin_sessions.remove(token_hash);
+        Ok(())
+    }
+
+    async fn delete_expired_admin_sessions(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut state = self.state.lock().await;
+        let before = state.admin_sessions.len();
+        state.admin_sessions.retain(|_, s| now < s.expires_at);
+        Ok((before - state.admin_sessions.len()) as u64)
     }
 }

@@ -9,10 +9,12 @@
 //! - `usage.rs`: the hot path (`apply_usage` through `UsageTx`), records and events;
 //! - `admin.rs`: plans, tenants, subscriptions, overrides, keys, the audit log and the
 //!   configuration version;
+//! - `admin_ui.rs`: the admin UI's lists across tenants, its look-ups, password and sessions;
 //! - `statements.rs`: the statement log, through which every statement is sent.
 #![warn(missing_docs)]
 
 mod admin;
+mod admin_ui;
 mod migrate;
 mod rows;
 mod scope;

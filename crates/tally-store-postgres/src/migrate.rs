@@ -61,6 +61,11 @@ pub const PUBLIC_SET: MigrationSet = MigrationSet {
             name: "config_version",
             sql: include_str!("../migrations/public/0002_config_version.sql"),
         },
+        Migration {
+            version: 3,
+            name: "admin_session",
+            sql: include_str!("../migrations/public/0003_admin_session.sql"),
+        },
     ],
 };
 
@@ -73,6 +78,11 @@ pub const TENANT_SET: MigrationSet = MigrationSet {
             version: 2,
             name: "events_listing_index",
             sql: include_str!("../migrations/tenant/0002_events_listing_index.sql"),
+        },
+        Migration {
+            version: 3,
+            name: "events_created_index",
+            sql: include_str!("../migrations/tenant/0003_events_created_index.sql"),
         },
     ],
 };

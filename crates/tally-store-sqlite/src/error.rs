@@ -21,6 +21,7 @@ const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
         "quota_usage_record.tenant_id, quota_usage_record.metric_code, quota_usage_record.period_start",
         "quota_usage_record_uq",
     ),
+    ("tally_admin_session.token_hash", "tally_admin_session_pkey"),
 ];
 
 /// The idempotency key constraint of the events table.
@@ -80,6 +81,8 @@ mod tests {
         let m = "UNIQUE constraint failed: quota_usage_record.tenant_id, quota_usage_record.metric_code, \
                  quota_usage_record.period_start";
         assert_eq!(constraint_name(m), "quota_usage_record_uq");
+        let m = "UNIQUE constraint failed: tally_admin_session.token_hash";
+        assert_eq!(constraint_name(m), "tally_admin_session_pkey");
         let m = "UNIQUE constraint failed: tally_api_key.key_hash";
         assert_eq!(constraint_name(m), m);
     }

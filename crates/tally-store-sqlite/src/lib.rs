@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod admin_ui;
 mod error;
 mod migrate;
 mod rows;

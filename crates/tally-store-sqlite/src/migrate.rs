@@ -42,6 +42,7 @@ const MIGRATIONS: &[Migration] = &[
         name: "config_version",
         sql: include_str!("../migrations/0003_config_version.sql"),
     },
+    Migration { version: 4, name: "admin_ui", sql: include_str!("../migrations/0004_admin_ui.sql") },
 ];
 
 const _: () = {

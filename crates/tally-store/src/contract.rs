@@ -7,13 +7,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Duration;
 use tally_domain::{
-    Amount, ApiKey, AuditAction, AuditEntry, IdempotencyKey, KeyScope, LimitEnforcement, Metadata,
-    MetricCode, Name, PeriodKind, PlanCode, PlanSpec, QuotaLimit, RecordedEvent, TenantId, Timestamp,
-    UsageError, UsageOutcome, UsageRecord, UsageRequest,
+    Amount, ApiKey, AuditAction, AuditEntry, EventReceipt, IdempotencyKey, KeyScope, LimitEnforcement,
+    Metadata, MetricCode, Name, PeriodKind, PlanCode, PlanSpec, QuotaLimit, RecordedEvent, TenantId,
+    Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
 };
 use uuid::Uuid;
 
-use crate::{EntitlementLookup, EventCursor, EventQuery, PutOutcome, Store, StoreError};
+use crate::{
+    AdminSearch, AdminSession, EntitlementLookup, EventCursor, EventListQuery, EventQuery, PutOutcome,
+    RecordCursor, RecordListQuery, RecordSort, SortKey, Store, StoreError, TimeRange,
+};
 
 /// Instantiates every contract case as a `#[tokio::test]` for the store that `$make` (an
 /// async closure or function returning the store) builds afresh for each case.
@@ -54,7 +57,21 @@ macro_rules! contract_suite {
             config_version_grows_with_every_configuration_change_and_only_then,
             concurrent_writers_never_overshoot_a_hard_limit_on_a_warm_record,
             concurrent_writers_never_overshoot_a_hard_limit_on_a_cold_period,
-            concurrent_retries_over_twenty_keys_record_twenty_events
+            concurrent_retries_over_twenty_keys_record_twenty_events,
+            records_list_sorts_by_each_column_both_ways_with_ties_broken_by_id,
+            records_list_pages_cover_every_record_exactly_once_in_every_order,
+            records_list_refuses_a_cursor_of_another_kind_than_its_sort,
+            records_list_filters_by_metric_and_by_period_end_and_created_at_windows,
+            records_list_search_matches_a_tenant_or_a_metric,
+            events_list_is_newest_first_and_pages_cover_every_event_exactly_once,
+            events_list_filters_by_metric_created_at_window_and_search,
+            an_empty_search_matches_no_record_and_no_event,
+            find_event_returns_the_tenants_event_and_none_for_a_miss_or_another_tenant,
+            tenant_prefix_search_is_case_sensitive_and_takes_percent_and_underscore_literally,
+            metric_codes_come_from_plans_old_plan_versions_and_overrides_sorted_without_duplicates,
+            admin_password_is_set_replaced_and_audited_only_when_it_changes,
+            admin_sessions_are_found_until_they_expire_and_deleted_one_by_one_or_in_bulk,
+            a_taken_admin_session_token_hash_is_a_conflict
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -924,4 +941,553 @@ pub async fn concurrent_retries_over_twenty_keys_record_twenty_events<S: Store>(
     assert_eq!(fresh, 20);
     assert_eq!(all_events(&store, "acme").await.len(), 20);
     assert_eq!(current_or_none(&store).await, Some(20));
+}
+
+// ---------------------------------------------------------------------------------------
+// The admin UI: lists across tenants, the tenant and metric look-ups, password, sessions
+
+/// The tenants of the admin fixtures. By bytes (`COLLATE "C"`) the upper-case id sorts first;
+/// most locales would sort it last, so text sorts are pinned to byte order.
+const ADMIN_TENANTS: [&str; 3] = ["Zulu", "acme", "beta"];
+const ADMIN_METRICS: [&str; 2] = ["api_calls", "exports"];
+const RECORD_SORTS: [RecordSort; 5] = [
+    RecordSort::CreatedAt,
+    RecordSort::PeriodEnd,
+    RecordSort::CurrentUsage,
+    RecordSort::TenantId,
+    RecordSort::MetricCode,
+];
+
+async fn put_tenants<S: Store>(store: &S, ids: &[&str]) {
+    for id in ids {
+        store.put_tenant(&tenant(id), &Name::parse(id).unwrap(), now()).await.unwrap();
+    }
+}
+
+/// Twelve records, one per tenant, metric and month, saved as they are. Every sort column
+/// has ties (four created_at values, three usages, two period ends), and ids are random, so
+/// ties are broken in no particular insertion order.
+pub async fn admin_records<S: Store>(store: &S) -> Vec<UsageRecord> {
+    put_tenants(store, &ADMIN_TENANTS).await;
+    let months = [
+        (t("2026-10-01T00:00:00Z"), t("2026-11-01T00:00:00Z")),
+        (t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z")),
+    ];
+    let mut records = Vec::new();
+    for tenant_id in ADMIN_TENANTS {
+        for m in ADMIN_METRICS {
+            for (period_start, period_end) in months {
+                let idx = i64::try_from(records.len()).unwrap();
+                let created_at = period_start + Duration::minutes(idx % 4);
+                let record = UsageRecord {
+                    id: Uuid::new_v4(),
+                    tenant_id: tenant(tenant_id),
+                    metric_code: metric(m),
+                    current_usage: (idx % 3) * 10,
+                    period_start,
+                    period_end,
+                    created_at,
+                    updated_at: created_at,
+                };
+                store.save(&record).await.unwrap();
+                records.push(record);
+            }
+        }
+    }
+    records
+}
+
+fn records_query(sort: RecordSort, descending: bool, limit: u32) -> RecordListQuery {
+    RecordListQuery {
+        metric_code: None,
+        period_end: TimeRange::default(),
+        created_at: TimeRange::default(),
+        search: None,
+        sort,
+        descending,
+        after: None,
+        limit,
+    }
+}
+
+/// The ids of the `records` that `keep` keeps, in the list's order: by the sort column, then
+/// by id, both descending or both ascending.
+fn expected_records(
+    records: &[UsageRecord],
+    keep: impl Fn(&UsageRecord) -> bool,
+    sort: RecordSort,
+    descending: bool,
+) -> Vec<Uuid> {
+    let mut kept: Vec<&UsageRecord> = records.iter().filter(|r| keep(r)).collect();
+    kept.sort_by_key(|r| (sort.key_of(r), r.id));
+    if descending {
+        kept.reverse();
+    }
+    kept.into_iter().map(|r| r.id).collect()
+}
+
+fn record_ids(records: &[UsageRecord]) -> Vec<Uuid> {
+    records.iter().map(|r| r.id).collect()
+}
+
+/// Every page of `query` (whose limit is the page length), following the cursor.
+async fn all_record_pages<S: Store>(store: &S, mut query: RecordListQuery) -> Vec<Vec<Uuid>> {
+    let mut pages = Vec::new();
+    for _ in 0..100 {
+        let page = store.list_records_admin(&query).await.unwrap();
+        assert!(page.len() <= query.limit as usize);
+        let Some(last) = page.last() else { break };
+        query.after = Some(RecordCursor { key: query.sort.key_of(last), id: last.id });
+        let full = page.len() == query.limit as usize;
+        pages.push(record_ids(&page));
+        if !full {
+            break;
+        }
+    }
+    pages
+}
+
+fn search(tenants: &[&str], metrics: &[&str]) -> Option<AdminSearch> {
+    Some(AdminSearch {
+        tenant_ids: tenants.iter().map(|id| tenant(id)).collect(),
+        metric_codes: metrics.iter().map(|m| metric(m)).collect(),
+    })
+}
+
+pub async fn records_list_sorts_by_each_column_both_ways_with_ties_broken_by_id<S: Store>(store: S) {
+    let records = admin_records(&store).await;
+    for sort in RECORD_SORTS {
+        for descending in [true, false] {
+            let listed = store.list_records_admin(&records_query(sort, descending, 100)).await.unwrap();
+            assert_eq!(
+                record_ids(&listed),
+                expected_records(&records, |_| true, sort, descending),
+                "{sort:?}, descending: {descending}"
+            );
+        }
+    }
+    // Rows come back whole and exact.
+    let listed = store.list_records_admin(&records_query(RecordSort::CreatedAt, true, 100)).await.unwrap();
+    for row in &listed {
+        assert_eq!(Some(row), records.iter().find(|r| r.id == row.id));
+    }
+    let limited = store.list_records_admin(&records_query(RecordSort::TenantId, false, 3)).await.unwrap();
+    let first_three = expected_records(&records, |_| true, RecordSort::TenantId, false)[..3].to_vec();
+    assert_eq!(record_ids(&limited), first_three, "the limit keeps the first rows");
+    assert!(limited.iter().all(|r| r.tenant_id == tenant("Zulu")), "upper case sorts first, by bytes");
+}
+
+pub async fn records_list_pages_cover_every_record_exactly_once_in_every_order<S: Store>(store: S) {
+    let records = admin_records(&store).await;
+    for sort in RECORD_SORTS {
+        for descending in [true, false] {
+            let pages = all_record_pages(&store, records_query(sort, descending, 5)).await;
+            let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+            assert_eq!(sizes, [5, 5, 2], "{sort:?}, descending: {descending}");
+            assert_eq!(
+                pages.concat(),
+                expected_records(&records, |_| true, sort, descending),
+                "{sort:?}, descending: {descending}"
+            );
+        }
+    }
+    // A page that ends exactly at the last row is followed by an empty one.
+    let pages = all_record_pages(&store, records_query(RecordSort::CurrentUsage, true, 4)).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 4]);
+}
+
+pub async fn records_list_refuses_a_cursor_of_another_kind_than_its_sort<S: Store>(store: S) {
+    admin_records(&store).await;
+    let mismatched = [
+        (RecordSort::CreatedAt, SortKey::Int(1)),
+        (RecordSort::PeriodEnd, SortKey::Text("acme".to_owned())),
+        (RecordSort::CurrentUsage, SortKey::Time(now())),
+        (RecordSort::TenantId, SortKey::Int(1)),
+        (RecordSort::MetricCode, SortKey::Time(now())),
+    ];
+    for (sort, key) in mismatched {
+        let mut query = records_query(sort, true, 10);
+        query.after = Some(RecordCursor { key, id: Uuid::nil() });
+        let err = store.list_records_admin(&query).await.unwrap_err();
+        assert!(matches!(err, StoreError::Other(_)), "{sort:?}: {err:?}");
+    }
+}
+
+pub async fn records_list_filters_by_metric_and_by_period_end_and_created_at_windows<S: Store>(store: S) {
+    let records = admin_records(&store).await;
+    let (oct_end, nov_end) = (t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z"));
+    let list = |query: RecordListQuery| {
+        let store = store.clone();
+        async move { record_ids(&store.list_records_admin(&query).await.unwrap()) }
+    };
+    let sort = RecordSort::CreatedAt;
+
+    let mut q = records_query(sort, true, 100);
+    q.metric_code = Some(metric("exports"));
+    assert_eq!(list(q).await, expected_records(&records, |r| r.metric_code == metric("exports"), sort, true));
+
+    // period_end in [oct_end, nov_end): `from` is inclusive, `to` exclusive.
+    let mut q = records_query(sort, true, 100);
+    q.period_end = TimeRange { from: Some(oct_end), to: Some(nov_end) };
+    let october = expected_records(&records, |r| r.period_end == oct_end, sort, true);
+    assert_eq!(october.len(), 6);
+    assert_eq!(list(q).await, october);
+    let mut q = records_query(sort, true, 100);
+    q.period_end = TimeRange { from: Some(nov_end), to: None };
+    assert_eq!(list(q).await, expected_records(&records, |r| r.period_end == nov_end, sort, true));
+
+    // created_at in [Oct 1 00:02, Nov 1 00:03): two of the four created_at values.
+    let window = TimeRange { from: Some(t("2026-10-01T00:02:00Z")), to: Some(t("2026-11-01T00:03:00Z")) };
+    let mut q = records_query(sort, false, 100);
+    q.created_at = window;
+    let in_window = expected_records(&records, |r| window.contains(r.created_at), sort, false);
+    assert_eq!(in_window.len(), 6);
+    assert_eq!(list(q).await, in_window);
+
+    // Filters combine, and pages of a filtered list cover it exactly once.
+    let mut q = records_query(RecordSort::CurrentUsage, false, 2);
+    q.metric_code = Some(metric("api_calls"));
+    q.created_at = window;
+    let wanted = expected_records(
+        &records,
+        |r| r.metric_code == metric("api_calls") && window.contains(r.created_at),
+        RecordSort::CurrentUsage,
+        false,
+    );
+    assert_eq!(wanted.len(), 3);
+    assert_eq!(all_record_pages(&store, q).await.concat(), wanted);
+}
+
+pub async fn records_list_search_matches_a_tenant_or_a_metric<S: Store>(store: S) {
+    let records = admin_records(&store).await;
+    let sort = RecordSort::TenantId;
+    let run = |search: Option<AdminSearch>, metric_code: Option<MetricCode>| {
+        let store = store.clone();
+        async move {
+            let mut q = records_query(sort, false, 100);
+            q.search = search;
+            q.metric_code = metric_code;
+            record_ids(&store.list_records_admin(&q).await.unwrap())
+        }
+    };
+    let beta = expected_records(&records, |r| r.tenant_id == tenant("beta"), sort, false);
+    assert_eq!(beta.len(), 4);
+    assert_eq!(run(search(&["beta"], &[]), None).await, beta);
+    let exports = expected_records(&records, |r| r.metric_code == metric("exports"), sort, false);
+    assert_eq!(run(search(&[], &["exports"]), None).await, exports);
+    let either = expected_records(
+        &records,
+        |r| r.tenant_id == tenant("Zulu") || r.metric_code == metric("exports"),
+        sort,
+        false,
+    );
+    assert_eq!(either.len(), 8, "a tenant OR a metric");
+    assert_eq!(run(search(&["Zulu"], &["exports"]), None).await, either);
+    assert_eq!(run(search(&["beta", "Zulu"], &[]), None).await.len(), 8);
+    assert!(run(search(&["ghost"], &[]), None).await.is_empty());
+    assert!(run(search(&[], &["seats"]), None).await.is_empty());
+    // The search and the metric filter both apply.
+    let acme_exports = expected_records(
+        &records,
+        |r| r.tenant_id == tenant("acme") && r.metric_code == metric("exports"),
+        sort,
+        false,
+    );
+    assert_eq!(run(search(&["acme"], &[]), Some(metric("exports"))).await, acme_exports);
+    // Pages of a searched list cover it exactly once.
+    let mut q = records_query(RecordSort::CreatedAt, true, 3);
+    q.search = search(&["Zulu"], &["exports"]);
+    let wanted = expected_records(
+        &records,
+        |r| r.tenant_id == tenant("Zulu") || r.metric_code == metric("exports"),
+        RecordSort::CreatedAt,
+        true,
+    );
+    assert_eq!(all_record_pages(&store, q).await.concat(), wanted);
+}
+
+/// Fifteen events across the admin tenants and metrics, stored as they are: created_at in
+/// pairs of ties, timestamps in the opposite order (the list goes by created_at, not by
+/// timestamp), random ids.
+pub async fn admin_events<S: Store>(store: &S) -> Vec<RecordedEvent> {
+    put_tenants(store, &ADMIN_TENANTS).await;
+    let base = t("2026-11-29T09:00:00Z");
+    let mut events = Vec::new();
+    for idx in 0..15i64 {
+        let timestamp = base - Duration::seconds(idx);
+        let tenant_id = ADMIN_TENANTS[usize::try_from(idx % 3).unwrap()];
+        let m = ADMIN_METRICS[usize::try_from(idx % 2).unwrap()];
+        let e = RecordedEvent {
+            event: UsageEvent {
+                id: Uuid::new_v4(),
+                tenant_id: tenant(tenant_id),
+                metric_code: metric(m),
+                amount: idx + 1,
+                metadata: Metadata::default(),
+                idempotency_key: None,
+                timestamp,
+                created_at: base + Duration::seconds(idx / 2),
+            },
+            receipt: EventReceipt {
+                usage_after: idx + 1,
+                limit: None,
+                enforcement: LimitEnforcement::None,
+                period: PeriodKind::Month.containing(timestamp, anchor()).unwrap(),
+                timestamp_explicit: true,
+            },
+        };
+        store.record(&e).await.unwrap();
+        events.push(e);
+    }
+    events
+}
+
+fn events_query(limit: u32) -> EventListQuery {
+    EventListQuery { metric_code: None, created_at: TimeRange::default(), search: None, after: None, limit }
+}
+
+/// The ids of the `events` that `keep` keeps, newest first by `(created_at, id)`.
+fn expected_events(events: &[RecordedEvent], keep: impl Fn(&UsageEvent) -> bool) -> Vec<Uuid> {
+    let mut kept: Vec<&UsageEvent> = events.iter().map(|e| &e.event).filter(|e| keep(e)).collect();
+    kept.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
+    kept.into_iter().map(|e| e.id).collect()
+}
+
+fn event_ids(events: &[RecordedEvent]) -> Vec<Uuid> {
+    events.iter().map(|e| e.event.id).collect()
+}
+
+/// Every page of `query` (whose limit is the page length), following the cursor.
+async fn all_event_pages<S: Store>(store: &S, mut query: EventListQuery) -> Vec<Vec<Uuid>> {
+    let mut pages = Vec::new();
+    for _ in 0..100 {
+        let page = store.list_events_admin(&query).await.unwrap();
+        assert!(page.len() <= query.limit as usize);
+        let Some(last) = page.last() else { break };
+        query.after = Some((last.event.created_at, last.event.id));
+        let full = page.len() == query.limit as usize;
+        pages.push(event_ids(&page));
+        if !full {
+            break;
+        }
+    }
+    pages
+}
+
+pub async fn events_list_is_newest_first_and_pages_cover_every_event_exactly_once<S: Store>(store: S) {
+    let events = admin_events(&store).await;
+    let listed = store.list_events_admin(&events_query(100)).await.unwrap();
+    assert_eq!(event_ids(&listed), expected_events(&events, |_| true));
+    for row in &listed {
+        assert_eq!(Some(row), events.iter().find(|e| e.event.id == row.event.id), "rows come back exact");
+    }
+    let pages = all_event_pages(&store, events_query(4)).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 4, 3]);
+    assert_eq!(pages.concat(), expected_events(&events, |_| true));
+    let pages = all_event_pages(&store, events_query(5)).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [5, 5, 5]);
+    assert_eq!(pages.concat(), expected_events(&events, |_| true));
+}
+
+pub async fn events_list_filters_by_metric_created_at_window_and_search<S: Store>(store: S) {
+    let events = admin_events(&store).await;
+    let list = |query: EventListQuery| {
+        let store = store.clone();
+        async move { event_ids(&store.list_events_admin(&query).await.unwrap()) }
+    };
+    let mut q = events_query(100);
+    q.metric_code = Some(metric("exports"));
+    assert_eq!(list(q).await, expected_events(&events, |e| e.metric_code == metric("exports")));
+
+    // created_at in [09:00:02, 09:00:05): `from` inclusive, `to` exclusive.
+    let window = TimeRange { from: Some(t("2026-11-29T09:00:02Z")), to: Some(t("2026-11-29T09:00:05Z")) };
+    let mut q = events_query(100);
+    q.created_at = window;
+    let in_window = expected_events(&events, |e| window.contains(e.created_at));
+    assert_eq!(in_window.len(), 6);
+    assert_eq!(list(q).await, in_window);
+
+    let mut q = events_query(100);
+    q.search = search(&["acme"], &[]);
+    assert_eq!(list(q).await, expected_events(&events, |e| e.tenant_id == tenant("acme")));
+    let mut q = events_query(100);
+    q.search = search(&[], &["api_calls"]);
+    assert_eq!(list(q).await, expected_events(&events, |e| e.metric_code == metric("api_calls")));
+    let either = |e: &UsageEvent| e.tenant_id == tenant("Zulu") || e.metric_code == metric("exports");
+    let mut q = events_query(100);
+    q.search = search(&["Zulu"], &["exports"]);
+    assert_eq!(list(q).await, expected_events(&events, either));
+    let mut q = events_query(100);
+    q.search = search(&["ghost"], &[]);
+    assert!(list(q).await.is_empty());
+
+    // Everything at once, in pages of two.
+    let mut q = events_query(2);
+    q.search = search(&["Zulu"], &["exports"]);
+    q.metric_code = Some(metric("api_calls"));
+    q.created_at = TimeRange { from: None, to: Some(t("2026-11-29T09:00:06Z")) };
+    let wanted = expected_events(&events, |e| {
+        either(e) && e.metric_code == metric("api_calls") && e.created_at < t("2026-11-29T09:00:06Z")
+    });
+    assert_eq!(wanted.len(), 2);
+    assert_eq!(all_event_pages(&store, q).await.concat(), wanted);
+}
+
+pub async fn an_empty_search_matches_no_record_and_no_event<S: Store>(store: S) {
+    admin_records(&store).await;
+    admin_events(&store).await;
+    let empty = Some(AdminSearch::default());
+    for sort in RECORD_SORTS {
+        let mut q = records_query(sort, true, 100);
+        q.search = empty.clone();
+        assert!(store.list_records_admin(&q).await.unwrap().is_empty(), "{sort:?}");
+    }
+    let mut q = events_query(100);
+    q.search = empty;
+    assert!(store.list_events_admin(&q).await.unwrap().is_empty());
+    // No search at all is everything.
+    assert_eq!(store.list_events_admin(&events_query(100)).await.unwrap().len(), 15);
+}
+
+pub async fn find_event_returns_the_tenants_event_and_none_for_a_miss_or_another_tenant<S: Store>(store: S) {
+    let events = admin_events(&store).await;
+    for e in &events[..3] {
+        let found = store.find_event(&e.event.tenant_id, e.event.id).await.unwrap();
+        assert_eq!(found.as_ref(), Some(e));
+    }
+    let e = &events[0];
+    let other = ADMIN_TENANTS.iter().map(|id| tenant(id)).find(|t| *t != e.event.tenant_id).unwrap();
+    assert_eq!(store.find_event(&other, e.event.id).await.unwrap(), None, "another tenant's event");
+    assert_eq!(store.find_event(&e.event.tenant_id, Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(store.find_event(&tenant("ghost"), e.event.id).await.unwrap(), None);
+}
+
+pub async fn tenant_prefix_search_is_case_sensitive_and_takes_percent_and_underscore_literally<S: Store>(
+    store: S,
+) {
+    put_tenants(&store, &["ACME", "acme", "acme-x", "acme.eu", "acmeX", "acme_us", "acmf", "ac", "b"]).await;
+    let found = |prefix: &'static str, limit: u32| {
+        let store = store.clone();
+        async move {
+            let ids = store.list_tenant_ids_by_prefix(prefix, limit).await.unwrap();
+            ids.iter().map(|t| t.as_str().to_owned()).collect::<Vec<String>>()
+        }
+    };
+    // By bytes: '-' < '.' < 'X' < '_'.
+    assert_eq!(found("acme", 10).await, ["acme", "acme-x", "acme.eu", "acmeX", "acme_us"]);
+    assert_eq!(found("acme", 2).await, ["acme", "acme-x"]);
+    assert_eq!(found("ACME", 10).await, ["ACME"]);
+    assert!(found("Acme", 10).await.is_empty(), "case-sensitive");
+    assert_eq!(found("acme_", 10).await, ["acme_us"], "_ is itself, not any character");
+    assert_eq!(found("acme.", 10).await, ["acme.eu"]);
+    assert!(found("ac%", 10).await.is_empty(), "% is itself, not any text");
+    assert!(found("%", 10).await.is_empty());
+    assert!(found("_", 10).await.is_empty());
+    assert!(found("acme\\", 10).await.is_empty());
+    assert!(found("é", 10).await.is_empty());
+    assert_eq!(found("acmf", 10).await, ["acmf"]);
+    assert!(found("z", 10).await.is_empty());
+    assert_eq!(found("", 3).await, ["ACME", "ac", "acme"], "the empty prefix is every tenant, by id");
+}
+
+pub async fn metric_codes_come_from_plans_old_plan_versions_and_overrides_sorted_without_duplicates<
+    S: Store,
+>(
+    store: S,
+) {
+    assert!(store.list_metric_codes().await.unwrap().is_empty());
+    let a = audit(AuditAction::PlanPut, None);
+    let pro = plan_code("pro");
+    store
+        .put_plan(&pro, &spec("Pro", vec![hard("api_calls", 1), hard("storage", 1)]), now(), &a)
+        .await
+        .unwrap();
+    // The second version drops storage, which old usage may still be recorded under.
+    store
+        .put_plan(&pro, &spec("Pro", vec![hard("exports", 1), hard("api_calls", 2)]), now(), &a)
+        .await
+        .unwrap();
+    store.put_plan(&plan_code("free"), &spec("Free", vec![hard("api_calls", 1)]), now(), &a).await.unwrap();
+    put_tenants(&store, &["acme"]).await;
+    let oa = audit(AuditAction::OverridePut, None);
+    store.put_override(&tenant("acme"), &hard("seats", 3), &oa).await.unwrap();
+    store.put_override(&tenant("acme"), &hard("api_calls", 3), &oa).await.unwrap();
+    let codes = store.list_metric_codes().await.unwrap();
+    assert_eq!(codes, [metric("api_calls"), metric("exports"), metric("seats"), metric("storage")]);
+}
+
+pub async fn admin_password_is_set_replaced_and_audited_only_when_it_changes<S: Store>(store: S) {
+    assert_eq!(AuditAction::AdminPasswordSet.as_str(), "admin.password_set");
+    assert_eq!(store.find_admin_password().await.unwrap(), None);
+    let first = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    let second = "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXJzYWx0$b3RoZXJoYXNob3RoZXJoYXNo";
+    let set = || audit(AuditAction::AdminPasswordSet, None);
+    store.set_admin_password(first, &set()).await.unwrap();
+    assert_eq!(store.find_admin_password().await.unwrap().as_deref(), Some(first));
+    store.set_admin_password(second, &set()).await.unwrap();
+    assert_eq!(store.find_admin_password().await.unwrap().as_deref(), Some(second));
+    // Setting the same hash again changes nothing and is not audited.
+    store.set_admin_password(second, &set()).await.unwrap();
+    assert_eq!(store.find_admin_password().await.unwrap().as_deref(), Some(second));
+    let entries = store.list_audit(None, None, 100).await.unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["admin.password_set", "admin.password_set"]);
+    assert!(entries.iter().all(|e| e.tenant_id.is_none()));
+}
+
+fn admin_session(token: &str, principal: &str, expires_at: Timestamp) -> AdminSession {
+    AdminSession {
+        token_hash: token.repeat(64),
+        csrf_token: format!("csrf-{token}"),
+        principal: principal.to_owned(),
+        created_at: now() - Duration::minutes(5),
+        expires_at,
+    }
+}
+
+pub async fn admin_sessions_are_found_until_they_expire_and_deleted_one_by_one_or_in_bulk<S: Store>(
+    store: S,
+) {
+    let key_principal = format!("key:{}", Uuid::now_v7());
+    let long = admin_session("a", "password", now() + Duration::hours(1));
+    let short = admin_session("b", "password", now() + Duration::minutes(1));
+    let gone = admin_session("c", "password", now() - Duration::seconds(1));
+    let day = admin_session("d", &key_principal, t("2026-11-30T10:00:00.123456Z"));
+    for s in [&long, &short, &gone, &day] {
+        store.insert_admin_session(s).await.unwrap();
+    }
+    let find = |token_hash: String, at: Timestamp| {
+        let store = store.clone();
+        async move { store.find_admin_session(&token_hash, at).await.unwrap() }
+    };
+    assert_eq!(find(long.token_hash.clone(), now()).await.as_ref(), Some(&long));
+    assert_eq!(find(day.token_hash.clone(), now()).await.as_ref(), Some(&day), "rows come back exact");
+    assert_eq!(find(gone.token_hash.clone(), now()).await, None, "expired");
+    let last_instant = short.expires_at - Duration::microseconds(1);
+    assert_eq!(find(short.token_hash.clone(), last_instant).await.as_ref(), Some(&short));
+    assert_eq!(find(short.token_hash.clone(), short.expires_at).await, None, "expired at expires_at");
+    assert_eq!(find("f".repeat(64), now()).await, None);
+
+    store.delete_admin_session(&long.token_hash).await.unwrap();
+    assert_eq!(find(long.token_hash.clone(), now()).await, None);
+    store.delete_admin_session(&long.token_hash).await.unwrap();
+    store.delete_admin_session(&"f".repeat(64)).await.unwrap();
+
+    // At now + 2 min, short and gone have expired; day has not.
+    let later = now() + Duration::minutes(2);
+    assert_eq!(store.delete_expired_admin_sessions(later).await.unwrap(), 2);
+    assert_eq!(store.delete_expired_admin_sessions(later).await.unwrap(), 0);
+    assert_eq!(find(short.token_hash.clone(), now()).await, None, "deleted, not only expired");
+    assert_eq!(find(day.token_hash.clone(), now()).await.as_ref(), Some(&day));
+    assert_eq!(store.delete_expired_admin_sessions(day.expires_at).await.unwrap(), 1, "expires_at counts");
+}
+
+pub async fn a_taken_admin_session_token_hash_is_a_conflict<S: Store>(store: S) {
+    let first = admin_session("a", "password", now() + Duration::hours(1));
+    store.insert_admin_session(&first).await.unwrap();
+    let mut again = admin_session("a", "key:other", now() + Duration::hours(2));
+    again.csrf_token = "another".to_owned();
+    let err = store.insert_admin_session(&again).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.find_admin_session(&first.token_hash, now()).await.unwrap(), Some(first));
 }

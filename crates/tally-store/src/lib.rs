@@ -13,12 +13,13 @@ pub mod contract;
 pub use apply::{LockedRecord, RecordUpdate, UsageTx, apply_in_tx, reset_audit};
 pub use error::StoreError;
 pub use traits::{
-    AuditStore, ConfigVersion, EventRecorder, KeyStore, PlanStore, Store, TenantStore, UsageApplier,
-    UsageRepository,
+    AdminUiStore, AuditStore, ConfigVersion, EventRecorder, KeyStore, PlanStore, Store, TenantStore,
+    UsageApplier, UsageRepository,
 };
 pub use types::{
-    EntitlementLookup, EventCursor, EventQuery, EventTotal, KeyedEvent, PutOutcome, RecordKey, RecordTotal,
-    ResetFact, SchemaReport, VerifyInputs,
+    AdminSearch, AdminSession, EntitlementLookup, EventCursor, EventListQuery, EventQuery, EventTotal,
+    KeyedEvent, PutOutcome, RecordCursor, RecordKey, RecordListQuery, RecordSort, RecordTotal, ResetFact,
+    SchemaReport, SortKey, TimeRange, VerifyInputs,
 };
 
 use tally_domain::{AuditAction, AuditEntry, MetricCode, TenantId};

@@ -14,7 +14,9 @@ use tally_domain::{
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::types::{EntitlementLookup, EventQuery, PutOutcome, VerifyInputs};
+use crate::types::{
+    AdminSession, EntitlementLookup, EventListQuery, EventQuery, PutOutcome, RecordListQuery, VerifyInputs,
+};
 
 /// The seed's usage repository: per-period counters.
 pub trait UsageRepository: Send + Sync {
@@ -271,6 +273,75 @@ pub trait ConfigVersion: Send + Sync {
     fn config_version(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 }
 
+/// What the read-only admin UI reads across tenants, and its sign-in state.
+pub trait AdminUiStore: Send + Sync {
+    /// Usage records of every tenant, filtered, sorted and keyset-paginated (see
+    /// `RecordListQuery`).
+    fn list_records_admin(
+        &self,
+        query: &RecordListQuery,
+    ) -> impl Future<Output = Result<Vec<UsageRecord>, StoreError>> + Send;
+
+    /// Usage events of every tenant, newest first by `(created_at, id)`, filtered and
+    /// keyset-paginated (see `EventListQuery`).
+    fn list_events_admin(
+        &self,
+        query: &EventListQuery,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// One event of one tenant, if it exists.
+    fn find_event(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+
+    /// Ids of the tenants whose id starts with `prefix` (case-sensitive), by id, at most
+    /// `limit`.
+    fn list_tenant_ids_by_prefix(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TenantId>, StoreError>> + Send;
+
+    /// Every metric code that any plan version or any override names, sorted, without
+    /// duplicates: the metrics usage can have been recorded for.
+    fn list_metric_codes(&self) -> impl Future<Output = Result<Vec<MetricCode>, StoreError>> + Send;
+
+    /// Stores the admin UI password's hash (a PHC string) and its audit entry, replacing
+    /// any earlier one.
+    fn set_admin_password(
+        &self,
+        phc_hash: &str,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The admin UI password's hash, if one was set.
+    fn find_admin_password(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Stores a new session; a taken `token_hash` is a `Conflict`.
+    fn insert_admin_session(
+        &self,
+        session: &AdminSession,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The session with this token hash, if it exists and has not expired at `now`.
+    fn find_admin_session(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Option<AdminSession>, StoreError>> + Send;
+
+    /// Ends the session (signing out); ending one that does not exist is not an error.
+    fn delete_admin_session(&self, token_hash: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes every session expired at `now`; returns how many.
+    fn delete_expired_admin_sessions(
+        &self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
 /// Everything a Tally store does. Cloning is cheap (a pool handle).
 pub trait Store:
     UsageRepository
@@ -281,6 +352,7 @@ pub trait Store:
     + KeyStore
     + AuditStore
     + ConfigVersion
+    + AdminUiStore
     + Clone
     + 'static
 {
@@ -295,6 +367,7 @@ impl<S> Store for S where
         + KeyStore
         + AuditStore
         + ConfigVersion
+        + AdminUiStore
         + Clone
         + 'static
 {

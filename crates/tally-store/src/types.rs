@@ -1,6 +1,8 @@
 //! Values that cross the store boundary besides domain types: queries, pages, outcomes.
 
-use tally_domain::{Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp};
+use tally_domain::{
+    Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageRecord,
+};
 use uuid::Uuid;
 
 /// What a create-or-replace did.
@@ -141,4 +143,145 @@ pub struct SchemaReport {
     pub elapsed: std::time::Duration,
     /// Why it failed, if it did; the other schemas are migrated all the same.
     pub error: Option<String>,
+}
+
+/// A half-open time window `[from, to)`; either end may be open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    /// `>= from`, when given.
+    pub from: Option<Timestamp>,
+    /// `< to`, when given.
+    pub to: Option<Timestamp>,
+}
+
+impl TimeRange {
+    /// Whether `at` falls inside the window.
+    pub fn contains(&self, at: Timestamp) -> bool {
+        self.from.is_none_or(|from| at >= from) && self.to.is_none_or(|to| at < to)
+    }
+}
+
+/// An admin search, already resolved to the concrete values it matches: a row matches when
+/// its tenant is one of `tenant_ids` OR its metric is one of `metric_codes`. Both empty
+/// matches nothing. (The service resolves a typed term against the tenants table and the
+/// known metric codes, so that the big tables are only ever probed by equality.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminSearch {
+    /// Tenants whose rows match.
+    pub tenant_ids: Vec<TenantId>,
+    /// Metrics whose rows match.
+    pub metric_codes: Vec<MetricCode>,
+}
+
+impl AdminSearch {
+    /// Whether a row of this tenant and metric matches.
+    pub fn matches(&self, tenant: &TenantId, metric: &MetricCode) -> bool {
+        self.tenant_ids.contains(tenant) || self.metric_codes.contains(metric)
+    }
+}
+
+/// The column the admin records list is sorted by (ties broken by id, in the same direction).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecordSort {
+    /// `created_at` (the default, newest first).
+    #[default]
+    CreatedAt,
+    /// `period_end`.
+    PeriodEnd,
+    /// `current_usage`.
+    CurrentUsage,
+    /// `tenant_id`.
+    TenantId,
+    /// `metric_code`.
+    MetricCode,
+}
+
+impl RecordSort {
+    /// The value of this sort's column in `record`: what a cursor after it holds.
+    pub fn key_of(self, record: &UsageRecord) -> SortKey {
+        match self {
+            RecordSort::CreatedAt => SortKey::Time(record.created_at),
+            RecordSort::PeriodEnd => SortKey::Time(record.period_end),
+            RecordSort::CurrentUsage => SortKey::Int(record.current_usage),
+            RecordSort::TenantId => SortKey::Text(record.tenant_id.as_str().to_owned()),
+            RecordSort::MetricCode => SortKey::Text(record.metric_code.as_str().to_owned()),
+        }
+    }
+}
+
+/// The value of the sort column of the last row shown. Values of one kind order as the
+/// stores order them: text by its bytes (`COLLATE "C"`, SQLite's `BINARY`), whatever the
+/// database's collation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SortKey {
+    /// For `created_at` and `period_end`.
+    Time(Timestamp),
+    /// For `current_usage`.
+    Int(i64),
+    /// For `tenant_id` and `metric_code`.
+    Text(String),
+}
+
+/// Where a page of the admin records list continues: strictly after `(key, id)` in the
+/// list's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordCursor {
+    /// The sort column's value in the last row shown (its kind matches the sort).
+    pub key: SortKey,
+    /// The id of the last row shown.
+    pub id: Uuid,
+}
+
+/// The admin UI's list of usage records across every tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordListQuery {
+    /// Only this metric, when given.
+    pub metric_code: Option<MetricCode>,
+    /// Only records whose `period_end` is in this window.
+    pub period_end: TimeRange,
+    /// Only records whose `created_at` is in this window.
+    pub created_at: TimeRange,
+    /// Only records matching this search, when given.
+    pub search: Option<AdminSearch>,
+    /// The sort column.
+    pub sort: RecordSort,
+    /// Largest first when true.
+    pub descending: bool,
+    /// Continue after this row.
+    pub after: Option<RecordCursor>,
+    /// At most this many rows (the caller bounds it by `PAGE_LEN_MAX` + 1).
+    pub limit: u32,
+}
+
+/// The admin UI's list of usage events across every tenant, newest first by
+/// `(created_at, id)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventListQuery {
+    /// Only this metric, when given.
+    pub metric_code: Option<MetricCode>,
+    /// Only events whose `created_at` is in this window.
+    pub created_at: TimeRange,
+    /// Only events matching this search, when given.
+    pub search: Option<AdminSearch>,
+    /// Continue strictly after (older than) this `(created_at, id)`.
+    pub after: Option<(Timestamp, Uuid)>,
+    /// At most this many rows (the caller bounds it by `PAGE_LEN_MAX` + 1).
+    pub limit: u32,
+}
+
+/// A signed-in admin UI session. The browser holds the token; the store holds its SHA-256
+/// hash only, so a leaked table cannot be replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSession {
+    /// Lowercase hex SHA-256 of the session token.
+    pub token_hash: String,
+    /// The token every form that posts must carry (double-submit is not enough: it is
+    /// checked against this stored value).
+    pub csrf_token: String,
+    /// Who signed in: `password`, or `key:<key id>`.
+    pub principal: String,
+    /// When the session began.
+    pub created_at: Timestamp,
+    /// When the session stops working, whatever happens.
+    pub expires_at: Timestamp,
 }

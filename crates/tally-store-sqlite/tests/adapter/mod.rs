@@ -61,7 +61,7 @@ async fn migrating_twice_changes_nothing() {
     assert_eq!(reports.len(), 1);
     let report = &reports[0];
     assert_eq!((report.schema.as_str(), report.tenant_id.as_ref()), ("main", None));
-    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 3, None));
+    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 4, None));
     assert_eq!(schema_sql(&store).await, schema_before);
     let tracked: Vec<(String, i64, String)> =
         sqlx::query_as("SELECT set_name, version, name FROM tally_schema_migrations ORDER BY version")
@@ -73,10 +73,11 @@ async fn migrating_twice_changes_nothing() {
         [
             ("main".to_owned(), 1, "create_tables".to_owned()),
             ("main".to_owned(), 2, "event_listing_index".to_owned()),
-            ("main".to_owned(), 3, "config_version".to_owned())
+            ("main".to_owned(), 3, "config_version".to_owned()),
+            ("main".to_owned(), 4, "admin_ui".to_owned())
         ]
     );
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
 }
 
 #[tokio::test]
@@ -84,19 +85,24 @@ async fn a_database_at_version_one_is_brought_to_the_latest_version() {
     let store = SqliteStore::open_temp_file().await.unwrap();
     sqlx::query("DROP INDEX quota_usage_event_tenant_ts_idx").execute(store.pool()).await.unwrap();
     sqlx::query("DROP TABLE tally_config_version").execute(store.pool()).await.unwrap();
+    sqlx::query("DROP INDEX quota_usage_event_created_idx").execute(store.pool()).await.unwrap();
+    sqlx::query("DROP INDEX quota_usage_record_created_idx").execute(store.pool()).await.unwrap();
+    sqlx::query("DROP TABLE tally_admin_session").execute(store.pool()).await.unwrap();
     sqlx::query("DELETE FROM tally_schema_migrations WHERE version >= 2")
         .execute(store.pool())
         .await
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap().remove(0);
-    assert_eq!((report.applied, report.version), (2, 3));
+    assert_eq!((report.applied, report.version), (3, 4));
     let n = scalar_i64(
         &store,
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'quota_usage_event_tenant_ts_idx'",
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN \
+         ('quota_usage_event_tenant_ts_idx', 'quota_usage_event_created_idx', 'quota_usage_record_created_idx', \
+          'tally_admin_session_expires_idx')",
     )
     .await;
-    assert_eq!(n, 1);
+    assert_eq!(n, 4);
     assert_eq!(store.config_version().await.unwrap(), 0, "the version starts at zero");
 }
 
@@ -135,8 +141,8 @@ async fn two_stores_opening_one_new_file_at_once_both_migrate_it() {
     let url = path.url();
     let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (3, 3));
-    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 3);
+    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (4, 4));
+    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 4);
     // And migrating both again at once applies nothing.
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     assert_eq!((ra.unwrap()[0].applied, rb.unwrap()[0].applied), (0, 0));
@@ -180,10 +186,13 @@ async fn the_named_indexes_and_unique_constraints_exist() {
     assert_eq!(
         indexes,
         [
+            named("quota_usage_event_created_idx", "quota_usage_event"),
             named("quota_usage_event_tenant_metric_idx", "quota_usage_event"),
             named("quota_usage_event_tenant_ts_idx", "quota_usage_event"),
+            named("quota_usage_record_created_idx", "quota_usage_record"),
             named("quota_usage_record_tenant_metric_idx", "quota_usage_record"),
             named("quota_usage_record_tenant_period_idx", "quota_usage_record"),
+            named("tally_admin_session_expires_idx", "tally_admin_session"),
             named("tally_audit_tenant_idx", "tally_audit"),
         ]
     );
@@ -191,6 +200,11 @@ async fn the_named_indexes_and_unique_constraints_exist() {
         index_columns(&store, "quota_usage_event_tenant_ts_idx").await,
         [("tenant_id".to_owned(), 0), ("timestamp".to_owned(), 1), ("id".to_owned(), 1)],
         "(tenant_id, timestamp DESC, id DESC)"
+    );
+    assert_eq!(
+        index_columns(&store, "quota_usage_event_created_idx").await,
+        [("created_at".to_owned(), 1), ("id".to_owned(), 1)],
+        "(created_at DESC, id DESC)"
     );
     // The named unique constraints, and the unique indexes SQLite keeps for them.
     for (table, constraint, columns) in [

@@ -19,7 +19,7 @@ use tally_store::{PutOutcome, SchemaReport, Store};
 use uuid::Uuid;
 
 use crate::output::{self, print_json, to_json, used_of};
-use crate::{Backend, Cli, Command, Global, KeysCmd, PlansCmd, TenantsCmd, open_backend};
+use crate::{AdminCmd, Backend, Cli, Command, Global, KeysCmd, PlansCmd, TenantsCmd, open_backend};
 use tally_http::dto;
 
 /// Runs one command and returns the process's exit code.
@@ -244,6 +244,14 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
                 }
             }
         }
+        Command::Admin(AdminCmd::SetPassword) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+            let password = line.strip_suffix('\n').unwrap_or(&line);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            tally.set_admin_password(password).await?;
+            println!("admin password set");
+        }
         Command::Keys(KeysCmd::Revoke { id }) => {
             let id = Uuid::try_parse(&id).map_err(|_| anyhow::anyhow!("key id: {id:?} is not a UUID"))?;
             tally.revoke_key(id, None).await?;
@@ -390,6 +398,7 @@ fn print_effective_config(global: &Global, server: &crate::ServerArgs, no_migrat
     println!("admin_key = {}", secret(&server.admin_key));
     println!("metrics_token = {}", secret(&server.metrics_token));
     println!("log_format = {:?}", server.log_format);
+    println!("cookie_secure = {}", server.cookie_secure);
     println!("no_migrate = {no_migrate}");
 }
 
@@ -464,6 +473,7 @@ async fn serve_with<S: Store>(
     let opts = crate::serve::ServeOptions {
         admin_key: server.admin_key.clone(),
         metrics_token: server.metrics_token.clone(),
+        cookie_secure: server.cookie_secure,
         config,
         store_name,
         schema_version,

@@ -24,6 +24,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "metrics_token",
     "no_migrate",
     "writers",
+    "cookie_secure",
 ];
 
 /// Finds `--config FILE` or `--config=FILE` in the raw arguments.

@@ -83,6 +83,9 @@ pub struct ServerArgs {
     /// anyway; 2 on PostgreSQL). Fewer writers make bigger batches.
     #[arg(long, env = "TALLY_WRITERS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub writers: Option<u16>,
+    /// Mark the admin UI's cookies `Secure` (set it when the UI is reached over HTTPS).
+    #[arg(long, env = "TALLY_COOKIE_SECURE")]
+    pub cookie_secure: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +182,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The admin UI.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Load-test a running server over HTTP, then check no HARD limit was overshot and
     /// accepted == recorded (exit 1 if not).
     Bench(bench::BenchArgs),
@@ -218,6 +224,12 @@ pub enum TenantsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Set the admin UI password, read from stdin (its first line); stored as an argon2 hash.
+    SetPassword,
 }
 
 #[derive(Subcommand, Debug)]

@@ -19,6 +19,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct ServeOptions {
     pub admin_key: Option<String>,
     pub metrics_token: Option<String>,
+    /// Admin UI cookies carry `Secure`.
+    pub cookie_secure: bool,
     pub config: ServiceConfig,
     pub store_name: String,
     pub schema_version: i64,
@@ -97,7 +99,8 @@ pub async fn run_server<S: Store>(store: S, listener: TcpListener, opts: ServeOp
         .with_group_commit(opts.writers);
     let state = AppState::new(tally)
         .with_admin_key(opts.admin_key.as_deref())
-        .with_metrics_token(opts.metrics_token.as_deref());
+        .with_metrics_token(opts.metrics_token.as_deref())
+        .with_cookie_secure(opts.cookie_secure);
     let addr = listener.local_addr().context("reading the bound address")?;
     let signal = shutdown_signal()?;
     tracing::info!(address = %addr, store = %opts.store_name, schema_version = opts.schema_version, "tally listening on http://{addr}");

@@ -40,3 +40,27 @@ const _: () = assert!(TENANT_SCHEMA_NAME_LEN <= 63);
 pub const APPLY_RETRY_MAX: u32 = 8;
 /// Steps a period search may take before it gives up (it needs at most two).
 pub const PERIOD_SEARCH_STEPS_MAX: u32 = 4;
+/// Rows on one page of the admin UI's lists.
+pub const ADMIN_PAGE_LEN: u32 = 50;
+/// Tenants one admin UI search may match; a term that matches more shows the first ones and
+/// says so.
+pub const ADMIN_SEARCH_TENANTS_MAX: u32 = 200;
+/// Length of an admin UI search term, in bytes.
+pub const ADMIN_SEARCH_BYTES_MAX: usize = 64;
+/// Periods shown in a tenant page's usage chart.
+pub const ADMIN_CHART_PERIODS: usize = 12;
+/// How long an admin UI session lasts after sign-in, in seconds (8 hours).
+pub const ADMIN_SESSION_SECONDS: i64 = 8 * 3600;
+/// Shortest admin UI password, in characters.
+pub const ADMIN_PASSWORD_CHARS_MIN: usize = 12;
+/// Longest admin UI password (or key) accepted by the sign-in form, in bytes.
+pub const ADMIN_PASSWORD_BYTES_MAX: usize = 1024;
+/// The delay before answering the first failed sign-in of a client, in milliseconds; each
+/// further failure doubles it.
+pub const LOGIN_DELAY_BASE_MS: u64 = 250;
+/// The longest delay before answering a sign-in, in milliseconds.
+pub const LOGIN_DELAY_MAX_MS: u64 = 8_000;
+/// A client's failed sign-ins are forgotten this long after its last one, in seconds.
+pub const LOGIN_FAILURE_WINDOW_SECONDS: u64 = 15 * 60;
+/// Clients whose failed sign-ins are remembered at once; the oldest is forgotten first.
+pub const LOGIN_THROTTLE_CLIENTS_MAX: usize = 10_000;

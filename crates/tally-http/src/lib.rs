@@ -3,6 +3,7 @@
 //! reference page, Prometheus metrics, request ids and timeouts.
 
 pub mod admin_routes;
+pub mod admin_ui;
 pub mod auth;
 pub mod docs_page;
 pub mod dto;
@@ -32,5 +33,6 @@ pub async fn serve<S: Store>(
     state: AppState<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

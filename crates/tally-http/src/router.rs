@@ -81,7 +81,8 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
     for (path, handler) in by_path {
         app = app.route(path, handler);
     }
-    app.fallback(not_found)
+    app.merge(crate::admin_ui::routes::<S>())
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .layer(middleware::from_fn(timeout))

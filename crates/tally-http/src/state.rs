@@ -2,6 +2,7 @@
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tally_service::Tally;
+use tally_service::admin_ui::LoginThrottle;
 use tally_service::keys::hash_key;
 use tally_store::Store;
 
@@ -19,6 +20,10 @@ pub struct AppState<S: Store> {
     pub metrics_token_hash: Option<String>,
     /// `last_used_at` bookkeeping.
     pub touches: KeyTouches,
+    /// Admin UI cookies carry `Secure` (`--cookie-secure`: the UI is served over HTTPS).
+    pub cookie_secure: bool,
+    /// The growing delay after failed admin UI sign-ins.
+    pub login_throttle: LoginThrottle,
 }
 
 impl<S: Store> Clone for AppState<S> {
@@ -29,6 +34,8 @@ impl<S: Store> Clone for AppState<S> {
             metrics: self.metrics.clone(),
             metrics_token_hash: self.metrics_token_hash.clone(),
             touches: self.touches.clone(),
+            cookie_secure: self.cookie_secure,
+            login_throttle: self.login_throttle.clone(),
         }
     }
 }
@@ -42,12 +49,20 @@ impl<S: Store> AppState<S> {
             metrics: crate::metrics::handle(),
             metrics_token_hash: None,
             touches: KeyTouches::default(),
+            cookie_secure: false,
+            login_throttle: LoginThrottle::default(),
         }
     }
 
     /// Accepts `key` as the admin key (kept only as its hash).
     pub fn with_admin_key(mut self, key: Option<&str>) -> AppState<S> {
         self.admin_key_hash = key.filter(|k| !k.is_empty()).map(hash_key);
+        self
+    }
+
+    /// Marks the admin UI's cookies `Secure`.
+    pub fn with_cookie_secure(mut self, secure: bool) -> AppState<S> {
+        self.cookie_secure = secure;
         self
     }
 

@@ -14,7 +14,7 @@ pub const KEY_PREFIX: &str = "tly_";
 pub const KEY_SECRET_BYTES: usize = 32;
 
 /// Lowercase hex of `bytes`, without an allocation per byte (this runs on every request).
-fn to_hex(bytes: &[u8], out: &mut String) {
+pub(crate) fn to_hex(bytes: &[u8], out: &mut String) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admin_ui;
 pub mod cache;
 pub mod clock;
 pub mod error;

@@ -494,6 +494,15 @@ impl TestApp {
         }
     }
 
+    /// Sets the admin UI password through the service (as `tally admin set-password` does).
+    pub async fn set_admin_password(&self, password: &str) {
+        match &self.service {
+            Service::Sqlite(t) => t.set_admin_password(password).await,
+            Service::Postgres(t) => t.set_admin_password(password).await,
+        }
+        .expect("set the admin password")
+    }
+
     /// Revokes a key through the service.
     pub async fn revoke_key(&self, id: Uuid) {
         match &self.service {
@@ -514,4 +523,176 @@ pub fn distinct_ids(items: &[Value], member: &str) -> Vec<String> {
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "duplicate {member}s");
     ids
+}
+
+// ---------------------------------------------------------------------------------------
+// Exact requests and the stores behind the server (bad_input.rs, isolation.rs)
+
+impl TestApp {
+    /// A request sent exactly as given on a fresh HTTP/1.1 connection: any method, the path
+    /// neither normalized nor re-encoded (reqwest resolves `..` and `%2e%2e` segments before
+    /// sending), the headers as listed and the body bytes as they are.
+    pub async fn call_exact(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        use http_body_util::BodyExt;
+
+        let what = format!("{method} {}", if path.len() > 200 { &path[..200] } else { path });
+        let authority = self.base_url.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: handshake: {e}"));
+        tokio::spawn(async move {
+            // The server may close the connection after answering early (413); that is fine.
+            conn.await.ok();
+        });
+        let method = hyper::Method::from_bytes(method.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut req = hyper::Request::builder().method(method).uri(path).header("host", authority.as_str());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap_or_else(|e| panic!("{what}: building the request: {e}"));
+        let resp = sender.send_request(req).await.unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}"))
+            .to_bytes();
+        Reply { what, status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    /// A request with `Expect: 100-continue`, on a raw connection: the body is sent only if
+    /// the server asks for it, that is, once a handler starts reading it. A server that
+    /// answers before reading (401, 403) is seen answering, not as a broken connection.
+    /// Returns the answer and whether the server asked for the body.
+    pub async fn call_expect_continue(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (Reply, bool) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+        let what = format!("{method} {path}");
+        let authority = self.base_url.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\
+             expect: 100-continue\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        write.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("{what}: writing the head: {e}"));
+        let mut body_sent = false;
+        for _answer in 0..2 {
+            let mut status_line = String::new();
+            read.read_line(&mut status_line)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: reading the status: {e}"));
+            let status: u16 = status_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: bad status line {status_line:?}"));
+            let mut headers = HeaderMap::new();
+            loop {
+                let mut line = String::new();
+                read.read_line(&mut line).await.unwrap_or_else(|e| panic!("{what}: reading a header: {e}"));
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && let (Ok(k), Ok(v)) = (
+                        reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()),
+                        reqwest::header::HeaderValue::from_str(v.trim()),
+                    )
+                {
+                    headers.append(k, v);
+                }
+            }
+            if status == 100 {
+                write.write_all(body).await.unwrap_or_else(|e| panic!("{what}: writing the body: {e}"));
+                body_sent = true;
+                continue;
+            }
+            let len: Option<usize> =
+                headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            let mut bytes = Vec::new();
+            match len {
+                Some(n) => {
+                    bytes.resize(n, 0);
+                    read.read_exact(&mut bytes)
+                        .await
+                        .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
+                }
+                None => {
+                    read.read_to_end(&mut bytes)
+                        .await
+                        .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            return (Reply { what, status, headers, text }, body_sent);
+        }
+        panic!("{what}: no final answer after 100 Continue");
+    }
+
+    /// A server over PostgreSQL in schema tenancy (one schema per tenant), on the system clock.
+    pub async fn spawn_pg_schema_tenancy() -> TestApp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let base_url = format!("http://{}", listener.local_addr().expect("a bound listener has an address"));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let stop = async move {
+            stopped.await.ok();
+        };
+        let store = PgStore::open_test(Tenancy::Schema).await;
+        let tally = Tally::with_clock(store, Arc::new(SystemClock), ServiceConfig::default()).with_caches();
+        let state = AppState::new(tally.clone()).with_admin_key(Some(ADMIN_KEY));
+        tokio::spawn(tally_http::serve(listener, state, stop));
+        TestApp {
+            base_url,
+            client: reqwest::Client::new(),
+            admin_key: ADMIN_KEY.to_owned(),
+            clock: None,
+            service: Service::Postgres(tally),
+            _shutdown: shutdown,
+        }
+    }
+
+    /// The SQLite store behind the server, when it runs on SQLite.
+    pub fn sqlite_store(&self) -> Option<&SqliteStore> {
+        match &self.service {
+            Service::Sqlite(t) => Some(t.store()),
+            Service::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL store behind the server, when it runs on PostgreSQL.
+    pub fn pg_store(&self) -> Option<&PgStore> {
+        match &self.service {
+            Service::Sqlite(_) => None,
+            Service::Postgres(t) => Some(t.store()),
+        }
+    }
 }

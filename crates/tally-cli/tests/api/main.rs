@@ -5,11 +5,14 @@
 mod helpers;
 
 mod admin;
+mod admin_ui;
 mod auth;
+mod bad_input;
 mod batch;
 mod concurrency;
 mod errors;
 mod idempotency;
+mod isolation;
 mod ops;
 mod reads;
 mod usage;

@@ -181,6 +181,16 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for Metadata {
     }
 }
 
+/// Whether a JSON value holds a NUL character in any string or member name, at any depth.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 impl Metadata {
     /// Checks that `value` is an object within the size limit.
     pub fn new(value: serde_json::Value) -> Result<Metadata, DomainError> {
@@ -191,8 +201,12 @@ impl Metadata {
         }
     }
 
-    /// Checks the size of an object and wraps it.
+    /// Checks the size of an object and wraps it. A NUL character is refused anywhere in it
+    /// (PostgreSQL's jsonb cannot hold one, and both stores must take the same input).
     pub fn from_map(map: serde_json::Map<String, serde_json::Value>) -> Result<Metadata, DomainError> {
+        if map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
+            return Err(DomainError::invalid("metadata", "must not contain the NUL character (\\u0000)"));
+        }
         let metadata = Metadata(map);
         let metadata_bytes = metadata.to_json_string().len();
         if metadata_bytes > EVENT_METADATA_BYTES_MAX {
@@ -229,6 +243,21 @@ impl Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_with_a_nul_anywhere_is_refused() {
+        for bad in [
+            serde_json::json!({"k": "a\u{0}b"}),
+            serde_json::json!({"k\u{0}": 1}),
+            serde_json::json!({"k": [{"deep": ["\u{0}"]}]}),
+        ] {
+            assert!(Metadata::new(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(
+            Metadata::new(serde_json::json!({"k": "a\\u0000b"})).is_ok(),
+            "an escaped backslash is not a NUL"
+        );
+    }
 
     #[test]
     fn tenant_id_accepts_the_documented_pattern_and_refuses_the_rest() {

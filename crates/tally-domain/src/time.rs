@@ -30,13 +30,36 @@ pub fn to_micros(t: Timestamp) -> i64 {
 }
 
 /// The instant `micros` microseconds after the Unix epoch.
+///
+/// Only instants in years 1 to 9999 are taken: both databases hold those, and nothing Tally
+/// stores lies outside them, so a cursor or value beyond them is refused here rather than by
+/// the database.
 pub fn from_micros(micros: i64) -> Result<Timestamp, DomainError> {
+    if !(TIMESTAMP_MICROS_MIN..=TIMESTAMP_MICROS_MAX).contains(&micros) {
+        return Err(DomainError::PeriodOutOfRange);
+    }
     DateTime::from_timestamp_micros(micros).ok_or(DomainError::PeriodOutOfRange)
 }
+
+/// 0001-01-01T00:00:00Z in microseconds since the Unix epoch.
+pub const TIMESTAMP_MICROS_MIN: i64 = -62_135_596_800_000_000;
+/// 9999-12-31T23:59:59.999999Z in microseconds since the Unix epoch.
+pub const TIMESTAMP_MICROS_MAX: i64 = 253_402_300_799_999_999;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micros_outside_years_1_to_9999_are_refused() {
+        assert_eq!(
+            from_micros(TIMESTAMP_MICROS_MIN).map(|t| t.to_rfc3339()),
+            Ok("0001-01-01T00:00:00+00:00".to_owned())
+        );
+        assert_eq!(from_micros(TIMESTAMP_MICROS_MAX).map(|t| t.timestamp()), Ok(253_402_300_799));
+        assert!(from_micros(TIMESTAMP_MICROS_MIN - 1).is_err());
+        assert!(from_micros(TIMESTAMP_MICROS_MAX + 1).is_err());
+    }
 
     #[test]
     fn offsets_are_converted_and_a_missing_offset_is_refused() {

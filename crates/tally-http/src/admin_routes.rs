@@ -8,7 +8,7 @@ use tally_domain::limits::PAGE_LEN_DEFAULT;
 use tally_domain::{MetricCode, Name, PlanCode, TenantId};
 use tally_store::Store;
 
-use crate::auth::Principal;
+use crate::auth::Admin;
 use crate::dto::{
     AuditEntryResponse, AuditQuery, AuditResponse, LimitResponse, NoQuery, OverrideBody, PageQuery, PlanBody,
     PlanResponse, PlansResponse, SubscriptionBody, SubscriptionResponse, TenantBody, TenantResponse,
@@ -35,11 +35,10 @@ fn tenant_param(p: &Params) -> Result<TenantId, ApiError> {
 /// `PUT /v1/plans/{plan_code}`
 pub async fn put_plan<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    Admin(key_id): Admin,
     params: Params,
     StrictJson(body): StrictJson<PlanBody>,
 ) -> Result<Response, ApiError> {
-    let key_id = auth.require_admin()?;
     let code = plan_param(&params)?;
     let spec = body.to_spec()?;
     let out = state.tally.put_plan(&code, &spec, key_id).await?;
@@ -50,10 +49,9 @@ pub async fn put_plan<S: Store>(
 /// `GET /v1/plans`
 pub async fn list_plans<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _admin: Admin,
     StrictQuery(_): StrictQuery<NoQuery>,
 ) -> Result<Json<PlansResponse>, ApiError> {
-    auth.require_admin()?;
     let plans = state.tally.list_plans().await?;
     Ok(Json(PlansResponse { plans: plans.iter().map(PlanResponse::from).collect() }))
 }
@@ -61,10 +59,9 @@ pub async fn list_plans<S: Store>(
 /// `GET /v1/plans/{plan_code}`
 pub async fn get_plan<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _admin: Admin,
     params: Params,
 ) -> Result<Json<PlanResponse>, ApiError> {
-    auth.require_admin()?;
     let plan = state.tally.get_plan(&plan_param(&params)?).await?;
     Ok(Json(PlanResponse::from(&plan)))
 }
@@ -72,10 +69,9 @@ pub async fn get_plan<S: Store>(
 /// `DELETE /v1/plans/{plan_code}`
 pub async fn delete_plan<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    Admin(key_id): Admin,
     params: Params,
 ) -> Result<StatusCode, ApiError> {
-    let key_id = auth.require_admin()?;
     state.tally.delete_plan(&plan_param(&params)?, key_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -83,11 +79,10 @@ pub async fn delete_plan<S: Store>(
 /// `PUT /v1/tenants/{tenant_id}`
 pub async fn put_tenant<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _admin: Admin,
     params: Params,
     StrictJson(body): StrictJson<TenantBody>,
 ) -> Result<Response, ApiError> {
-    auth.require_admin()?;
     let tenant = tenant_param(&params)?;
     let name = match &body.name {
         Some(n) => Name::parse(n)?,
@@ -106,10 +101,9 @@ pub async fn put_tenant<S: Store>(
 /// `GET /v1/tenants`
 pub async fn list_tenants<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _admin: Admin,
     StrictQuery(q): StrictQuery<PageQuery>,
 ) -> Result<Json<TenantsResponse>, ApiError> {
-    auth.require_admin()?;
     let limit = parse_limit(q.limit.as_deref(), PAGE_LEN_DEFAULT)?;
     let page = state.tally.list_tenants(limit, q.cursor.as_deref()).await?;
     Ok(Json(TenantsResponse {
@@ -121,10 +115,9 @@ pub async fn list_tenants<S: Store>(
 /// `GET /v1/tenants/{tenant_id}`
 pub async fn get_tenant<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _admin: Admin,
     params: Params,
 ) -> Result<Json<TenantResponse>, ApiError> {
-    auth.require_admin()?;
     let view = state.tally.get_tenant(&tenant_param(&params)?).await?;
     Ok(Json(TenantResponse::from(&view)))
 }
@@ -132,11 +125,10 @@ pub async fn get_tenant<S: Store>(
 /// `PUT /v1/tenants/{tenant_id}/subscription`
 pub async fn put_subscription<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    Admin(key_id): Admin,
     params: Params,
     StrictJson(body): StrictJson<SubscriptionBody>,
 ) -> Result<Json<SubscriptionResponse>, ApiError> {
-    let key_id = auth.require_admin()?;
     let tenant = tenant_param(&params)?;
     let plan = PlanCode::parse(&body.plan_code)?;
     let anchor = parse_instant("anchor", body.anchor.as_deref())?;
@@ -147,10 +139,9 @@ pub async fn put_subscription<S: Store>(
 /// `DELETE /v1/tenants/{tenant_id}/subscription`
 pub async fn delete_subscription<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    Admin(key_id): Admin,
     params: Params,
 ) -> Result<StatusCode, ApiError> {
-    let key_id = auth.require_admin()?;
     state.tally.unsubscribe(&tenant_param(&params)?, key_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -158,11 +149,10 @@ pub async fn delete_subscription<S: Store>(
 /// `PUT /v1/tenants/{tenant_id}/overrides/{metric_code}`
 pub async fn put_override<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    Admin(key_id): Admin,
     params: Params,
     StrictJson(body): StrictJson<OverrideBody>,
 ) -> Result<Json<LimitResponse>, ApiError> {
-    let key_id = auth.require_admin()?;
     let tenant = tenant_param(&params)?;
     let metric = MetricCode::parse(params.get("metric_code"))?;
     let limit = body.to_limit(&metric)?;
@@ -173,10 +163,9 @@ pub async fn put_override<S: Store>(
 /// `DELETE /v1/tenants/{tenant_id}/overrides/{metric_code}`
 pub async fn delete_override<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    Admin(key_id): Admin,
     params: Params,
 ) -> Result<StatusCode, ApiError> {
-    let key_id = auth.require_admin()?;
     let tenant = tenant_param(&params)?;
     let metric = MetricCode::parse(params.get("metric_code"))?;
     state.tally.delete_override(&tenant, &metric, key_id).await?;
@@ -186,10 +175,9 @@ pub async fn delete_override<S: Store>(
 /// `GET /v1/audit`
 pub async fn audit<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _admin: Admin,
     StrictQuery(q): StrictQuery<AuditQuery>,
 ) -> Result<Json<AuditResponse>, ApiError> {
-    auth.require_admin()?;
     let tenant = q.tenant_id.as_deref().map(TenantId::parse).transpose()?;
     let limit = parse_limit(q.limit.as_deref(), PAGE_LEN_DEFAULT)?;
     let page = state.tally.audit_log(tenant.as_ref(), limit, q.cursor.as_deref()).await?;

@@ -124,3 +124,32 @@ impl<S: Store> FromRequestParts<AppState<S>> for Principal {
         })
     }
 }
+
+/// An admin caller, checked before anything else of the request is read: a tenant key gets
+/// 403 whatever its body or query holds. Holds the key to name in the audit log (`None` for
+/// the configured admin key).
+pub struct Admin(pub Option<Uuid>);
+
+impl<S: Store> FromRequestParts<AppState<S>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<S>) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require_admin().map(Admin)
+    }
+}
+
+/// A caller allowed on the route's `{tenant_id}`: an admin, or that tenant's own key. Checked
+/// before the body or query is read, so another tenant's key gets 403 whatever it sent.
+pub struct TenantAccess(pub Principal);
+
+impl<S: Store> FromRequestParts<AppState<S>> for TenantAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<S>) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let params = crate::extract::Params::from_request_parts(parts, state).await?;
+        principal.require_tenant(params.get("tenant_id"))?;
+        Ok(TenantAccess(principal))
+    }
+}

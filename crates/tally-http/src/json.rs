@@ -28,8 +28,30 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-/// Deserializes `T` from a value, naming the member at fault.
+/// Body members whose items are objects (a plan's `limits`; a batch's `events` are read item
+/// by item). serde would also read a struct from an array of its fields in order
+/// (`["api_calls", 1]`), a form the contract does not have; these items and every body itself
+/// must be objects.
+pub const OBJECT_LIST_MEMBERS: [&str; 1] = ["limits"];
+
+fn require_objects(value: &Value) -> Result<(), ApiError> {
+    let Value::Object(members) = value else {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    };
+    for name in OBJECT_LIST_MEMBERS {
+        if let Some(Value::Array(items)) = members.get(name)
+            && let Some(idx) = items.iter().position(|item| !item.is_object())
+        {
+            return Err(ApiError::invalid(format!("{name}[{idx}]: must be a JSON object")));
+        }
+    }
+    Ok(())
+}
+
+/// Deserializes `T` (a body's wire type) from a value that must be an object, naming the
+/// member at fault.
 pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    require_objects(&value)?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();

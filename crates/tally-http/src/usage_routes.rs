@@ -11,7 +11,7 @@ use tally_service::ServiceError;
 use tally_service::usage::EventFilter;
 use tally_store::Store;
 
-use crate::auth::Principal;
+use crate::auth::{Admin, TenantAccess};
 use crate::dto::{
     CheckBody, CheckResponse, EventResponse, EventsQuery, EventsResponse, HistoryQuery, HistoryResponse,
     RecordResponse, TenantUsageResponse, UsageBody, UsageResponse, parse_instant, parse_limit,
@@ -55,11 +55,10 @@ fn store_latency(op: &'static str, started: Instant) {
 /// `POST /v1/tenants/{tenant_id}/usage`
 pub async fn record<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _access: TenantAccess,
     params: Params,
     StrictJson(body): StrictJson<UsageBody>,
 ) -> Result<Json<UsageResponse>, ApiError> {
-    auth.require_tenant(params.get("tenant_id"))?;
     let tenant = tenant_param(&params)?;
     let req = body.to_request(&tenant)?;
     let started = Instant::now();
@@ -73,11 +72,10 @@ pub async fn record<S: Store>(
 /// `POST /v1/tenants/{tenant_id}/usage/batch`
 pub async fn record_batch<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _access: TenantAccess,
     params: Params,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    auth.require_tenant(params.get("tenant_id"))?;
     let tenant = tenant_param(&params)?;
     require_json_content_type(req.headers())?;
     let bytes = body_bytes(req, &state).await?;
@@ -141,11 +139,10 @@ pub async fn record_batch<S: Store>(
 /// `POST /v1/tenants/{tenant_id}/usage/check`
 pub async fn check<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _access: TenantAccess,
     params: Params,
     StrictJson(body): StrictJson<CheckBody>,
 ) -> Result<Json<CheckResponse>, ApiError> {
-    auth.require_tenant(params.get("tenant_id"))?;
     let tenant = tenant_param(&params)?;
     let metric = MetricCode::parse(&body.metric_code)?;
     let amount = Amount::new(body.amount)?;
@@ -156,11 +153,10 @@ pub async fn check<S: Store>(
 /// `GET /v1/tenants/{tenant_id}/usage`
 pub async fn usage<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _access: TenantAccess,
     params: Params,
     StrictQuery(_): StrictQuery<crate::dto::NoQuery>,
 ) -> Result<Json<TenantUsageResponse>, ApiError> {
-    auth.require_tenant(params.get("tenant_id"))?;
     let tenant = tenant_param(&params)?;
     let u = state.tally.usage(&tenant).await?;
     Ok(Json(TenantUsageResponse::from(&u)))
@@ -169,11 +165,10 @@ pub async fn usage<S: Store>(
 /// `GET /v1/tenants/{tenant_id}/usage/{metric_code}/history`
 pub async fn history<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _access: TenantAccess,
     params: Params,
     StrictQuery(q): StrictQuery<HistoryQuery>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
-    auth.require_tenant(params.get("tenant_id"))?;
     let tenant = tenant_param(&params)?;
     let metric = metric_param(&params)?;
     let from = parse_instant("from", q.from.as_deref())?;
@@ -186,11 +181,10 @@ pub async fn history<S: Store>(
 /// `GET /v1/tenants/{tenant_id}/events`
 pub async fn events<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    _access: TenantAccess,
     params: Params,
     StrictQuery(q): StrictQuery<EventsQuery>,
 ) -> Result<Json<EventsResponse>, ApiError> {
-    auth.require_tenant(params.get("tenant_id"))?;
     let tenant = tenant_param(&params)?;
     let filter = EventFilter {
         metric_code: q.metric_code.as_deref().map(MetricCode::parse).transpose()?,
@@ -209,10 +203,9 @@ pub async fn events<S: Store>(
 /// `POST /v1/tenants/{tenant_id}/usage/{metric_code}/reset`
 pub async fn reset<S: Store>(
     State(state): State<AppState<S>>,
-    auth: Principal,
+    Admin(key_id): Admin,
     params: Params,
 ) -> Result<Json<RecordResponse>, ApiError> {
-    let key_id = auth.require_admin()?;
     let tenant = tenant_param(&params)?;
     let metric = metric_param(&params)?;
     let record = state.tally.reset(&tenant, &metric, key_id).await?;

@@ -13,10 +13,20 @@ pub fn truncate(t: DateTime<Utc>) -> Timestamp {
 }
 
 /// Parses RFC 3339 with any offset (which is required), truncated to microseconds, in UTC.
+/// The instant must lie in years 1 to 9999 in UTC (see `from_micros`): an offset can push
+/// `9999-12-31T23:59:59-01:00` past it, and such an instant could be stored but not read back.
 pub fn parse_rfc3339(raw: &str) -> Result<Timestamp, DomainError> {
-    DateTime::parse_from_rfc3339(raw).map(|t| truncate(t.with_timezone(&Utc))).map_err(|_| {
-        DomainError::invalid("timestamp", format!("must be RFC 3339 with an offset, got {raw:?}"))
-    })
+    let bad = || {
+        DomainError::invalid(
+            "timestamp",
+            format!("must be RFC 3339 with an offset, in years 1 to 9999 in UTC, got {raw:?}"),
+        )
+    };
+    let t = DateTime::parse_from_rfc3339(raw).map(|t| truncate(t.with_timezone(&Utc))).map_err(|_| bad())?;
+    if !(TIMESTAMP_MICROS_MIN..=TIMESTAMP_MICROS_MAX).contains(&to_micros(t)) {
+        return Err(bad());
+    }
+    Ok(t)
 }
 
 /// Formats as RFC 3339 in UTC with a `Z` suffix, as every response does.

@@ -1,10 +1,10 @@
 //! The admin pages: tenants, plans, usage records and usage events. GET only, read-only.
 
 use axum::extract::rejection::QueryRejection;
-use futures::StreamExt;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use futures::StreamExt;
 use maud::{Markup, html};
 use tally_domain::limits::ADMIN_PAGE_LEN;
 use tally_domain::{MetricCode, PlanCode, QuotaLimit, TenantId};

@@ -10,7 +10,7 @@ use crate::dto::*;
 /// Declares a documentation-only function for one route, with the shared error responses.
 macro_rules! route_doc {
     ($name:ident, $method:ident, $path:literal, $tag:literal, $summary:literal,
-     params($($param:tt)*), request($($req:tt)*), ok($status:literal, $ok:ty $(, $okdesc:literal)?)) => {
+     params($($param:tt)*), request($($req:tt)*), ok($($ok:tt)*)) => {
         #[utoipa::path(
             $method,
             path = $path,
@@ -19,7 +19,7 @@ macro_rules! route_doc {
             params($($param)*),
             $($req)*
             responses(
-                (status = $status, body = $ok, description = "Success"),
+                $($ok)*,
                 (status = 400, body = Problem, content_type = "application/problem+json", description = "invalid_request"),
                 (status = 401, body = Problem, content_type = "application/problem+json", description = "unauthorized"),
                 (status = 403, body = Problem, content_type = "application/problem+json", description = "forbidden"),
@@ -45,7 +45,7 @@ route_doc!(
     "Record usage",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request(request_body = UsageBody,),
-    ok(200, UsageResponse)
+    ok((status = 200, body = UsageResponse, description = "Success"))
 );
 route_doc!(
     record_batch,
@@ -55,7 +55,7 @@ route_doc!(
     "Record up to 1000 events, each on its own",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request(request_body = BatchBody,),
-    ok(200, BatchResponse)
+    ok((status = 200, body = BatchResponse, description = "Success"))
 );
 route_doc!(
     check,
@@ -65,7 +65,7 @@ route_doc!(
     "Check whether usage would be allowed; changes nothing",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request(request_body = CheckBody,),
-    ok(200, CheckResponse)
+    ok((status = 200, body = CheckResponse, description = "Success"))
 );
 route_doc!(
     usage,
@@ -75,14 +75,14 @@ route_doc!(
     "Current usage of every metric",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request(),
-    ok(200, TenantUsageResponse)
+    ok((status = 200, body = TenantUsageResponse, description = "Success"))
 );
 route_doc!(history, get, "/v1/tenants/{tenant_id}/usage/{metric_code}/history", "usage", "Usage records of one metric, newest first",
     params(("tenant_id" = String, Path, description = "Tenant id"), ("metric_code" = String, Path, description = "Metric"),
            ("from" = Option<String>, Query, description = "Period start at or after (RFC 3339)"),
            ("to" = Option<String>, Query, description = "Period start before (RFC 3339)"),
            ("limit" = Option<u32>, Query, description = "1..=1000, default 1000")),
-    request(), ok(200, HistoryResponse));
+    request(), ok((status = 200, body = HistoryResponse, description = "Success")));
 route_doc!(events, get, "/v1/tenants/{tenant_id}/events", "usage", "Usage events, newest first, keyset-paginated",
     params(("tenant_id" = String, Path, description = "Tenant id"),
            ("metric_code" = Option<String>, Query, description = "Only this metric"),
@@ -90,7 +90,7 @@ route_doc!(events, get, "/v1/tenants/{tenant_id}/events", "usage", "Usage events
            ("to" = Option<String>, Query, description = "Timestamp before (RFC 3339)"),
            ("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    request(), ok(200, EventsResponse));
+    request(), ok((status = 200, body = EventsResponse, description = "Success")));
 route_doc!(
     reset,
     post,
@@ -102,7 +102,7 @@ route_doc!(
         ("metric_code" = String, Path, description = "Metric")
     ),
     request(),
-    ok(200, RecordResponse)
+    ok((status = 200, body = RecordResponse, description = "Success"))
 );
 route_doc!(
     put_plan,
@@ -112,9 +112,21 @@ route_doc!(
     "Create (201) or replace (200) a plan",
     params(("plan_code" = String, Path, description = "Plan code")),
     request(request_body = PlanBody,),
-    ok(200, PlanResponse)
+    ok(
+        (status = 200, body = PlanResponse, description = "Replaced"),
+        (status = 201, body = PlanResponse, description = "Created")
+    )
 );
-route_doc!(list_plans, get, "/v1/plans", "plans", "List plans", params(), request(), ok(200, PlansResponse));
+route_doc!(
+    list_plans,
+    get,
+    "/v1/plans",
+    "plans",
+    "List plans",
+    params(),
+    request(),
+    ok((status = 200, body = PlansResponse, description = "Success"))
+);
 route_doc!(
     get_plan,
     get,
@@ -123,7 +135,7 @@ route_doc!(
     "Get a plan",
     params(("plan_code" = String, Path, description = "Plan code")),
     request(),
-    ok(200, PlanResponse)
+    ok((status = 200, body = PlanResponse, description = "Success"))
 );
 route_doc!(
     delete_plan,
@@ -133,7 +145,7 @@ route_doc!(
     "Delete a plan nobody subscribes to",
     params(("plan_code" = String, Path, description = "Plan code")),
     request(),
-    ok(204, HealthResponse)
+    ok((status = 204, description = "Deleted; no body"))
 );
 route_doc!(
     put_tenant,
@@ -143,12 +155,15 @@ route_doc!(
     "Create (201) or rename (200) a tenant",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request(request_body = TenantBody,),
-    ok(200, TenantResponse)
+    ok(
+        (status = 200, body = TenantResponse, description = "Renamed or unchanged"),
+        (status = 201, body = TenantResponse, description = "Created")
+    )
 );
 route_doc!(list_tenants, get, "/v1/tenants", "tenants", "List tenants by id",
     params(("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    request(), ok(200, TenantsResponse));
+    request(), ok((status = 200, body = TenantsResponse, description = "Success")));
 route_doc!(
     get_tenant,
     get,
@@ -157,7 +172,7 @@ route_doc!(
     "Get a tenant with its subscription and overrides",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request(),
-    ok(200, TenantResponse)
+    ok((status = 200, body = TenantResponse, description = "Success"))
 );
 route_doc!(
     put_subscription,
@@ -167,7 +182,7 @@ route_doc!(
     "Subscribe a tenant or change its plan",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request(request_body = SubscriptionBody,),
-    ok(200, SubscriptionResponse)
+    ok((status = 200, body = SubscriptionResponse, description = "Success"))
 );
 route_doc!(
     delete_subscription,
@@ -177,7 +192,7 @@ route_doc!(
     "End a tenant's subscription",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request(),
-    ok(204, HealthResponse)
+    ok((status = 204, description = "Deleted; no body"))
 );
 route_doc!(
     put_override,
@@ -190,7 +205,7 @@ route_doc!(
         ("metric_code" = String, Path, description = "Metric")
     ),
     request(request_body = OverrideBody,),
-    ok(200, LimitResponse)
+    ok((status = 200, body = LimitResponse, description = "Success"))
 );
 route_doc!(
     delete_override,
@@ -203,13 +218,13 @@ route_doc!(
         ("metric_code" = String, Path, description = "Metric")
     ),
     request(),
-    ok(204, HealthResponse)
+    ok((status = 204, description = "Deleted; no body"))
 );
 route_doc!(audit, get, "/v1/audit", "audit", "The admin audit log, newest first",
     params(("tenant_id" = Option<String>, Query, description = "Only this tenant"),
            ("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    request(), ok(200, AuditResponse));
+    request(), ok((status = 200, body = AuditResponse, description = "Success")));
 
 /// `GET /healthz`
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "The process runs",

@@ -85,6 +85,19 @@ async fn the_openapi_document_is_3_1_and_lists_exactly_the_route_table(backend: 
         undocumented.is_empty() && unrouted.is_empty(),
         "routes not documented: {undocumented:?}; documented but not routed: {unrouted:?}"
     );
+    // What schemathesis found: a 204 has no body, and creating answers 201.
+    for (path, method) in [
+        ("/v1/plans/{plan_code}", "delete"),
+        ("/v1/tenants/{tenant_id}/subscription", "delete"),
+        ("/v1/tenants/{tenant_id}/overrides/{metric_code}", "delete"),
+    ] {
+        let ok = &doc["paths"][path][method]["responses"]["204"];
+        assert!(ok.is_object() && ok.get("content").is_none(), "{method} {path}: 204 without a body: {ok}");
+    }
+    for path in ["/v1/plans/{plan_code}", "/v1/tenants/{tenant_id}"] {
+        let responses = &doc["paths"][path]["put"]["responses"];
+        assert!(responses["200"].is_object() && responses["201"].is_object(), "PUT {path}: {responses}");
+    }
 }
 
 async fn the_docs_page_is_html_and_mentions_every_path(backend: Backend) {

@@ -10,7 +10,22 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] =
 /// Batch size buckets, in events.
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
+/// How often the histograms' pending samples are folded into their buckets. Without it they
+/// pile up between two scrapes of `/metrics`, and a server nobody scrapes grows by ~40 bytes
+/// per request (found by tests/faults/soak).
+pub const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Folds pending samples every `METRICS_UPKEEP_INTERVAL`, for as long as the process runs.
+pub async fn upkeep_forever() {
+    let handle = handle();
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
 
 /// The process's metrics handle; installs the recorder the first time.
 pub fn handle() -> PrometheusHandle {

@@ -107,14 +107,11 @@ fn matches_nothing(search: Option<&AdminSearch>) -> bool {
     search.is_some_and(|s| s.tenant_ids.is_empty() && s.metric_codes.is_empty())
 }
 
-/// The expression a records list is sorted by: text by its bytes.
-fn sort_expression(sort: RecordSort) -> &'static str {
+/// The expression a records list is sorted by: text by its bytes, as SQLite sorts it.
+fn sort_expression(sort: RecordSort) -> String {
     match sort {
-        RecordSort::CreatedAt => "created_at",
-        RecordSort::PeriodEnd => "period_end",
-        RecordSort::CurrentUsage => "current_usage",
-        RecordSort::TenantId => "tenant_id COLLATE \"C\"",
-        RecordSort::MetricCode => "metric_code COLLATE \"C\"",
+        RecordSort::TenantId | RecordSort::MetricCode => format!("{} COLLATE \"C\"", sort.column()),
+        _ => sort.column().to_owned(),
     }
 }
 
@@ -272,7 +269,7 @@ impl PgStore {
         }
         let scopes = self.admin_scopes(query.search.as_ref()).await?;
         let tables: Vec<String> = scopes.iter().map(Scope::records).collect();
-        let order = order_by(sort_expression(query.sort), query.descending);
+        let order = order_by(&sort_expression(query.sort), query.descending);
         let rows = self
             .page_rows(&tables, arms_max, |group| {
                 let mut args = Args::default();

@@ -107,17 +107,6 @@ fn matches_nothing(search: Option<&AdminSearch>) -> bool {
     search.is_some_and(|s| s.tenant_ids.is_empty() && s.metric_codes.is_empty())
 }
 
-/// The column a records list is sorted by.
-fn sort_column(sort: RecordSort) -> &'static str {
-    match sort {
-        RecordSort::CreatedAt => "created_at",
-        RecordSort::PeriodEnd => "period_end",
-        RecordSort::CurrentUsage => "current_usage",
-        RecordSort::TenantId => "tenant_id",
-        RecordSort::MetricCode => "metric_code",
-    }
-}
-
 /// `(column, id) < (key, id)` (`>` when ascending): strictly after the cursor in the list's
 /// order. A cursor whose key is not of the sort's kind is an error.
 fn push_record_cursor(
@@ -128,7 +117,7 @@ fn push_record_cursor(
     cursor: &RecordCursor,
 ) -> Result<(), StoreError> {
     let op = if descending { "<" } else { ">" };
-    wh.next(qb).push(format_args!("({}, id) {op} (", sort_column(sort)));
+    wh.next(qb).push(format_args!("({}, id) {op} (", sort.column()));
     match (sort, &cursor.key) {
         (RecordSort::CreatedAt | RecordSort::PeriodEnd, SortKey::Time(at)) => qb.push_bind(micros(*at)),
         (RecordSort::CurrentUsage, SortKey::Int(n)) => qb.push_bind(*n),
@@ -171,7 +160,7 @@ fn push_records_page(qb: &mut QueryBuilder<Sqlite>, query: &RecordListQuery) -> 
         push_record_cursor(qb, &mut wh, query.sort, query.descending, cursor)?;
     }
     let direction = if query.descending { "DESC" } else { "ASC" };
-    qb.push(format_args!(" ORDER BY {} {direction}, id {direction} LIMIT ", sort_column(query.sort)));
+    qb.push(format_args!(" ORDER BY {} {direction}, id {direction} LIMIT ", query.sort.column()));
     qb.push_bind(list_limit(query.limit));
     Ok(())
 }

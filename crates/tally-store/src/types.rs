@@ -197,6 +197,31 @@ pub enum RecordSort {
 }
 
 impl RecordSort {
+    /// Every sort, in the order the admin UI shows its columns.
+    pub const ALL: [RecordSort; 5] = [
+        RecordSort::CreatedAt,
+        RecordSort::PeriodEnd,
+        RecordSort::CurrentUsage,
+        RecordSort::TenantId,
+        RecordSort::MetricCode,
+    ];
+
+    /// The sorted column's name: in `quota_usage_record`, and on the wire (`sort=...`).
+    pub fn column(self) -> &'static str {
+        match self {
+            RecordSort::CreatedAt => "created_at",
+            RecordSort::PeriodEnd => "period_end",
+            RecordSort::CurrentUsage => "current_usage",
+            RecordSort::TenantId => "tenant_id",
+            RecordSort::MetricCode => "metric_code",
+        }
+    }
+
+    /// The sort of the column named `name`.
+    pub fn from_column(name: &str) -> Option<RecordSort> {
+        RecordSort::ALL.into_iter().find(|s| s.column() == name)
+    }
+
     /// The value of this sort's column in `record`: what a cursor after it holds.
     pub fn key_of(self, record: &UsageRecord) -> SortKey {
         match self {

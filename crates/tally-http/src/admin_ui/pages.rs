@@ -204,7 +204,7 @@ async fn records_page<S: Store>(
             ],
         )
     };
-    let sort_now = params::sort_name(sort);
+    let sort_now = sort.column();
     let next = if more {
         rows.last().map(|r| {
             let key = sort.key_of(r);

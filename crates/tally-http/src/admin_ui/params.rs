@@ -81,19 +81,11 @@ pub fn day_range(
 /// The records list's sort column and direction (default: newest `created_at` first).
 pub fn record_sort(p: &ListParams) -> Result<(RecordSort, bool), DomainError> {
     let sort = match given(&p.sort) {
-        None | Some("created_at") => RecordSort::CreatedAt,
-        Some("period_end") => RecordSort::PeriodEnd,
-        Some("current_usage") => RecordSort::CurrentUsage,
-        Some("tenant_id") => RecordSort::TenantId,
-        Some("metric_code") => RecordSort::MetricCode,
-        Some(other) => {
-            return Err(invalid(
-                "sort",
-                format!(
-                    "must be created_at, period_end, current_usage, tenant_id or metric_code, got {other:?}"
-                ),
-            ));
-        }
+        None => RecordSort::CreatedAt,
+        Some(name) => RecordSort::from_column(name).ok_or_else(|| {
+            let names: Vec<&str> = RecordSort::ALL.iter().map(|s| s.column()).collect();
+            invalid("sort", format!("must be one of {}, got {name:?}", names.join(", ")))
+        })?,
     };
     let descending = match given(&p.dir) {
         None => matches!(sort, RecordSort::CreatedAt | RecordSort::PeriodEnd | RecordSort::CurrentUsage),
@@ -102,17 +94,6 @@ pub fn record_sort(p: &ListParams) -> Result<(RecordSort, bool), DomainError> {
         Some(other) => return Err(invalid("dir", format!("must be asc or desc, got {other:?}"))),
     };
     Ok((sort, descending))
-}
-
-/// The wire name of a sort column.
-pub fn sort_name(sort: RecordSort) -> &'static str {
-    match sort {
-        RecordSort::CreatedAt => "created_at",
-        RecordSort::PeriodEnd => "period_end",
-        RecordSort::CurrentUsage => "current_usage",
-        RecordSort::TenantId => "tenant_id",
-        RecordSort::MetricCode => "metric_code",
-    }
 }
 
 fn to_hex(raw: &str) -> String {

@@ -141,7 +141,8 @@ impl<S: Store> FromRequestParts<AppState<S>> for Admin {
 
 /// A caller allowed on the route's `{tenant_id}`: an admin, or that tenant's own key. Checked
 /// before the body or query is read, so another tenant's key gets 403 whatever it sent.
-pub struct TenantAccess(pub Principal);
+/// Carries the path parameters it read, so the handler does not read them again.
+pub struct TenantAccess(pub Principal, pub crate::extract::Params);
 
 impl<S: Store> FromRequestParts<AppState<S>> for TenantAccess {
     type Rejection = ApiError;
@@ -150,6 +151,6 @@ impl<S: Store> FromRequestParts<AppState<S>> for TenantAccess {
         let principal = Principal::from_request_parts(parts, state).await?;
         let params = crate::extract::Params::from_request_parts(parts, state).await?;
         principal.require_tenant(params.get("tenant_id"))?;
-        Ok(TenantAccess(principal))
+        Ok(TenantAccess(principal, params))
     }
 }

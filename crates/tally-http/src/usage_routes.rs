@@ -55,8 +55,7 @@ fn store_latency(op: &'static str, started: Instant) {
 /// `POST /v1/tenants/{tenant_id}/usage`
 pub async fn record<S: Store>(
     State(state): State<AppState<S>>,
-    _access: TenantAccess,
-    params: Params,
+    TenantAccess(_, params): TenantAccess,
     StrictJson(body): StrictJson<UsageBody>,
 ) -> Result<Json<UsageResponse>, ApiError> {
     let tenant = tenant_param(&params)?;
@@ -72,8 +71,7 @@ pub async fn record<S: Store>(
 /// `POST /v1/tenants/{tenant_id}/usage/batch`
 pub async fn record_batch<S: Store>(
     State(state): State<AppState<S>>,
-    _access: TenantAccess,
-    params: Params,
+    TenantAccess(_, params): TenantAccess,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_param(&params)?;
@@ -139,8 +137,7 @@ pub async fn record_batch<S: Store>(
 /// `POST /v1/tenants/{tenant_id}/usage/check`
 pub async fn check<S: Store>(
     State(state): State<AppState<S>>,
-    _access: TenantAccess,
-    params: Params,
+    TenantAccess(_, params): TenantAccess,
     StrictJson(body): StrictJson<CheckBody>,
 ) -> Result<Json<CheckResponse>, ApiError> {
     let tenant = tenant_param(&params)?;
@@ -153,8 +150,7 @@ pub async fn check<S: Store>(
 /// `GET /v1/tenants/{tenant_id}/usage`
 pub async fn usage<S: Store>(
     State(state): State<AppState<S>>,
-    _access: TenantAccess,
-    params: Params,
+    TenantAccess(_, params): TenantAccess,
     StrictQuery(_): StrictQuery<crate::dto::NoQuery>,
 ) -> Result<Json<TenantUsageResponse>, ApiError> {
     let tenant = tenant_param(&params)?;
@@ -165,8 +161,7 @@ pub async fn usage<S: Store>(
 /// `GET /v1/tenants/{tenant_id}/usage/{metric_code}/history`
 pub async fn history<S: Store>(
     State(state): State<AppState<S>>,
-    _access: TenantAccess,
-    params: Params,
+    TenantAccess(_, params): TenantAccess,
     StrictQuery(q): StrictQuery<HistoryQuery>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let tenant = tenant_param(&params)?;
@@ -181,8 +176,7 @@ pub async fn history<S: Store>(
 /// `GET /v1/tenants/{tenant_id}/events`
 pub async fn events<S: Store>(
     State(state): State<AppState<S>>,
-    _access: TenantAccess,
-    params: Params,
+    TenantAccess(_, params): TenantAccess,
     StrictQuery(q): StrictQuery<EventsQuery>,
 ) -> Result<Json<EventsResponse>, ApiError> {
     let tenant = tenant_param(&params)?;

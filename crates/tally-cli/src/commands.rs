@@ -10,7 +10,7 @@ use chrono::Duration;
 use serde_json::json;
 use tally_domain::time::{format_rfc3339, parse_rfc3339};
 use tally_domain::{
-    Amount, IdempotencyKey, KeyScope, Metadata, MetricCode, Name, PlanCode, TenantId, Timestamp, UsageError,
+    Change, IdempotencyKey, KeyScope, Metadata, MetricCode, Name, PlanCode, TenantId, Timestamp, UsageError,
     UsageRequest,
 };
 use tally_service::usage::EventFilter;
@@ -93,9 +93,10 @@ fn plan(raw: &str) -> anyhow::Result<PlanCode> {
     Ok(PlanCode::parse(raw)?)
 }
 
-fn amount(raw: &str) -> anyhow::Result<Amount> {
+/// An amount: positive, or negative for a gauge (a metric limited with period none).
+fn amount(raw: &str) -> anyhow::Result<Change> {
     let n: i64 = raw.parse().map_err(|_| anyhow::anyhow!("amount: must be a whole number, got {raw:?}"))?;
-    Ok(Amount::new(n)?)
+    Ok(Change::from_wire(Some(n), None)?)
 }
 
 fn instant(raw: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
@@ -272,7 +273,7 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
             let req = UsageRequest {
                 tenant_id: tenant(&t)?,
                 metric_code: metric(&m)?,
-                amount: amount(&a)?,
+                change: amount(&a)?,
                 idempotency_key: key.as_deref().map(IdempotencyKey::parse).transpose()?,
                 metadata,
                 timestamp: instant(at.as_deref())?,

@@ -4,7 +4,7 @@
 use chrono::{Duration, Months};
 use tally_domain::limits::EVENT_BATCH_LEN_MAX;
 use tally_domain::{
-    Amount, KeyScope, LimitEnforcement, Metadata, MetricCode, Name, PeriodKind, PlanCode, PlanSpec,
+    Amount, Change, KeyScope, LimitEnforcement, Metadata, MetricCode, Name, PeriodKind, PlanCode, PlanSpec,
     QuotaLimit, TenantId, Timestamp, UsageRequest,
 };
 use tally_service::Tally;
@@ -163,7 +163,7 @@ pub async fn seed<S: Store>(tally: &Tally<S>) -> anyhow::Result<TenantId> {
                 let req = UsageRequest {
                     tenant_id: id.clone(),
                     metric_code: MetricCode::parse(metric)?,
-                    amount: Amount::new(i64::try_from(amount).unwrap_or(1))?,
+                    change: Change::add(Amount::new(i64::try_from(amount).unwrap_or(1))?),
                     idempotency_key: None,
                     metadata: Metadata::from_map(metadata)?,
                     timestamp: Some(at.min(now)),

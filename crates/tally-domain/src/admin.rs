@@ -76,6 +76,8 @@ pub enum AuditAction {
     KeyRevoke,
     /// The admin UI's password was set or changed.
     AdminPasswordSet,
+    /// A metric was declared or changed in the catalog.
+    MetricPut,
 }
 
 impl AuditAction {
@@ -92,6 +94,7 @@ impl AuditAction {
             AuditAction::KeyCreate => "key.create",
             AuditAction::KeyRevoke => "key.revoke",
             AuditAction::AdminPasswordSet => "admin.password_set",
+            AuditAction::MetricPut => "metric.put",
         }
     }
 }
@@ -116,6 +119,7 @@ impl FromStr for AuditAction {
             AuditAction::KeyCreate,
             AuditAction::KeyRevoke,
             AuditAction::AdminPasswordSet,
+            AuditAction::MetricPut,
         ];
         all.into_iter()
             .find(|a| a.as_str() == raw)

@@ -6,17 +6,22 @@ pub mod admin;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod metric;
 pub mod period;
 pub mod quota;
+pub mod reservation;
 pub mod time;
 pub mod usage;
 
 pub use admin::{ApiKey, AuditAction, AuditEntry, KeyScope};
 pub use error::DomainError;
 pub use ids::{Amount, IdempotencyKey, Metadata, MetricCode, Name, PlanCode, TenantId};
+pub use metric::{Metric, MetricKind, MetricSpec};
 pub use period::{Period, PeriodKind};
 pub use quota::{Entitlement, LimitEnforcement, Override, Plan, PlanSpec, QuotaLimit, Subscription, Tenant};
+pub use reservation::{CommitRequest, Reservation, ReservationStatus, ReserveOutcome, ReserveRequest, Ttl};
 pub use time::Timestamp;
 pub use usage::{
-    EventReceipt, RecordedEvent, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest, decide,
+    Change, EventReceipt, RecordedEvent, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
+    decide, decide_with_reserved,
 };

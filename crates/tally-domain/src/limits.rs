@@ -18,7 +18,21 @@ pub const METRIC_CODE_LEN_MAX: usize = 64;
 pub const PLAN_CODE_LEN_MAX: usize = 64;
 /// Length of an idempotency key in bytes.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
-/// Length of a display name (plan or tenant) in bytes.
+/// A reservation's default time to live, in seconds.
+pub const RESERVATION_TTL_SECONDS_DEFAULT: i64 = 300;
+/// A reservation's longest time to live, in seconds (one day).
+pub const RESERVATION_TTL_SECONDS_MAX: i64 = 86_400;
+/// Open reservations one tenant may hold at once (each is a row HARD decisions sum).
+pub const RESERVATIONS_OPEN_MAX: i64 = 10_000;
+/// Reservations the sweeper marks expired per statement.
+pub const RESERVATION_SWEEP_BATCH_LEN: i64 = 1_000;
+/// How often the sweeper runs, in milliseconds.
+pub const RESERVATION_SWEEP_INTERVAL_MS: u64 = 1_000;
+/// Length of a metric's unit (`seat`, `byte`, ...) in bytes.
+pub const METRIC_UNIT_LEN_MAX: usize = 32;
+/// Metrics the catalog holds.
+pub const METRICS_LEN_MAX: usize = 10_000;
+/// Length of a display name (plan, tenant or metric) in bytes.
 pub const NAME_LEN_MAX: usize = 200;
 /// Limits on one plan.
 pub const PLAN_LIMITS_LEN_MAX: usize = 100;

@@ -31,6 +31,9 @@ pub enum PeriodKind {
     Month,
     /// One year from the anchor.
     Year,
+    /// No period: a gauge's level, which never resets. Its record spans all representable
+    /// time (`Period::unbounded`) and the wire shows `period_start`/`period_end` as `null`.
+    None,
 }
 
 impl PeriodKind {
@@ -42,6 +45,7 @@ impl PeriodKind {
             PeriodKind::Week => "week",
             PeriodKind::Month => "month",
             PeriodKind::Year => "year",
+            PeriodKind::None => "none",
         }
     }
 
@@ -71,6 +75,7 @@ impl PeriodKind {
             }
             PeriodKind::Month => anchored(at, anchor, 1),
             PeriodKind::Year => anchored(at, anchor, 12),
+            PeriodKind::None => Ok(Period::unbounded()),
         }
     }
 }
@@ -90,7 +95,8 @@ impl FromStr for PeriodKind {
             "week" => Ok(PeriodKind::Week),
             "month" => Ok(PeriodKind::Month),
             "year" => Ok(PeriodKind::Year),
-            _ => Err(DomainError::invalid("period", "must be one of hour, day, week, month, year")),
+            "none" => Ok(PeriodKind::None),
+            _ => Err(DomainError::invalid("period", "must be one of hour, day, week, month, year, none")),
         }
     }
 }
@@ -163,6 +169,18 @@ impl Period {
         }
         Ok(Period { start, end })
     }
+    /// The one period of a gauge (`PeriodKind::None`): all representable time, from
+    /// 0001-01-01T00:00:00Z to the last microsecond of 9999.
+    pub fn unbounded() -> Period {
+        Period {
+            start: crate::time::from_micros(crate::time::TIMESTAMP_MICROS_MIN).expect("the first instant"),
+            end: crate::time::from_micros(crate::time::TIMESTAMP_MICROS_MAX).expect("the last instant"),
+        }
+    }
+    /// Whether this is the unbounded period of a gauge.
+    pub fn is_unbounded(&self) -> bool {
+        *self == Period::unbounded()
+    }
     /// First instant inside the period.
     pub fn start(&self) -> Timestamp {
         self.start
@@ -174,6 +192,10 @@ impl Period {
     /// Whether `at` lies in `[start, end)`.
     pub fn contains(&self, at: Timestamp) -> bool {
         self.start <= at && at < self.end
+    }
+    /// `[start, end)`, or `None` for the unbounded period of a gauge: what the wire shows.
+    pub fn bounds(&self) -> Option<(Timestamp, Timestamp)> {
+        (!self.is_unbounded()).then_some((self.start, self.end))
     }
     /// Seconds from `now` to the end of the period, rounded up; 0 once it has ended.
     pub fn seconds_until_end(&self, now: DateTime<Utc>) -> i64 {

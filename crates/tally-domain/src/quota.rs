@@ -88,9 +88,14 @@ impl QuotaLimit {
         self.limit.is_some() && enforcement == LimitEnforcement::Hard
     }
 
-    /// `max(limit - current_usage - reserved, 0)`, or `None` when unlimited.
+    /// `max(limit - current_usage, 0)`, or `None` when unlimited.
     pub fn remaining(&self, current_usage: i64) -> Option<i64> {
-        self.limit.map(|limit| limit.saturating_sub(current_usage).max(0))
+        self.remaining_with(current_usage, 0)
+    }
+
+    /// `max(limit - current_usage - reserved, 0)`, or `None` when unlimited.
+    pub fn remaining_with(&self, current_usage: i64, reserved: i64) -> Option<i64> {
+        self.limit.map(|limit| limit.saturating_sub(current_usage).saturating_sub(reserved).max(0))
     }
 }
 

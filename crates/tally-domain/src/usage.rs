@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use crate::error::DomainError;
 use crate::ids::{Amount, IdempotencyKey, Metadata, MetricCode, TenantId};
-use crate::period::Period;
+use crate::limits::AMOUNT_MAX;
+use crate::period::{Period, PeriodKind};
 use crate::quota::{LimitEnforcement, QuotaLimit};
 use crate::time::Timestamp;
 
@@ -109,6 +110,11 @@ pub struct EventReceipt {
     pub period: Period,
     /// Whether the client sent `timestamp` (for payload comparison on replay).
     pub timestamp_explicit: bool,
+    /// Whether the request set a gauge's level (`set`) rather than adding an amount; the
+    /// event's `amount` is then the change it made and `usage_after` the level set.
+    pub set: bool,
+    /// What open reservations held in the period right after this event (0 when none).
+    pub reserved: i64,
 }
 
 /// An event as stored, with its receipt.
@@ -120,6 +126,85 @@ pub struct RecordedEvent {
     pub receipt: EventReceipt,
 }
 
+/// What a usage request does to its counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// Adds an amount: `1..=AMOUNT_MAX` for a counter; a gauge also takes
+    /// `-AMOUNT_MAX..=-1` (never 0).
+    Add(i64),
+    /// Sets a gauge's level: `0..=AMOUNT_MAX`. Counters refuse it.
+    Set(i64),
+}
+
+impl Change {
+    /// A positive amount, as every metric takes.
+    pub fn add(amount: Amount) -> Change {
+        Change::Add(amount.get())
+    }
+
+    /// `amount` or `set` from the wire: exactly one of them, `amount` nonzero within
+    /// `±AMOUNT_MAX`, `set` within `0..=AMOUNT_MAX`. Whether the metric takes a negative
+    /// amount or a `set` is decided against its limit (`Change::check_for`).
+    pub fn from_wire(amount: Option<i64>, set: Option<i64>) -> Result<Change, DomainError> {
+        match (amount, set) {
+            (Some(_), Some(_)) => Err(DomainError::invalid("set", "give either amount or set, not both")),
+            (None, None) => Err(DomainError::invalid("amount", "is required (or set, for a gauge)")),
+            (Some(n), None) => {
+                if n == 0 || n.unsigned_abs() > AMOUNT_MAX.unsigned_abs() {
+                    return Err(DomainError::invalid(
+                        "amount",
+                        format!(
+                            "must be between 1 and {AMOUNT_MAX} (a gauge also takes -{AMOUNT_MAX} to -1), got {n}"
+                        ),
+                    ));
+                }
+                Ok(Change::Add(n))
+            }
+            (None, Some(n)) => {
+                if !(0..=AMOUNT_MAX).contains(&n) {
+                    return Err(DomainError::invalid(
+                        "set",
+                        format!("must be between 0 and {AMOUNT_MAX}, got {n}"),
+                    ));
+                }
+                Ok(Change::Set(n))
+            }
+        }
+    }
+
+    /// Refuses what a counter cannot take (a negative amount, a `set`) when the metric's
+    /// limit counts per period; a gauge (`period: none`) takes both.
+    pub fn check_for(self, kind: PeriodKind) -> Result<Change, DomainError> {
+        if kind == PeriodKind::None {
+            return Ok(self);
+        }
+        match self {
+            Change::Add(n) if n >= 1 => Ok(self),
+            Change::Add(n) => Err(DomainError::invalid(
+                "amount",
+                format!(
+                    "must be between 1 and {AMOUNT_MAX} for a counter, got {n} (negative amounts are for gauges)"
+                ),
+            )),
+            Change::Set(_) => {
+                Err(DomainError::invalid("set", "is only for gauges (metrics limited with period none)"))
+            }
+        }
+    }
+
+    /// The amount a counter adds, or the change a gauge's level would make from `current`.
+    pub fn delta(self, metric: &MetricCode, current: i64) -> Result<i64, DomainError> {
+        match self {
+            Change::Add(n) => Ok(n),
+            Change::Set(level) => level.checked_sub(current).ok_or_else(|| DomainError::CounterOverflow {
+                metric: metric.to_string(),
+                current,
+                amount: level,
+            }),
+        }
+    }
+}
+
 /// A validated request to record usage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageRequest {
@@ -127,8 +212,8 @@ pub struct UsageRequest {
     pub tenant_id: TenantId,
     /// Of what.
     pub metric_code: MetricCode,
-    /// How much.
-    pub amount: Amount,
+    /// How much (or, for a gauge, the level to set).
+    pub change: Change,
     /// For safe retries.
     pub idempotency_key: Option<IdempotencyKey>,
     /// Context; `{}` when none.
@@ -145,8 +230,12 @@ impl UsageRequest {
             Some(t) => recorded.receipt.timestamp_explicit && recorded.event.timestamp == t,
             None => !recorded.receipt.timestamp_explicit,
         };
+        let change_same = match self.change {
+            Change::Add(n) => !recorded.receipt.set && recorded.event.amount == n,
+            Change::Set(level) => recorded.receipt.set && recorded.receipt.usage_after == level,
+        };
         self.metric_code == recorded.event.metric_code
-            && self.amount.get() == recorded.event.amount
+            && change_same
             && self.metadata == recorded.event.metadata
             && timestamp_same
     }
@@ -154,7 +243,7 @@ impl UsageRequest {
     /// Whether another request in the same batch carries an equal payload.
     pub fn same_payload_as(&self, other: &UsageRequest) -> bool {
         self.metric_code == other.metric_code
-            && self.amount == other.amount
+            && self.change == other.change
             && self.metadata == other.metadata
             && self.timestamp == other.timestamp
     }
@@ -175,7 +264,7 @@ pub struct UsageOutcome {
     pub current_usage: i64,
     /// The limit; `None` is unlimited.
     pub limit: Option<i64>,
-    /// `max(limit - current_usage, 0)`, or `None` when unlimited.
+    /// `max(limit - current_usage - reserved, 0)`, or `None` when unlimited.
     pub remaining: Option<i64>,
     /// The enforcement.
     pub enforcement: LimitEnforcement,
@@ -198,7 +287,7 @@ impl UsageOutcome {
             amount: recorded.event.amount,
             current_usage: r.usage_after,
             limit: r.limit,
-            remaining: r.limit.map(|l| l.saturating_sub(r.usage_after).max(0)),
+            remaining: r.limit.map(|l| l.saturating_sub(r.usage_after).saturating_sub(r.reserved).max(0)),
             enforcement: r.enforcement,
             period: r.period,
             exceeded: r.limit.is_some_and(|l| r.usage_after > l),
@@ -261,23 +350,76 @@ pub enum UsageError {
     /// No usage record matches.
     #[error("usage record not found")]
     UsageRecordNotFound,
+    /// No reservation of the tenant has this id.
+    #[error("reservation {id} not found")]
+    ReservationNotFound {
+        /// The id asked for.
+        id: uuid::Uuid,
+    },
+    /// The reservation was settled otherwise (released, expired, or committed with another
+    /// amount); nothing was recorded.
+    #[error("reservation {id} is {status}: {why}")]
+    ReservationClosed {
+        /// The reservation.
+        id: uuid::Uuid,
+        /// Where it stands.
+        status: crate::reservation::ReservationStatus,
+        /// What the caller tried.
+        why: String,
+    },
+    /// A gauge's level would go below zero; nothing was recorded.
+    #[error("{metric}: level {current} cannot go down by {decrease}")]
+    GaugeBelowZero {
+        /// The metric.
+        metric: MetricCode,
+        /// The level before the request.
+        current: i64,
+        /// How much it would have gone down.
+        decrease: i64,
+    },
     /// The request is invalid (including a counter that would overflow).
     #[error(transparent)]
     Invalid(#[from] DomainError),
 }
 
-/// The counter's new value if `amount` is recorded under `limit`, or why not.
-pub fn decide(limit: &QuotaLimit, period: Period, current: i64, amount: Amount) -> Result<i64, UsageError> {
-    let after = checked_usage(&limit.metric_code, current, amount.get())?;
+/// The counter's new value if `change` is recorded under `limit`, or why not.
+///
+/// A counter adds its amount, refused under HARD when the sum passes the limit. A gauge
+/// (`period: none`) moves its level by the amount or to the level set: never below 0
+/// (`GaugeBelowZero`), and under HARD a rise that ends above the limit is refused, while a
+/// decrease is always allowed (even one that stays above a limit lowered meanwhile).
+pub fn decide(limit: &QuotaLimit, period: Period, current: i64, change: Change) -> Result<i64, UsageError> {
+    decide_with_reserved(limit, period, current, 0, change)
+}
+
+/// `decide`, counting `reserved` (open reservations) against a HARD limit as if used.
+pub fn decide_with_reserved(
+    limit: &QuotaLimit,
+    period: Period,
+    current: i64,
+    reserved: i64,
+    change: Change,
+) -> Result<i64, UsageError> {
+    let change = change.check_for(limit.period)?;
+    let delta = change.delta(&limit.metric_code, current)?;
+    let after = checked_usage(&limit.metric_code, current, delta)?;
+    if after < 0 {
+        return Err(UsageError::GaugeBelowZero {
+            metric: limit.metric_code.clone(),
+            current,
+            decrease: delta.saturating_neg(),
+        });
+    }
     if let Some(max) = limit.limit
         && limit.should_enforce(limit.enforcement)
-        && after > max
+        && delta > 0
+        && after.saturating_add(reserved) > max
     {
         return Err(UsageError::QuotaExceeded {
             metric: limit.metric_code.clone(),
             current,
             limit: max,
-            requested: amount.get(),
+            requested: delta,
             period,
         });
     }
@@ -300,7 +442,11 @@ mod tests {
             .expect("l")
     }
 
-    fn amount(n: i64) -> Amount {
+    fn amount(n: i64) -> Change {
+        Change::Add(n)
+    }
+
+    fn positive(n: i64) -> Amount {
         Amount::new(n).expect("amount")
     }
 
@@ -334,11 +480,11 @@ mod tests {
             period().start(),
         );
         record.current_usage = i64::MAX;
-        assert!(record.record_usage(amount(1), period().start()).is_err());
+        assert!(record.record_usage(positive(1), period().start()).is_err());
         assert_eq!(record.current_usage, i64::MAX);
         record.reset(period().start());
         assert_eq!(record.current_usage, 0);
-        record.record_usage(amount(3), period().start()).expect("fits");
+        record.record_usage(positive(3), period().start()).expect("fits");
         assert_eq!(record.current_usage, 3);
     }
 
@@ -348,7 +494,7 @@ mod tests {
         let req = UsageRequest {
             tenant_id: TenantId::parse("acme").expect("t"),
             metric_code: MetricCode::parse("api_calls").expect("m"),
-            amount: amount(1),
+            change: amount(1),
             idempotency_key: None,
             metadata: Metadata::default(),
             timestamp: None,
@@ -370,6 +516,8 @@ mod tests {
                 enforcement: LimitEnforcement::None,
                 period: p,
                 timestamp_explicit: false,
+                set: false,
+                reserved: 0,
             },
         };
         assert!(req.same_payload(&rec));
@@ -377,7 +525,52 @@ mod tests {
         assert!(!req.same_payload(&rec));
         let explicit = UsageRequest { timestamp: Some(p.start()), ..req.clone() };
         assert!(explicit.same_payload(&rec));
-        let other_amount = UsageRequest { amount: amount(2), ..explicit };
+        let other_amount = UsageRequest { change: amount(2), ..explicit };
         assert!(!other_amount.same_payload(&rec));
+    }
+
+    fn gauge(value: Option<i64>, enforcement: LimitEnforcement) -> QuotaLimit {
+        QuotaLimit::new(MetricCode::parse("seats").expect("m"), value, enforcement, PeriodKind::None)
+            .expect("l")
+    }
+
+    #[test]
+    fn a_gauge_goes_down_never_below_zero_and_set_moves_it_to_a_level() {
+        let hard = gauge(Some(10), LimitEnforcement::Hard);
+        let all = Period::unbounded();
+        assert_eq!(decide(&hard, all, 7, Change::Add(-3)), Ok(4));
+        assert_eq!(decide(&hard, all, 7, Change::Set(2)), Ok(2));
+        assert_eq!(decide(&hard, all, 7, Change::Set(10)), Ok(10));
+        let below = decide(&hard, all, 2, Change::Add(-3)).expect_err("below zero");
+        assert!(matches!(below, UsageError::GaugeBelowZero { current: 2, decrease: 3, .. }));
+        // HARD refuses a rise that ends above the limit, reporting the rise asked for...
+        let over = decide(&hard, all, 7, Change::Set(11)).expect_err("over");
+        assert!(matches!(over, UsageError::QuotaExceeded { current: 7, limit: 10, requested: 4, .. }));
+        // ...but a decrease is always allowed, even one that stays above a lowered limit.
+        assert_eq!(decide(&gauge(Some(5), LimitEnforcement::Hard), all, 9, Change::Add(-1)), Ok(8));
+        assert_eq!(decide(&gauge(Some(5), LimitEnforcement::Soft), all, 5, Change::Set(50)), Ok(50));
+    }
+
+    #[test]
+    fn counters_refuse_what_only_gauges_take() {
+        let counter = limit(Some(10), LimitEnforcement::Hard);
+        assert!(matches!(decide(&counter, period(), 5, Change::Add(-1)), Err(UsageError::Invalid(_))));
+        assert!(matches!(decide(&counter, period(), 5, Change::Set(1)), Err(UsageError::Invalid(_))));
+        assert!(Change::from_wire(Some(1), Some(1)).is_err());
+        assert!(Change::from_wire(None, None).is_err());
+        assert!(Change::from_wire(Some(0), None).is_err());
+        assert!(Change::from_wire(None, Some(-1)).is_err());
+        assert_eq!(Change::from_wire(Some(-AMOUNT_MAX), None), Ok(Change::Add(-AMOUNT_MAX)));
+        assert!(Change::from_wire(Some(-AMOUNT_MAX - 1), None).is_err());
+        assert_eq!(Change::from_wire(None, Some(0)), Ok(Change::Set(0)));
+    }
+
+    #[test]
+    fn reservations_count_against_a_hard_limit_only() {
+        let hard = limit(Some(10), LimitEnforcement::Hard);
+        assert_eq!(decide_with_reserved(&hard, period(), 4, 5, amount(1)), Ok(5));
+        assert!(decide_with_reserved(&hard, period(), 4, 5, amount(2)).is_err());
+        let soft = limit(Some(10), LimitEnforcement::Soft);
+        assert_eq!(decide_with_reserved(&soft, period(), 4, 5, amount(2)), Ok(6));
     }
 }

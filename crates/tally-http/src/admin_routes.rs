@@ -10,9 +10,10 @@ use tally_store::Store;
 
 use crate::auth::Admin;
 use crate::dto::{
-    AuditEntryResponse, AuditQuery, AuditResponse, LimitResponse, NoQuery, OverrideBody, PageQuery, PlanBody,
-    PlanResponse, PlansResponse, SubscriptionBody, SubscriptionResponse, TenantBody, TenantResponse,
-    TenantsResponse, parse_instant, parse_limit,
+    AuditEntryResponse, AuditQuery, AuditResponse, LimitResponse, MetricBody, MetricResponse,
+    MetricsResponse, NoQuery, OverrideBody, PageQuery, PlanBody, PlanResponse, PlansResponse,
+    SubscriptionBody, SubscriptionResponse, TenantBody, TenantResponse, TenantsResponse, parse_instant,
+    parse_limit,
 };
 use crate::error::ApiError;
 use crate::extract::Params;
@@ -74,6 +75,45 @@ pub async fn delete_plan<S: Store>(
 ) -> Result<StatusCode, ApiError> {
     state.tally.delete_plan(&plan_param(&params)?, key_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn metric_param(p: &Params) -> Result<MetricCode, ApiError> {
+    Ok(MetricCode::parse(p.get("metric_code"))?)
+}
+
+/// `PUT /v1/metrics/{metric_code}`
+pub async fn put_metric<S: Store>(
+    State(state): State<AppState<S>>,
+    Admin(key_id): Admin,
+    params: Params,
+    StrictJson(body): StrictJson<MetricBody>,
+) -> Result<Response, ApiError> {
+    let code = metric_param(&params)?;
+    let spec = body.to_spec(&code)?;
+    let out = state.tally.put_metric(&code, &spec, key_id).await?;
+    let created = out.is_created();
+    Ok(created_or_ok(created, MetricResponse::from(&out.into_inner())))
+}
+
+/// `GET /v1/metrics`
+pub async fn list_metrics<S: Store>(
+    State(state): State<AppState<S>>,
+    _admin: Admin,
+    StrictQuery(_): StrictQuery<NoQuery>,
+) -> Result<Json<MetricsResponse>, ApiError> {
+    let metrics = state.tally.list_metrics().await?;
+    Ok(Json(MetricsResponse { metrics: metrics.iter().map(MetricResponse::from).collect() }))
+}
+
+/// `GET /v1/metrics/{metric_code}`
+pub async fn get_metric<S: Store>(
+    State(state): State<AppState<S>>,
+    _admin: Admin,
+    params: Params,
+    StrictQuery(_): StrictQuery<NoQuery>,
+) -> Result<Json<MetricResponse>, ApiError> {
+    let metric = state.tally.get_metric(&metric_param(&params)?).await?;
+    Ok(Json(MetricResponse::from(&metric)))
 }
 
 /// `PUT /v1/tenants/{tenant_id}`

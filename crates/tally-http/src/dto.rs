@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_domain::time::{format_rfc3339, parse_rfc3339};
 use tally_domain::{
-    Amount, AuditEntry, DomainError, IdempotencyKey, LimitEnforcement, Metadata, MetricCode, Name,
-    PeriodKind, Plan, PlanSpec, QuotaLimit, RecordedEvent, Subscription, TenantId, Timestamp, UsageOutcome,
+    Amount, AuditEntry, Change, CommitRequest, DomainError, IdempotencyKey, LimitEnforcement, Metadata,
+    Metric, MetricCode, MetricSpec, Name, Period, PeriodKind, Plan, PlanSpec, QuotaLimit, RecordedEvent,
+    Reservation, ReserveOutcome, ReserveRequest, Subscription, TenantId, Timestamp, Ttl, UsageOutcome,
     UsageRecord, UsageRequest,
 };
 use tally_service::admin::TenantView;
@@ -22,8 +23,13 @@ use utoipa::ToSchema;
 pub struct UsageBody {
     /// `[a-z][a-z0-9_]*`, 1–64 chars.
     pub metric_code: String,
-    /// 1..=1000000000000.
-    pub amount: i64,
+    /// 1..=1000000000000; a gauge (a metric limited with `period: none`) also takes
+    /// -1000000000000..=-1. Required unless `set` is given.
+    #[serde(default)]
+    pub amount: Option<i64>,
+    /// A gauge only: the level to set, 0..=1000000000000, instead of `amount`.
+    #[serde(default)]
+    pub set: Option<i64>,
     /// 1–255 visible ASCII chars; the same key and payload replays the original answer.
     #[serde(default)]
     pub idempotency_key: Option<String>,
@@ -42,7 +48,7 @@ impl UsageBody {
         Ok(UsageRequest {
             tenant_id: tenant.clone(),
             metric_code: MetricCode::parse(&self.metric_code)?,
-            amount: Amount::new(self.amount)?,
+            change: Change::from_wire(self.amount, self.set)?,
             idempotency_key: self.idempotency_key.as_deref().map(IdempotencyKey::parse).transpose()?,
             metadata: match &self.metadata {
                 Some(v) => Metadata::new(v.clone())?,
@@ -67,8 +73,107 @@ pub struct BatchBody {
 pub struct CheckBody {
     /// The metric.
     pub metric_code: String,
-    /// The amount that would be recorded.
+    /// The amount that would be recorded (negative for a gauge's decrease). Required unless
+    /// `set` is given.
+    #[serde(default)]
+    pub amount: Option<i64>,
+    /// A gauge only: the level that would be set.
+    #[serde(default)]
+    pub set: Option<i64>,
+}
+
+impl CheckBody {
+    /// The change that would be recorded.
+    pub fn change(&self) -> Result<Change, DomainError> {
+        Change::from_wire(self.amount, self.set)
+    }
+}
+
+/// Quota to hold before work whose cost is known at its end.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    /// The metric.
+    pub metric_code: String,
+    /// How much to hold: 1..=1000000000000.
     pub amount: i64,
+    /// How long to hold it: 1..=86400 seconds, default 300.
+    #[serde(default)]
+    pub ttl_seconds: Option<i64>,
+    /// The same key and payload answers the original reservation, holding nothing more.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+impl ReserveBody {
+    /// The validated request for `tenant`.
+    pub fn to_request(&self, tenant: &TenantId) -> Result<ReserveRequest, DomainError> {
+        Ok(ReserveRequest {
+            tenant_id: tenant.clone(),
+            metric_code: MetricCode::parse(&self.metric_code)?,
+            amount: Amount::new(self.amount)?,
+            ttl: Ttl::new(self.ttl_seconds)?,
+            idempotency_key: self.idempotency_key.as_deref().map(IdempotencyKey::parse).transpose()?,
+        })
+    }
+}
+
+/// What a reservation used.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommitBody {
+    /// At most the amount reserved; default: all of it.
+    #[serde(default)]
+    pub amount: Option<i64>,
+    /// The usage event's context: a JSON object of at most 4096 bytes serialized.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+impl CommitBody {
+    /// The validated commit of `reservation_id`.
+    pub fn to_request(
+        &self,
+        tenant: &TenantId,
+        reservation_id: uuid::Uuid,
+    ) -> Result<CommitRequest, DomainError> {
+        Ok(CommitRequest {
+            tenant_id: tenant.clone(),
+            reservation_id,
+            amount: self.amount.map(Amount::new).transpose()?,
+            metadata: match &self.metadata {
+                Some(v) => Metadata::new(v.clone())?,
+                None => Metadata::default(),
+            },
+        })
+    }
+}
+
+/// A metric's declaration in the catalog.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricBody {
+    /// Display name; default: the metric code.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its unit (`seat`, `byte`), 1–32 bytes; `null` or absent for none.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// `counter` (default) or `gauge`.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+impl MetricBody {
+    /// The validated declaration of `code`.
+    pub fn to_spec(&self, code: &MetricCode) -> Result<MetricSpec, DomainError> {
+        Ok(MetricSpec {
+            name: Name::parse(self.name.as_deref().unwrap_or(code.as_str()))?,
+            unit: self.unit.as_deref().map(tally_domain::metric::check_unit).transpose()?,
+            kind: self.kind.as_deref().map(str::parse).transpose()?.unwrap_or_default(),
+        })
+    }
 }
 
 /// One limit of a plan.
@@ -82,7 +187,7 @@ pub struct LimitBody {
     pub limit: Option<i64>,
     /// `hard`, `soft` or `none`.
     pub enforcement: String,
-    /// `hour`, `day`, `week`, `month` (default) or `year`.
+    /// `hour`, `day`, `week`, `month` (default), `year`, or `none` for a gauge.
     #[serde(default)]
     pub period: Option<String>,
 }
@@ -150,7 +255,7 @@ pub struct OverrideBody {
     pub limit: Option<i64>,
     /// `hard`, `soft` or `none`.
     pub enforcement: String,
-    /// `hour`, `day`, `week`, `month` (default) or `year`.
+    /// `hour`, `day`, `week`, `month` (default), `year`, or `none` for a gauge.
     #[serde(default)]
     pub period: Option<String>,
 }
@@ -251,10 +356,20 @@ pub struct UsageResponse {
     pub limit: Option<i64>,
     pub remaining: Option<i64>,
     pub enforcement: String,
-    pub period_start: String,
-    pub period_end: String,
+    /// `null` for a gauge, whose level has no period.
+    pub period_start: Option<String>,
+    /// `null` for a gauge.
+    pub period_end: Option<String>,
     pub exceeded: bool,
     pub replayed: bool,
+}
+
+/// `[start, end)` on the wire: `null`s for the unbounded period of a gauge.
+fn period_wire(period: &Period) -> (Option<String>, Option<String>) {
+    match period.bounds() {
+        Some((start, end)) => (Some(format_rfc3339(start)), Some(format_rfc3339(end))),
+        None => (None, None),
+    }
 }
 
 impl From<&UsageOutcome> for UsageResponse {
@@ -268,8 +383,8 @@ impl From<&UsageOutcome> for UsageResponse {
             limit: o.limit,
             remaining: o.remaining,
             enforcement: o.enforcement.as_str().to_owned(),
-            period_start: format_rfc3339(o.period.start()),
-            period_end: format_rfc3339(o.period.end()),
+            period_start: period_wire(&o.period).0,
+            period_end: period_wire(&o.period).1,
             exceeded: o.exceeded,
             replayed: o.replayed,
         }
@@ -289,11 +404,15 @@ pub struct CheckResponse {
     pub allowed: bool,
     pub metric_code: String,
     pub current_usage: i64,
+    /// What open reservations hold in the period.
+    pub reserved: i64,
     pub limit: Option<i64>,
     pub remaining: Option<i64>,
     pub enforcement: String,
-    pub period_start: String,
-    pub period_end: String,
+    /// `null` for a gauge.
+    pub period_start: Option<String>,
+    /// `null` for a gauge.
+    pub period_end: Option<String>,
 }
 
 impl From<&CheckOutcome> for CheckResponse {
@@ -302,11 +421,12 @@ impl From<&CheckOutcome> for CheckResponse {
             allowed: c.allowed,
             metric_code: c.metric_code.to_string(),
             current_usage: c.current_usage,
+            reserved: c.reserved,
             limit: c.limit,
             remaining: c.remaining,
             enforcement: c.enforcement.as_str().to_owned(),
-            period_start: format_rfc3339(c.period.start()),
-            period_end: format_rfc3339(c.period.end()),
+            period_start: period_wire(&c.period).0,
+            period_end: period_wire(&c.period).1,
         }
     }
 }
@@ -316,12 +436,16 @@ impl From<&CheckOutcome> for CheckResponse {
 pub struct MetricUsageResponse {
     pub metric_code: String,
     pub current_usage: i64,
+    /// What open reservations hold in the period.
+    pub reserved: i64,
     pub limit: Option<i64>,
     pub remaining: Option<i64>,
     pub enforcement: String,
     pub period: String,
-    pub period_start: String,
-    pub period_end: String,
+    /// `null` for a gauge.
+    pub period_start: Option<String>,
+    /// `null` for a gauge.
+    pub period_end: Option<String>,
     pub exceeded: bool,
 }
 
@@ -330,12 +454,13 @@ impl From<&MetricUsage> for MetricUsageResponse {
         MetricUsageResponse {
             metric_code: m.metric_code.to_string(),
             current_usage: m.current_usage,
+            reserved: m.reserved,
             limit: m.limit,
             remaining: m.remaining,
             enforcement: m.enforcement.as_str().to_owned(),
             period: m.period_kind.as_str().to_owned(),
-            period_start: format_rfc3339(m.period.start()),
-            period_end: format_rfc3339(m.period.end()),
+            period_start: period_wire(&m.period).0,
+            period_end: period_wire(&m.period).1,
             exceeded: m.exceeded,
         }
     }
@@ -365,8 +490,10 @@ pub struct RecordResponse {
     pub id: String,
     pub tenant_id: String,
     pub metric_code: String,
-    pub period_start: String,
-    pub period_end: String,
+    /// `null` for a gauge's record.
+    pub period_start: Option<String>,
+    /// `null` for a gauge's record.
+    pub period_end: Option<String>,
     pub current_usage: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -378,8 +505,8 @@ impl From<&UsageRecord> for RecordResponse {
             id: r.id.to_string(),
             tenant_id: r.tenant_id.to_string(),
             metric_code: r.metric_code.to_string(),
-            period_start: format_rfc3339(r.period_start),
-            period_end: format_rfc3339(r.period_end),
+            period_start: r.period().ok().and_then(|p| p.bounds()).map(|(start, _)| format_rfc3339(start)),
+            period_end: r.period().ok().and_then(|p| p.bounds()).map(|(_, end)| format_rfc3339(end)),
             current_usage: r.current_usage,
             created_at: format_rfc3339(r.created_at),
             updated_at: format_rfc3339(r.updated_at),
@@ -469,6 +596,102 @@ impl From<&Plan> for PlanResponse {
             updated_at: format_rfc3339(p.updated_at),
         }
     }
+}
+
+/// A reservation, as created (201) or replayed (200).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReservationResponse {
+    pub reservation_id: String,
+    pub metric_code: String,
+    pub amount: i64,
+    pub expires_at: String,
+    /// The counter when it was made.
+    pub current_usage: i64,
+    /// Everything held in the period when it was made, itself included.
+    pub reserved: i64,
+    pub limit: Option<i64>,
+    /// `max(limit - current_usage - reserved, 0)`.
+    pub remaining: Option<i64>,
+    /// True when this answers a retry and nothing more was reserved.
+    pub replayed: bool,
+}
+
+impl From<&ReserveOutcome> for ReservationResponse {
+    fn from(o: &ReserveOutcome) -> ReservationResponse {
+        let r = &o.reservation;
+        ReservationResponse {
+            reservation_id: r.id.to_string(),
+            metric_code: r.metric_code.to_string(),
+            amount: r.amount,
+            expires_at: format_rfc3339(r.expires_at),
+            current_usage: r.usage_at_creation,
+            reserved: r.reserved_at_creation,
+            limit: r.limit_at_creation,
+            remaining: r.remaining_at_creation(),
+            replayed: o.replayed,
+        }
+    }
+}
+
+/// An open reservation, as listed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OpenReservationResponse {
+    pub reservation_id: String,
+    pub metric_code: String,
+    pub amount: i64,
+    pub created_at: String,
+    pub expires_at: String,
+    pub idempotency_key: Option<String>,
+}
+
+impl From<&Reservation> for OpenReservationResponse {
+    fn from(r: &Reservation) -> OpenReservationResponse {
+        OpenReservationResponse {
+            reservation_id: r.id.to_string(),
+            metric_code: r.metric_code.to_string(),
+            amount: r.amount,
+            created_at: format_rfc3339(r.created_at),
+            expires_at: format_rfc3339(r.expires_at),
+            idempotency_key: r.idempotency_key.as_ref().map(|k| k.to_string()),
+        }
+    }
+}
+
+/// The tenant's open reservations, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReservationsResponse {
+    pub reservations: Vec<OpenReservationResponse>,
+}
+
+/// A metric in the catalog.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MetricResponse {
+    pub metric_code: String,
+    pub name: String,
+    pub unit: Option<String>,
+    /// `counter` or `gauge`.
+    pub kind: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Metric> for MetricResponse {
+    fn from(m: &Metric) -> MetricResponse {
+        MetricResponse {
+            metric_code: m.code.to_string(),
+            name: m.spec.name.to_string(),
+            unit: m.spec.unit.clone(),
+            kind: m.spec.kind.as_str().to_owned(),
+            created_at: format_rfc3339(m.created_at),
+            updated_at: format_rfc3339(m.updated_at),
+        }
+    }
+}
+
+/// Every declared metric, by code.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MetricsResponse {
+    pub metrics: Vec<MetricResponse>,
 }
 
 /// Every plan.

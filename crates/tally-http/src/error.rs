@@ -146,10 +146,27 @@ impl ApiError {
                         .with("current_usage", json!(current))
                         .with("limit", json!(limit))
                         .with("requested", json!(requested))
-                        .with("period_end", json!(format_rfc3339(period.end())));
-                err.retry_after = Some(period.seconds_until_end(now).max(1));
+                        .with("period_end", json!(period.bounds().map(|(_, end)| format_rfc3339(end))));
+                // A gauge has no period end: a retry succeeds only once its level went down.
+                if period.bounds().is_some() {
+                    err.retry_after = Some(period.seconds_until_end(now).max(1));
+                }
                 err
             }
+            UsageError::ReservationNotFound { .. } => ApiError::not_found(detail),
+            UsageError::ReservationClosed { status, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+                    .with("reservation_status", json!(status.as_str()))
+            }
+            UsageError::GaugeBelowZero { metric, current, decrease } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "gauge_below_zero",
+                "Gauge below zero",
+                detail,
+            )
+            .with("metric_code", json!(metric.as_str()))
+            .with("current_usage", json!(current))
+            .with("requested", json!(decrease.saturating_neg())),
             UsageError::QuotaNotFound { metric } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "quota_not_found", "Quota not found", detail)
                     .with("metric_code", json!(metric.as_str()))

@@ -13,6 +13,7 @@ pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod ops_routes;
+pub mod reservation_routes;
 pub mod router;
 pub mod state;
 pub mod usage_routes;
@@ -27,15 +28,17 @@ pub use router::{route_table, router};
 pub use state::AppState;
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish.
+/// in-flight requests finish. Beside it run the metrics upkeep and the reservation sweeper.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     state: AppState<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let sweeper = tokio::spawn(tally_service::reservations::sweep_forever(state.tally.clone()));
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let upkeep = tokio::spawn(metrics::upkeep_forever());
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     upkeep.abort();
+    sweeper.abort();
     served
 }

@@ -27,7 +27,7 @@ macro_rules! route_doc {
                 (status = 409, body = Problem, content_type = "application/problem+json", description = "conflict or idempotency_conflict"),
                 (status = 413, body = Problem, content_type = "application/problem+json", description = "payload_too_large"),
                 (status = 415, body = Problem, content_type = "application/problem+json", description = "unsupported_media_type"),
-                (status = 422, body = Problem, content_type = "application/problem+json", description = "quota_not_found, no_subscription or event_out_of_window"),
+                (status = 422, body = Problem, content_type = "application/problem+json", description = "quota_not_found, no_subscription, event_out_of_window or gauge_below_zero"),
                 (status = 429, body = Problem, content_type = "application/problem+json", description = "quota_exceeded; nothing was recorded"),
                 (status = 503, body = Problem, content_type = "application/problem+json", description = "unavailable; retry"),
             ),
@@ -116,6 +116,88 @@ route_doc!(
         (status = 200, body = PlanResponse, description = "Replaced"),
         (status = 201, body = PlanResponse, description = "Created")
     )
+);
+route_doc!(
+    reserve,
+    post,
+    "/v1/tenants/{tenant_id}/reservations",
+    "reservations",
+    "Hold quota (201); a replayed idempotency key answers the original (200)",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = ReserveBody,),
+    ok(
+        (status = 201, body = ReservationResponse, description = "Held"),
+        (status = 200, body = ReservationResponse, description = "Replayed")
+    )
+);
+route_doc!(
+    list_reservations,
+    get,
+    "/v1/tenants/{tenant_id}/reservations",
+    "reservations",
+    "The open reservations, oldest first",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(),
+    ok((status = 200, body = ReservationsResponse, description = "Success"))
+);
+route_doc!(
+    commit_reservation,
+    post,
+    "/v1/tenants/{tenant_id}/reservations/{reservation_id}/commit",
+    "reservations",
+    "Record what was used (at most the amount held; no body: all of it) and release the rest",
+    params(
+        ("tenant_id" = String, Path, description = "Tenant id"),
+        ("reservation_id" = String, Path, description = "Reservation id")
+    ),
+    request(request_body(content = Option<CommitBody>, description = "Optional"),),
+    ok((status = 200, body = UsageResponse, description = "Recorded, or replayed"))
+);
+route_doc!(
+    release_reservation,
+    delete,
+    "/v1/tenants/{tenant_id}/reservations/{reservation_id}",
+    "reservations",
+    "Release a reservation",
+    params(
+        ("tenant_id" = String, Path, description = "Tenant id"),
+        ("reservation_id" = String, Path, description = "Reservation id")
+    ),
+    request(),
+    ok((status = 204, description = "Released"))
+);
+route_doc!(
+    put_metric,
+    put,
+    "/v1/metrics/{metric_code}",
+    "metrics",
+    "Declare (201) or change (200) a metric: name, unit, counter or gauge",
+    params(("metric_code" = String, Path, description = "Metric code")),
+    request(request_body = MetricBody,),
+    ok(
+        (status = 200, body = MetricResponse, description = "Changed"),
+        (status = 201, body = MetricResponse, description = "Declared")
+    )
+);
+route_doc!(
+    list_metrics,
+    get,
+    "/v1/metrics",
+    "metrics",
+    "List declared metrics",
+    params(),
+    request(),
+    ok((status = 200, body = MetricsResponse, description = "Success"))
+);
+route_doc!(
+    get_metric,
+    get,
+    "/v1/metrics/{metric_code}",
+    "metrics",
+    "Get a declared metric",
+    params(("metric_code" = String, Path, description = "Metric code")),
+    request(),
+    ok((status = 200, body = MetricResponse, description = "Success"))
 );
 route_doc!(
     list_plans,
@@ -266,7 +348,9 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally", description = "Usage metering and quota enforcement for SaaS products."),
-    paths(record, record_batch, check, usage, history, events, reset, put_plan, list_plans, get_plan, delete_plan,
+    paths(record, record_batch, check, usage, history, events, reset, reserve, list_reservations,
+          commit_reservation, release_reservation, put_metric, list_metrics, get_metric,
+          put_plan, list_plans, get_plan, delete_plan,
           put_tenant, list_tenants, get_tenant, put_subscription, delete_subscription, put_override, delete_override,
           audit, healthz, readyz, metrics, openapi_json, docs),
     components(schemas(Problem)),

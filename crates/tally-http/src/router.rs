@@ -18,7 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin_routes, ops_routes, usage_routes};
+use crate::{admin_routes, ops_routes, reservation_routes, usage_routes};
 
 /// A request that takes longer than this is answered 503 `unavailable`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,10 +33,25 @@ pub fn route_table<S: Store>() -> Vec<(&'static str, Method, MethodRouter<AppSta
         ("/v1/tenants/{tenant_id}/usage/{metric_code}/history", Method::GET, get(usage_routes::history::<S>)),
         ("/v1/tenants/{tenant_id}/usage/{metric_code}/reset", Method::POST, post(usage_routes::reset::<S>)),
         ("/v1/tenants/{tenant_id}/events", Method::GET, get(usage_routes::events::<S>)),
+        ("/v1/tenants/{tenant_id}/reservations", Method::POST, post(reservation_routes::reserve::<S>)),
+        ("/v1/tenants/{tenant_id}/reservations", Method::GET, get(reservation_routes::list::<S>)),
+        (
+            "/v1/tenants/{tenant_id}/reservations/{reservation_id}/commit",
+            Method::POST,
+            post(reservation_routes::commit::<S>),
+        ),
+        (
+            "/v1/tenants/{tenant_id}/reservations/{reservation_id}",
+            Method::DELETE,
+            delete(reservation_routes::release::<S>),
+        ),
         ("/v1/plans", Method::GET, get(admin_routes::list_plans::<S>)),
         ("/v1/plans/{plan_code}", Method::PUT, put(admin_routes::put_plan::<S>)),
         ("/v1/plans/{plan_code}", Method::GET, get(admin_routes::get_plan::<S>)),
         ("/v1/plans/{plan_code}", Method::DELETE, delete(admin_routes::delete_plan::<S>)),
+        ("/v1/metrics", Method::GET, get(admin_routes::list_metrics::<S>)),
+        ("/v1/metrics/{metric_code}", Method::PUT, put(admin_routes::put_metric::<S>)),
+        ("/v1/metrics/{metric_code}", Method::GET, get(admin_routes::get_metric::<S>)),
         ("/v1/tenants", Method::GET, get(admin_routes::list_tenants::<S>)),
         ("/v1/tenants/{tenant_id}", Method::PUT, put(admin_routes::put_tenant::<S>)),
         ("/v1/tenants/{tenant_id}", Method::GET, get(admin_routes::get_tenant::<S>)),

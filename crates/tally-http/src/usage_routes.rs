@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Request, State};
 use serde_json::{Value, json};
 use tally_domain::limits::{EVENT_BATCH_LEN_MAX, PAGE_LEN_DEFAULT, PAGE_LEN_MAX};
-use tally_domain::{Amount, DomainError, MetricCode, TenantId, UsageError};
+use tally_domain::{DomainError, MetricCode, TenantId, UsageError};
 use tally_service::ServiceError;
 use tally_service::usage::EventFilter;
 use tally_store::Store;
@@ -142,8 +142,8 @@ pub async fn check<S: Store>(
 ) -> Result<Json<CheckResponse>, ApiError> {
     let tenant = tenant_param(&params)?;
     let metric = MetricCode::parse(&body.metric_code)?;
-    let amount = Amount::new(body.amount)?;
-    let c = state.tally.check(&tenant, &metric, amount).await?;
+    let change = body.change()?;
+    let c = state.tally.check(&tenant, &metric, change).await?;
     Ok(Json(CheckResponse::from(&c)))
 }
 

@@ -63,6 +63,7 @@ impl<S: Store> Tally<S> {
         spec: &PlanSpec,
         key_id: Option<Uuid>,
     ) -> Result<PutOutcome<Plan>, ServiceError> {
+        self.check_limits_against_catalog(&spec.limits).await?;
         let details = serde_json::json!({"plan_code": code.as_str(), "name": spec.name.as_str(), "limits": limits_json(&spec.limits)});
         let audit = self.audit(key_id, AuditAction::PlanPut, None, details);
         let out = self.store.put_plan(code, spec, self.now(), &audit).await?;
@@ -189,6 +190,7 @@ impl<S: Store> Tally<S> {
         limit: &QuotaLimit,
         key_id: Option<Uuid>,
     ) -> Result<(), ServiceError> {
+        self.check_limits_against_catalog(std::slice::from_ref(limit)).await?;
         let details = serde_json::to_value(limit).unwrap_or(serde_json::Value::Null);
         let audit = self.audit(key_id, AuditAction::OverridePut, Some(tenant), details);
         self.store.put_override(tenant, limit, &audit).await?;

@@ -18,8 +18,8 @@ use tally_domain::limits::{
     LOGIN_FAILURE_WINDOW_SECONDS, LOGIN_THROTTLE_CLIENTS_MAX, PAGE_LEN_MAX,
 };
 use tally_domain::{
-    AuditAction, AuditEntry, DomainError, KeyScope, MetricCode, Period, Plan, PlanCode, RecordedEvent,
-    TenantId, UsageRecord,
+    AuditAction, AuditEntry, DomainError, KeyScope, MetricCode, Period, PeriodKind, Plan, PlanCode,
+    RecordedEvent, TenantId, UsageRecord,
 };
 use tally_store::{AdminSearch, AdminSession, EventListQuery, RecordListQuery, Store};
 use uuid::Uuid;
@@ -57,7 +57,7 @@ pub struct MetricPicture {
     /// The current period, its usage and its limit.
     pub usage: MetricUsage,
     /// The last `ADMIN_CHART_PERIODS` periods, oldest first, ending with the current one;
-    /// a period without a record counts 0.
+    /// a period without a record counts 0. Empty for a gauge, whose level has no periods.
     pub history: Vec<(Period, i64)>,
 }
 
@@ -249,6 +249,11 @@ impl<S: Store> Tally<S> {
         let TenantUsage { metrics: usages, .. } = self.usage(tenant).await?;
         let mut metrics = Vec::with_capacity(usages.len());
         for usage in usages {
+            if usage.period_kind == PeriodKind::None {
+                // A gauge has one level and no periods to chart.
+                metrics.push(MetricPicture { usage, history: Vec::new() });
+                continue;
+            }
             let periods = last_periods(&usage, subscription.anchor)?;
             let records = self
                 .store

@@ -6,10 +6,12 @@
 pub mod admin;
 pub mod admin_ui;
 pub mod cache;
+pub mod catalog;
 pub mod clock;
 pub mod error;
 pub mod group;
 pub mod keys;
+pub mod reservations;
 pub mod usage;
 pub mod verify;
 

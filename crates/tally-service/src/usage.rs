@@ -3,8 +3,8 @@
 use chrono::Duration;
 use tally_domain::limits::{EVENT_BATCH_LEN_MAX, EVENT_FUTURE_SECONDS_MAX, PAGE_LEN_MAX};
 use tally_domain::{
-    Amount, DomainError, LimitEnforcement, MetricCode, Period, PeriodKind, PlanCode, RecordedEvent, TenantId,
-    Timestamp, UsageError, UsageOutcome, UsageRecord, UsageRequest, decide,
+    Change, DomainError, LimitEnforcement, MetricCode, Period, PeriodKind, PlanCode, RecordedEvent, TenantId,
+    Timestamp, UsageError, UsageOutcome, UsageRecord, UsageRequest, decide_with_reserved,
 };
 use tally_store::{EntitlementLookup, EventCursor, EventQuery, Store, StoreError};
 use uuid::Uuid;
@@ -20,9 +20,11 @@ pub struct CheckOutcome {
     pub metric_code: MetricCode,
     /// Usage before the hypothetical amount.
     pub current_usage: i64,
+    /// What open reservations hold in the period.
+    pub reserved: i64,
     /// The limit; `None` is unlimited.
     pub limit: Option<i64>,
-    /// `max(limit - current_usage, 0)`.
+    /// `max(limit - current_usage - reserved, 0)`.
     pub remaining: Option<i64>,
     /// The enforcement.
     pub enforcement: LimitEnforcement,
@@ -37,9 +39,11 @@ pub struct MetricUsage {
     pub metric_code: MetricCode,
     /// Usage in the current period (0 when nothing was recorded).
     pub current_usage: i64,
+    /// What open reservations hold in the period.
+    pub reserved: i64,
     /// The limit.
     pub limit: Option<i64>,
-    /// `max(limit - current_usage, 0)`.
+    /// `max(limit - current_usage - reserved, 0)`.
     pub remaining: Option<i64>,
     /// The enforcement.
     pub enforcement: LimitEnforcement,
@@ -193,12 +197,13 @@ impl<S: Store> Tally<S> {
             .collect())
     }
 
-    /// What recording `amount` of `metric` now would do. Changes nothing.
+    /// What recording `change` of `metric` now would do. Changes nothing. A refusal (a
+    /// HARD limit, or a gauge that would go below zero) answers `allowed: false`.
     pub async fn check(
         &self,
         tenant: &TenantId,
         metric: &MetricCode,
-        amount: Amount,
+        change: Change,
     ) -> Result<CheckOutcome, ServiceError> {
         let now = self.now();
         let entitlement = self.entitlement(tenant).await?;
@@ -208,17 +213,20 @@ impl<S: Store> Tally<S> {
             .clone();
         let period = limit.period.containing(now, entitlement.subscription.anchor)?;
         let current = self.usage_in(tenant, metric, period).await?;
-        let allowed = match decide(&limit, period, current, amount) {
+        let reserved =
+            self.reserved_in(tenant, now).await?.get(&(metric.clone(), period.start())).copied().unwrap_or(0);
+        let allowed = match decide_with_reserved(&limit, period, current, reserved, change) {
             Ok(_) => true,
-            Err(UsageError::QuotaExceeded { .. }) => false,
+            Err(UsageError::QuotaExceeded { .. } | UsageError::GaugeBelowZero { .. }) => false,
             Err(e) => return Err(e.into()),
         };
         Ok(CheckOutcome {
             allowed,
             metric_code: metric.clone(),
             current_usage: current,
+            reserved,
             limit: limit.limit,
-            remaining: limit.remaining(current),
+            remaining: limit.remaining_with(current, reserved),
             enforcement: limit.enforcement,
             period,
         })
@@ -229,14 +237,17 @@ impl<S: Store> Tally<S> {
         let now = self.now();
         let entitlement = self.entitlement(tenant).await?;
         let mut metrics = Vec::with_capacity(entitlement.limits.len());
+        let held = self.reserved_in(tenant, now).await?;
         for (metric, limit) in &entitlement.limits {
             let period = limit.period.containing(now, entitlement.subscription.anchor)?;
             let current = self.usage_in(tenant, metric, period).await?;
+            let reserved = held.get(&(metric.clone(), period.start())).copied().unwrap_or(0);
             metrics.push(MetricUsage {
                 metric_code: metric.clone(),
                 current_usage: current,
+                reserved,
                 limit: limit.limit,
-                remaining: limit.remaining(current),
+                remaining: limit.remaining_with(current, reserved),
                 enforcement: limit.enforcement,
                 period_kind: limit.period,
                 period,
@@ -317,6 +328,21 @@ impl<S: Store> Tally<S> {
             }
             EntitlementLookup::TenantMissing => Err(ServiceError::NotFound(format!("tenant {tenant}"))),
         }
+    }
+
+    /// What the tenant's open reservations hold, by metric and period start.
+    async fn reserved_in(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> Result<std::collections::HashMap<(MetricCode, Timestamp), i64>, ServiceError> {
+        Ok(self
+            .store
+            .reserved_by_period(tenant, now)
+            .await?
+            .into_iter()
+            .map(|(metric, start, held)| ((metric, start), held))
+            .collect())
     }
 
     async fn usage_in(

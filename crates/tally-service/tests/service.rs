@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use tally_domain::{
-    Amount, DomainError, KeyScope, LimitEnforcement, Metadata, MetricCode, Name, PeriodKind, PlanCode,
-    PlanSpec, QuotaLimit, TenantId, Timestamp, UsageError, UsageRequest,
+    Amount, Change, DomainError, KeyScope, LimitEnforcement, Metadata, MetricCode, Name, PeriodKind,
+    PlanCode, PlanSpec, QuotaLimit, TenantId, Timestamp, UsageError, UsageRequest,
 };
 use tally_service::usage::EventFilter;
 use tally_service::{ManualClock, ServiceConfig, ServiceError, Tally};
@@ -29,7 +29,7 @@ fn req(metric: &str, amount: i64) -> UsageRequest {
     UsageRequest {
         tenant_id: acme(),
         metric_code: m(metric),
-        amount: Amount::new(amount).unwrap(),
+        change: Change::add(Amount::new(amount).unwrap()),
         idempotency_key: None,
         metadata: Metadata::default(),
         timestamp: None,
@@ -84,12 +84,12 @@ async fn timestamps_outside_the_window_are_refused() {
 async fn check_answers_without_changing_anything() {
     let (tally, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
     tally.record(req("api_calls", 8)).await.unwrap();
-    let yes = tally.check(&acme(), &m("api_calls"), Amount::new(2).unwrap()).await.unwrap();
+    let yes = tally.check(&acme(), &m("api_calls"), Change::Add(2)).await.unwrap();
     assert_eq!((yes.allowed, yes.current_usage, yes.remaining), (true, 8, Some(2)));
-    let no = tally.check(&acme(), &m("api_calls"), Amount::new(3).unwrap()).await.unwrap();
+    let no = tally.check(&acme(), &m("api_calls"), Change::Add(3)).await.unwrap();
     assert!(!no.allowed);
     assert_eq!(tally.usage(&acme()).await.unwrap().metrics[0].current_usage, 8);
-    let err = tally.check(&acme(), &m("nope"), Amount::new(1).unwrap()).await.unwrap_err();
+    let err = tally.check(&acme(), &m("nope"), Change::Add(1)).await.unwrap_err();
     assert!(matches!(err, ServiceError::Usage(UsageError::QuotaNotFound { .. })));
 }
 
@@ -274,10 +274,7 @@ async fn a_change_made_through_another_instance_is_seen_within_a_second() {
     let reader = Tally::new(writer.store().clone()).with_caches();
     let (key, secret) = writer.create_key(KeyScope::Tenant(acme()), None).await.unwrap();
     assert!(reader.authenticate(&secret).await.unwrap().is_some());
-    assert_eq!(
-        reader.check(&acme(), &m("api_calls"), Amount::new(10).unwrap()).await.unwrap().limit,
-        Some(10)
-    );
+    assert_eq!(reader.check(&acme(), &m("api_calls"), Change::Add(10)).await.unwrap().limit, Some(10));
 
     let pro = PlanCode::parse("pro").unwrap();
     let raised =
@@ -285,7 +282,7 @@ async fn a_change_made_through_another_instance_is_seen_within_a_second() {
     writer.put_plan(&pro, &raised, None).await.unwrap();
     writer.revoke_key(key.id, None).await.unwrap();
     within_a_second("the raised limit", || async {
-        reader.check(&acme(), &m("api_calls"), Amount::new(10).unwrap()).await.unwrap().limit == Some(20)
+        reader.check(&acme(), &m("api_calls"), Change::Add(10)).await.unwrap().limit == Some(20)
     })
     .await;
     within_a_second("the revoked key", || async { reader.authenticate(&secret).await.unwrap().is_none() })

@@ -10,11 +10,13 @@ use tally_domain::{
     PlanSpec, QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome,
     UsageRecord, UsageRequest,
 };
+use tally_domain::{CommitRequest, Reservation, ReservationStatus, ReserveOutcome, ReserveRequest};
 use tally_store::{
     AdminSearch, AdminSession, AdminUiStore, AuditStore, ConfigVersion, EntitlementLookup, EventListQuery,
     EventQuery, EventRecorder, EventTotal, KeyStore, LockedRecord, PlanStore, PutOutcome, RecordCursor,
-    RecordKey, RecordListQuery, RecordSort, RecordTotal, RecordUpdate, SortKey, StoreError, TenantStore,
-    UsageApplier, UsageRepository, UsageTx, VerifyInputs, apply_in_tx, reset_audit, reset_fact,
+    RecordKey, RecordListQuery, RecordSort, RecordTotal, RecordUpdate, ReservationStore, ReservationTx,
+    SortKey, StoreError, TenantStore, UsageApplier, UsageRepository, UsageTx, VerifyInputs, apply_in_tx,
+    commit_in_tx, release_in_tx, reserve_in_tx, reset_audit, reset_fact,
 };
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -37,6 +39,8 @@ struct State {
     config_version: i64,
     admin_password: Option<String>,
     admin_sessions: BTreeMap<String, AdminSession>,
+    metrics: BTreeMap<MetricCode, tally_domain::Metric>,
+    reservations: BTreeMap<Uuid, Reservation>,
 }
 
 impl State {
@@ -148,12 +152,169 @@ impl UsageTx for MemTx<'_> {
         Ok(())
     }
 
+    async fn reserved_sums(
+        &mut self,
+        keys: &[RecordKey],
+        now: Timestamp,
+    ) -> Result<HashMap<RecordKey, i64>, StoreError> {
+        let mut out = HashMap::new();
+        for key in keys {
+            let held: i64 = self
+                .state
+                .reservations
+                .values()
+                .filter(|r| {
+                    r.status_at(now) == ReservationStatus::Open
+                        && r.tenant_id == key.tenant_id
+                        && r.metric_code == key.metric_code
+                        && r.period == key.period
+                })
+                .map(|r| r.amount)
+                .sum();
+            if held > 0 {
+                out.insert(key.clone(), held);
+            }
+        }
+        Ok(out)
+    }
+
     async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
         // Under the one mutex no other writer can take a key between the look-up and here.
         for rec in events {
             self.state.push_event(rec.clone());
         }
         Ok(())
+    }
+}
+
+impl ReservationTx for MemTx<'_> {
+    async fn find_reservation_by_key(
+        &mut self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Reservation>, StoreError> {
+        Ok(self
+            .state
+            .reservations
+            .values()
+            .find(|r| &r.tenant_id == tenant && r.idempotency_key.as_ref() == Some(key))
+            .cloned())
+    }
+
+    async fn lock_reservation(
+        &mut self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<Reservation>, StoreError> {
+        Ok(self.state.reservations.get(&id).filter(|r| &r.tenant_id == tenant).cloned())
+    }
+
+    async fn count_open_reservations(
+        &mut self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let n = self
+            .state
+            .reservations
+            .values()
+            .filter(|r| &r.tenant_id == tenant && r.status_at(now) == ReservationStatus::Open)
+            .count();
+        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+        self.state.reservations.insert(r.id, r.clone());
+        Ok(())
+    }
+
+    async fn settle_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+        self.state.reservations.insert(r.id, r.clone());
+        Ok(())
+    }
+
+    async fn find_event_by_id(
+        &mut self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        Ok(self.state.events.iter().find(|e| e.event.id == id && &e.event.tenant_id == tenant).cloned())
+    }
+}
+
+impl ReservationStore for MemoryStore {
+    async fn reserve(
+        &self,
+        req: &ReserveRequest,
+        now: Timestamp,
+    ) -> Result<Result<ReserveOutcome, UsageError>, StoreError> {
+        let mut state = self.state.lock().await;
+        reserve_in_tx(&mut MemTx { state: &mut state }, req, now).await
+    }
+
+    async fn commit_reservation(
+        &self,
+        req: &CommitRequest,
+        now: Timestamp,
+    ) -> Result<Result<UsageOutcome, UsageError>, StoreError> {
+        let mut state = self.state.lock().await;
+        commit_in_tx(&mut MemTx { state: &mut state }, req, now).await
+    }
+
+    async fn release_reservation(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        now: Timestamp,
+    ) -> Result<Result<(), UsageError>, StoreError> {
+        let mut state = self.state.lock().await;
+        release_in_tx(&mut MemTx { state: &mut state }, tenant, id, now).await
+    }
+
+    async fn list_open_reservations(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> Result<Vec<Reservation>, StoreError> {
+        let state = self.state.lock().await;
+        // Ids are UUID v7: by id is by creation.
+        Ok(state
+            .reservations
+            .values()
+            .filter(|r| &r.tenant_id == tenant && r.status_at(now) == ReservationStatus::Open)
+            .cloned()
+            .collect())
+    }
+
+    async fn reserved_by_period(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> Result<Vec<(MetricCode, Timestamp, i64)>, StoreError> {
+        let state = self.state.lock().await;
+        let mut sums: BTreeMap<(MetricCode, Timestamp), i64> = BTreeMap::new();
+        for r in state.reservations.values() {
+            if &r.tenant_id == tenant && r.status_at(now) == ReservationStatus::Open {
+                *sums.entry((r.metric_code.clone(), r.period.start())).or_default() += r.amount;
+            }
+        }
+        Ok(sums.into_iter().map(|((m, start), held)| (m, start, held)).collect())
+    }
+
+    async fn expire_reservations(&self, now: Timestamp, max: i64) -> Result<u64, StoreError> {
+        let mut state = self.state.lock().await;
+        let mut marked = 0u64;
+        for r in state.reservations.values_mut() {
+            if i64::try_from(marked).unwrap_or(i64::MAX) >= max {
+                break;
+            }
+            if r.status == ReservationStatus::Open && r.expires_at <= now {
+                r.status = ReservationStatus::Expired;
+                r.settled_at = Some(r.expires_at);
+                marked += 1;
+            }
+        }
+        Ok(marked)
     }
 }
 
@@ -390,6 +551,45 @@ impl PlanStore for MemoryStore {
         state.audit.push(audit.clone());
         state.config_version += 1;
         Ok(())
+    }
+}
+
+impl tally_store::MetricStore for MemoryStore {
+    async fn put_metric(
+        &self,
+        code: &MetricCode,
+        spec: &tally_domain::MetricSpec,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<PutOutcome<tally_domain::Metric>, StoreError> {
+        let mut state = self.state.lock().await;
+        let outcome = match state.metrics.get(code) {
+            Some(m) if &m.spec == spec => return Ok(PutOutcome::Unchanged(m.clone())),
+            Some(m) => {
+                PutOutcome::Updated(tally_domain::Metric { spec: spec.clone(), updated_at: now, ..m.clone() })
+            }
+            None => PutOutcome::Created(tally_domain::Metric {
+                code: code.clone(),
+                spec: spec.clone(),
+                created_at: now,
+                updated_at: now,
+            }),
+        };
+        let metric = match &outcome {
+            PutOutcome::Created(m) | PutOutcome::Updated(m) | PutOutcome::Unchanged(m) => m.clone(),
+        };
+        state.metrics.insert(code.clone(), metric);
+        state.audit.push(audit.clone());
+        state.config_version += 1;
+        Ok(outcome)
+    }
+
+    async fn find_metric(&self, code: &MetricCode) -> Result<Option<tally_domain::Metric>, StoreError> {
+        Ok(self.state.lock().await.metrics.get(code).cloned())
+    }
+
+    async fn list_metrics(&self) -> Result<Vec<tally_domain::Metric>, StoreError> {
+        Ok(self.state.lock().await.metrics.values().cloned().collect())
     }
 }
 

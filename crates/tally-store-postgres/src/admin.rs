@@ -31,7 +31,7 @@ pub(crate) const WHOLE_LIST_LEN_MAX: i64 = 10_000;
 
 /// Passes a create-or-update makes at most: the second one finds the row that a
 /// concurrent first writer created meanwhile.
-const UPSERT_PASSES_MAX: usize = 2;
+pub(crate) const UPSERT_PASSES_MAX: usize = 2;
 
 /// Writes `audit` in the caller's transaction. An entry whose id is taken already (the
 /// same `AuditEntry` passed to a second mutation) is written again under a fresh v7 id:
@@ -67,7 +67,10 @@ pub(crate) async fn insert_audit(
 /// tenant, subscription, override or key calls it once, as its last statement before the
 /// commit, so that the row lock it takes (which orders concurrent changes) is held briefly
 /// and always taken last.
-async fn bump_config_version(log: &StatementLog, conn: &mut PgConnection) -> Result<(), StoreError> {
+pub(crate) async fn bump_config_version(
+    log: &StatementLog,
+    conn: &mut PgConnection,
+) -> Result<(), StoreError> {
     let done = log
         .query("UPDATE tally_config_version SET version = version + 1 WHERE id = 1")
         .execute(conn)

@@ -15,7 +15,9 @@
 
 mod admin;
 mod admin_ui;
+mod catalog;
 mod migrate;
+mod reservations;
 mod rows;
 mod scope;
 mod statements;

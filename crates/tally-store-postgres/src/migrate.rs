@@ -66,6 +66,11 @@ pub const PUBLIC_SET: MigrationSet = MigrationSet {
             name: "admin_session",
             sql: include_str!("../migrations/public/0003_admin_session.sql"),
         },
+        Migration {
+            version: 4,
+            name: "catalog_reservations",
+            sql: include_str!("../migrations/public/0004_catalog_reservations.sql"),
+        },
     ],
 };
 
@@ -83,6 +88,11 @@ pub const TENANT_SET: MigrationSet = MigrationSet {
             version: 3,
             name: "events_created_index",
             sql: include_str!("../migrations/tenant/0003_events_created_index.sql"),
+        },
+        Migration {
+            version: 4,
+            name: "event_set_reserved",
+            sql: include_str!("../migrations/tenant/0004_event_set_reserved.sql"),
         },
     ],
 };

@@ -85,7 +85,7 @@ pub(crate) fn record_from_row(row: &PgRow) -> Result<UsageRecord, StoreError> {
 
 /// The columns `event_from_row` reads.
 pub(crate) const EVENT_COLUMNS: &str = "id, tenant_id, metric_code, amount, metadata, idempotency_key, \
-     \"timestamp\", created_at, usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit";
+     \"timestamp\", created_at, usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit, is_set, reserved_at";
 
 /// A usage event with its receipt.
 pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
@@ -109,6 +109,8 @@ pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
             enforcement: enforcement.parse::<LimitEnforcement>()?,
             period: Period::new(get(row, "period_start")?, get(row, "period_end")?)?,
             timestamp_explicit: get(row, "timestamp_explicit")?,
+            set: get(row, "is_set")?,
+            reserved: get(row, "reserved_at")?,
         },
     })
 }

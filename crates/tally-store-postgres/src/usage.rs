@@ -46,7 +46,7 @@ pub(crate) const LIST_LEN_MAX: u32 = PAGE_LEN_MAX + 1;
 
 /// The isolation the hot path runs in: each statement sees what committed before it, and
 /// row locks (not snapshots) decide.
-const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+pub(crate) const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// `tally verify` reads every schema from one snapshot, so counters and events agree.
 const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
@@ -98,12 +98,12 @@ pub(crate) async fn load_entitlements(
 }
 
 /// One `apply_usage` transaction, as the shared algorithm sees it.
-struct PgUsageTx<'s> {
-    tx: Transaction<'static, Postgres>,
-    log: &'s StatementLog,
-    tenancy: Tenancy,
+pub(crate) struct PgUsageTx<'s> {
+    pub(crate) tx: Transaction<'static, Postgres>,
+    pub(crate) log: &'s StatementLog,
+    pub(crate) tenancy: Tenancy,
     /// The schema of every tenant `load_entitlements` found (schema tenancy).
-    scopes: HashMap<TenantId, Scope>,
+    pub(crate) scopes: HashMap<TenantId, Scope>,
 }
 
 /// Whether a record lock may wait for another transaction.
@@ -171,6 +171,14 @@ enum Unknown {
 }
 
 impl PgUsageTx<'_> {
+    /// Where `tenant`'s quota tables live, once `load_entitlements` found it (schema tenancy).
+    pub(crate) fn scope(&self, tenant: &TenantId) -> Option<Scope> {
+        match self.tenancy {
+            Tenancy::Shared => Some(Scope::Base),
+            Tenancy::Schema => self.scopes.get(tenant).cloned(),
+        }
+    }
+
     /// Locks, in key order, the records among `keys` that exist; `NoWait` fails the
     /// statement (as `StoreError::Retry`) rather than wait for another transaction's lock.
     async fn lock_existing(
@@ -432,18 +440,28 @@ impl UsageTx for PgUsageTx<'_> {
         Ok(())
     }
 
+    async fn reserved_sums(
+        &mut self,
+        keys: &[RecordKey],
+        now: Timestamp,
+    ) -> Result<HashMap<RecordKey, i64>, StoreError> {
+        crate::reservations::reserved_sums(self.log, &mut self.tx, keys, now).await
+    }
+
     async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
         for (scope, group) in self.by_scope(events.iter().map(|e| (&e.event.tenant_id, e)), Unknown::Fail)? {
             let sql = format!(
                 "INSERT INTO {events} ({EVENT_COLUMNS})
                  SELECT u.id, u.tenant_id, u.metric_code, u.amount, u.metadata::jsonb, u.idempotency_key,
                         u.ts, u.created_at, u.usage_after, u.limit_at, u.enforcement, u.period_start,
-                        u.period_end, u.timestamp_explicit
+                        u.period_end, u.timestamp_explicit, u.is_set, u.reserved_at
                    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
                                $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bigint[], $11::text[],
-                               $12::timestamptz[], $13::timestamptz[], $14::boolean[])
+                               $12::timestamptz[], $13::timestamptz[], $14::boolean[], $15::boolean[],
+                               $16::bigint[])
                         AS u(id, tenant_id, metric_code, amount, metadata, idempotency_key, ts, created_at,
-                             usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit)
+                             usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit,
+                             is_set, reserved_at)
                  ON CONFLICT ON CONSTRAINT quota_usage_event_idem_uq DO NOTHING
                  RETURNING id",
                 events = scope.events()
@@ -470,6 +488,8 @@ impl UsageTx for PgUsageTx<'_> {
                 .bind(group.iter().map(|e| e.receipt.period.start()).collect::<Vec<Timestamp>>())
                 .bind(group.iter().map(|e| e.receipt.period.end()).collect::<Vec<Timestamp>>())
                 .bind(group.iter().map(|e| e.receipt.timestamp_explicit).collect::<Vec<bool>>())
+                .bind(group.iter().map(|e| e.receipt.set).collect::<Vec<bool>>())
+                .bind(group.iter().map(|e| e.receipt.reserved).collect::<Vec<i64>>())
                 .fetch_all(&mut *self.tx)
                 .await
                 .map_err(map_err)?;
@@ -752,7 +772,7 @@ impl EventRecorder for PgStore {
         };
         let sql = format!(
             "INSERT INTO {events} ({EVENT_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             events = scope.events()
         );
         self.log
@@ -771,6 +791,8 @@ impl EventRecorder for PgStore {
             .bind(receipt.period.start())
             .bind(receipt.period.end())
             .bind(receipt.timestamp_explicit)
+            .bind(receipt.set)
+            .bind(receipt.reserved)
             .execute(self.pool())
             .await
             .map_err(map_err)?;

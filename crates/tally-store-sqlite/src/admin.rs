@@ -492,7 +492,10 @@ async fn change_one_in_tx<'q>(
 
 /// Raises the configuration version inside the caller's transaction: every change to a
 /// plan, tenant, subscription, override or key calls it once, after the change.
-async fn bump_config_version(log: &StatementLog, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+pub(crate) async fn bump_config_version(
+    log: &StatementLog,
+    conn: &mut SqliteConnection,
+) -> Result<(), StoreError> {
     let done = log
         .query("UPDATE tally_config_version SET version = version + 1 WHERE id = 1")
         .execute(&mut *conn)

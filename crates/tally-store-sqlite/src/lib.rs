@@ -10,8 +10,10 @@
 
 mod admin;
 mod admin_ui;
+mod catalog;
 mod error;
 mod migrate;
+mod reservations;
 mod rows;
 mod statements;
 mod usage;

@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0003_config_version.sql"),
     },
     Migration { version: 4, name: "admin_ui", sql: include_str!("../migrations/0004_admin_ui.sql") },
+    Migration {
+        version: 5,
+        name: "catalog_gauges_reservations",
+        sql: include_str!("../migrations/0005_catalog_gauges_reservations.sql"),
+    },
 ];
 
 const _: () = {

@@ -83,17 +83,33 @@ pub(crate) fn record(row: RecordRow) -> Result<UsageRecord, StoreError> {
 macro_rules! event_columns {
     () => {
         "id, tenant_id, metric_code, amount, metadata, idempotency_key, timestamp, created_at, \
-         usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit"
+         usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit, is_set, reserved_at"
     };
 }
 pub(crate) use event_columns;
 
 /// Columns of `quota_usage_event`.
-const EVENT_COLUMNS_LEN: usize = 14;
+const EVENT_COLUMNS_LEN: usize = 16;
 
 /// A `quota_usage_event` row: the event, then its receipt.
-pub(crate) type EventRow =
-    (String, String, String, i64, String, Option<String>, i64, i64, i64, Option<i64>, String, i64, i64, i64);
+pub(crate) type EventRow = (
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
 
 pub(crate) fn event(row: EventRow) -> Result<RecordedEvent, StoreError> {
     let (
@@ -111,11 +127,13 @@ pub(crate) fn event(row: EventRow) -> Result<RecordedEvent, StoreError> {
         period_start,
         period_end,
         timestamp_explicit,
+        is_set,
+        reserved_at,
     ) = row;
-    let timestamp_explicit = match timestamp_explicit {
-        0 => false,
-        1 => true,
-        other => return Err(StoreError::Corrupt(format!("timestamp_explicit {other} is not 0 or 1"))),
+    let flag = |column: &str, value: i64| match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(StoreError::Corrupt(format!("{column} {other} is not 0 or 1"))),
     };
     Ok(RecordedEvent {
         event: UsageEvent {
@@ -133,7 +151,9 @@ pub(crate) fn event(row: EventRow) -> Result<RecordedEvent, StoreError> {
             limit: limit_at,
             enforcement: enforcement.parse()?,
             period: Period::new(instant("period_start", period_start)?, instant("period_end", period_end)?)?,
-            timestamp_explicit,
+            timestamp_explicit: flag("timestamp_explicit", timestamp_explicit)?,
+            set: flag("is_set", is_set)?,
+            reserved: reserved_at,
         },
     })
 }
@@ -163,7 +183,9 @@ pub(crate) async fn insert_events(
                 .push_bind(r.enforcement.as_str())
                 .push_bind(micros(r.period.start()))
                 .push_bind(micros(r.period.end()))
-                .push_bind(i64::from(r.timestamp_explicit));
+                .push_bind(i64::from(r.timestamp_explicit))
+                .push_bind(i64::from(r.set))
+                .push_bind(r.reserved);
         });
         log.built(&mut qb).persistent(false).execute(&mut *conn).await?;
     }

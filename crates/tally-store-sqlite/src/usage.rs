@@ -332,14 +332,14 @@ async fn reset_in_tx(
 
 /// One `BEGIN IMMEDIATE` transaction seen by the apply algorithm. The write lock is held
 /// from the start, so nothing changes between its reads and its writes.
-struct SqliteUsageTx<'c> {
-    conn: &'c mut SqliteConnection,
-    log: &'c StatementLog,
+pub(crate) struct SqliteUsageTx<'c> {
+    pub(crate) conn: &'c mut SqliteConnection,
+    pub(crate) log: &'c StatementLog,
 }
 
 /// Appends `column IN (?, ...)` over the distinct tenants among `tenants`: every statement
 /// of the hot path names its tenants, so that the tables can be distributed by tenant.
-fn push_tenants_in<'t>(
+pub(crate) fn push_tenants_in<'t>(
     qb: &mut QueryBuilder<Sqlite>,
     column: &str,
     tenants: impl IntoIterator<Item = &'t TenantId>,
@@ -540,6 +540,14 @@ impl UsageTx for SqliteUsageTx<'_> {
         Ok(())
     }
 
+    async fn reserved_sums(
+        &mut self,
+        keys: &[RecordKey],
+        now: Timestamp,
+    ) -> Result<HashMap<RecordKey, i64>, StoreError> {
+        crate::reservations::reserved_sums(self.log, self.conn, keys, now).await
+    }
+
     async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
         match rows::insert_events(self.log, self.conn, events).await {
             Ok(()) => Ok(()),
@@ -695,6 +703,8 @@ mod tests {
                 enforcement: LimitEnforcement::None,
                 period: PeriodKind::Day.containing(now(), now()).unwrap(),
                 timestamp_explicit: false,
+                set: false,
+                reserved: 0,
             },
         }
     }

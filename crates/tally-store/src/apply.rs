@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 
 use tally_domain::{
-    AuditAction, AuditEntry, EventReceipt, IdempotencyKey, QuotaLimit, RecordedEvent, TenantId, Timestamp,
-    UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest, decide,
+    AuditAction, AuditEntry, Change, EventReceipt, IdempotencyKey, QuotaLimit, RecordedEvent, TenantId,
+    Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest, decide_with_reserved,
 };
 use uuid::Uuid;
 
@@ -83,6 +83,15 @@ pub trait UsageTx: Send {
         &mut self,
         keys: &[(RecordKey, Uuid)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// What open reservations hold (status open, `expires_at > now`) against each of these
+    /// records, read after `lock_records` (reservations are made under the same record
+    /// locks, so the sums cannot move before the commit). Keys without any are absent.
+    fn reserved_sums(
+        &mut self,
+        keys: &[RecordKey],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<HashMap<RecordKey, i64>, StoreError>> + Send;
 
     /// Appends events. `Err(StoreError::Retry)` when an idempotency key was taken by a
     /// concurrent transaction since `find_events_by_keys`.
@@ -151,6 +160,7 @@ pub async fn apply_in_tx<T: UsageTx>(
         .into_iter()
         .collect();
     let locked = if needed.is_empty() { HashMap::new() } else { tx.lock_records(&needed, now).await? };
+    let reserved = reserved_for(tx, &resolved, now).await?;
 
     // 4. Decide in arrival order.
     let mut usage: BTreeMap<RecordKey, i64> = BTreeMap::new();
@@ -181,7 +191,8 @@ pub async fn apply_in_tx<T: UsageTx>(
         let lock =
             locked.get(&res.key).ok_or_else(|| StoreError::Other("record was not locked".to_owned()))?;
         let current = *usage.get(&res.key).unwrap_or(&lock.current_usage);
-        match decide(&res.limit, res.key.period, current, req.amount) {
+        let held = reserved.get(&res.key).copied().unwrap_or(0);
+        match decide_with_reserved(&res.limit, res.key.period, current, held, req.change) {
             Ok(after) => {
                 usage.insert(res.key.clone(), after);
                 let rec = RecordedEvent {
@@ -189,7 +200,8 @@ pub async fn apply_in_tx<T: UsageTx>(
                         id: Uuid::now_v7(),
                         tenant_id: req.tenant_id.clone(),
                         metric_code: req.metric_code.clone(),
-                        amount: req.amount.get(),
+                        // A counter's amount, or the change a gauge's level made.
+                        amount: after - current,
                         metadata: req.metadata.clone(),
                         idempotency_key: req.idempotency_key.clone(),
                         timestamp: res.at,
@@ -201,6 +213,8 @@ pub async fn apply_in_tx<T: UsageTx>(
                         enforcement: res.limit.enforcement,
                         period: res.key.period,
                         timestamp_explicit: req.timestamp.is_some(),
+                        set: matches!(req.change, Change::Set(_)),
+                        reserved: held,
                     },
                 };
                 results.push(Ok(UsageOutcome::from_recorded(&rec, false)));
@@ -249,27 +263,54 @@ pub async fn apply_in_tx<T: UsageTx>(
     Ok(results)
 }
 
+/// The open reservations against the records of the batch's finite limits: HARD decisions
+/// count them as used, and every answer's `remaining` subtracts them.
+async fn reserved_for<T: UsageTx>(
+    tx: &mut T,
+    resolved: &[Option<Result<Resolved, UsageError>>],
+    now: Timestamp,
+) -> Result<HashMap<RecordKey, i64>, StoreError> {
+    let keys: Vec<RecordKey> = resolved
+        .iter()
+        .filter_map(|r| match r {
+            Some(Ok(res)) if res.limit.limit.is_some() => Some(res.key.clone()),
+            _ => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if keys.is_empty() { Ok(HashMap::new()) } else { tx.reserved_sums(&keys, now).await }
+}
+
+pub(crate) fn resolve_limit(
+    tenant: &TenantId,
+    metric: &tally_domain::MetricCode,
+    lookup: Option<&EntitlementLookup>,
+) -> Result<(QuotaLimit, Timestamp), UsageError> {
+    let entitlement = match lookup {
+        None | Some(EntitlementLookup::TenantMissing) => {
+            return Err(UsageError::TenantNotFound { tenant: tenant.clone() });
+        }
+        Some(EntitlementLookup::NoSubscription) => {
+            return Err(UsageError::NoSubscription { tenant: tenant.clone() });
+        }
+        Some(EntitlementLookup::Found(e)) => e,
+    };
+    let limit =
+        entitlement.limit_for(metric).ok_or_else(|| UsageError::QuotaNotFound { metric: metric.clone() })?;
+    Ok((limit.clone(), entitlement.subscription.anchor))
+}
+
 fn resolve(
     req: &UsageRequest,
     lookup: Option<&EntitlementLookup>,
     now: Timestamp,
 ) -> Result<Resolved, UsageError> {
-    let entitlement = match lookup {
-        None | Some(EntitlementLookup::TenantMissing) => {
-            return Err(UsageError::TenantNotFound { tenant: req.tenant_id.clone() });
-        }
-        Some(EntitlementLookup::NoSubscription) => {
-            return Err(UsageError::NoSubscription { tenant: req.tenant_id.clone() });
-        }
-        Some(EntitlementLookup::Found(e)) => e,
-    };
-    let limit = entitlement
-        .limit_for(&req.metric_code)
-        .ok_or_else(|| UsageError::QuotaNotFound { metric: req.metric_code.clone() })?;
+    let (limit, anchor) = resolve_limit(&req.tenant_id, &req.metric_code, lookup)?;
     let at = req.timestamp.unwrap_or(now);
-    let period = limit.period.containing(at, entitlement.subscription.anchor)?;
+    let period = limit.period.containing(at, anchor)?;
     Ok(Resolved {
-        limit: limit.clone(),
+        limit,
         key: RecordKey { tenant_id: req.tenant_id.clone(), metric_code: req.metric_code.clone(), period },
         at,
     })

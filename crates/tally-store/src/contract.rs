@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Duration;
 use tally_domain::{
-    Amount, ApiKey, AuditAction, AuditEntry, EventReceipt, IdempotencyKey, KeyScope, LimitEnforcement,
-    Metadata, MetricCode, Name, PeriodKind, PlanCode, PlanSpec, QuotaLimit, RecordedEvent, TenantId,
-    Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
+    Amount, ApiKey, AuditAction, AuditEntry, Change, CommitRequest, EventReceipt, IdempotencyKey, KeyScope,
+    LimitEnforcement, Metadata, MetricCode, MetricKind, MetricSpec, Name, Period, PeriodKind, PlanCode,
+    PlanSpec, QuotaLimit, RecordedEvent, ReservationStatus, ReserveRequest, TenantId, Timestamp, Ttl,
+    UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
 };
 use uuid::Uuid;
 
@@ -71,7 +72,16 @@ macro_rules! contract_suite {
             metric_codes_come_from_plans_old_plan_versions_and_overrides_sorted_without_duplicates,
             admin_password_is_set_replaced_and_audited_only_when_it_changes,
             admin_sessions_are_found_until_they_expire_and_deleted_one_by_one_or_in_bulk,
-            a_taken_admin_session_token_hash_is_a_conflict
+            a_taken_admin_session_token_hash_is_a_conflict,
+            metric_catalog_declares_changes_and_lists_metrics,
+            a_gauge_goes_up_and_down_never_below_zero_and_never_resets,
+            a_replayed_set_answers_the_original_and_a_set_never_replays_an_add,
+            concurrent_gauge_changes_never_overshoot_a_hard_limit_or_go_below_zero,
+            a_reservation_holds_quota_until_it_is_committed,
+            released_and_expired_reservations_free_their_quota,
+            a_replayed_reservation_holds_nothing_more,
+            concurrent_reservations_never_hold_more_than_a_hard_limit,
+            reservations_are_found_only_under_their_own_tenant
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -129,7 +139,7 @@ pub fn req(tenant_id: &str, m: &str, amount: i64) -> UsageRequest {
     UsageRequest {
         tenant_id: tenant(tenant_id),
         metric_code: metric(m),
-        amount: Amount::new(amount).unwrap(),
+        change: Change::add(Amount::new(amount).unwrap()),
         idempotency_key: None,
         metadata: Metadata::default(),
         timestamp: None,
@@ -1234,6 +1244,8 @@ pub async fn admin_events<S: Store>(store: &S) -> Vec<RecordedEvent> {
                 enforcement: LimitEnforcement::None,
                 period: PeriodKind::Month.containing(timestamp, anchor()).unwrap(),
                 timestamp_explicit: true,
+                set: false,
+                reserved: 0,
             },
         };
         store.record(&e).await.unwrap();
@@ -1490,4 +1502,306 @@ pub async fn a_taken_admin_session_token_hash_is_a_conflict<S: Store>(store: S) 
     let err = store.insert_admin_session(&again).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert_eq!(store.find_admin_session(&first.token_hash, now()).await.unwrap(), Some(first));
+}
+
+// ---------------------------------------------------------------------------------------
+// The metric catalog and gauges
+
+fn gauge(m: &str, value: Option<i64>, enforcement: LimitEnforcement) -> QuotaLimit {
+    limit(m, value, enforcement, PeriodKind::None)
+}
+
+fn change(tenant_id: &str, m: &str, c: Change) -> UsageRequest {
+    UsageRequest { change: c, ..req(tenant_id, m, 1) }
+}
+
+pub async fn metric_catalog_declares_changes_and_lists_metrics<S: Store>(store: S) {
+    let seats = MetricSpec {
+        name: Name::parse("Seats").unwrap(),
+        unit: Some("seat".to_owned()),
+        kind: MetricKind::Gauge,
+    };
+    let calls = MetricSpec { name: Name::parse("API calls").unwrap(), unit: None, kind: MetricKind::Counter };
+    let a = audit(AuditAction::MetricPut, None);
+    let created = store.put_metric(&metric("seats"), &seats, now(), &a).await.unwrap();
+    assert!(created.is_created());
+    let later = now() + Duration::seconds(60);
+    let same = store
+        .put_metric(&metric("seats"), &seats, later, &audit(AuditAction::MetricPut, None))
+        .await
+        .unwrap();
+    assert!(matches!(&same, PutOutcome::Unchanged(m) if m.updated_at == now()), "{same:?}");
+    let renamed = MetricSpec { name: Name::parse("Seats in use").unwrap(), ..seats.clone() };
+    let updated = store
+        .put_metric(&metric("seats"), &renamed, later, &audit(AuditAction::MetricPut, None))
+        .await
+        .unwrap();
+    let PutOutcome::Updated(m) = updated else { panic!("a changed spec updates the metric") };
+    assert_eq!((m.created_at, m.updated_at, &m.spec), (now(), later, &renamed));
+    store
+        .put_metric(&metric("api_calls"), &calls, now(), &audit(AuditAction::MetricPut, None))
+        .await
+        .unwrap();
+
+    assert_eq!(store.find_metric(&metric("seats")).await.unwrap().map(|m| m.spec), Some(renamed));
+    assert_eq!(store.find_metric(&metric("ghost")).await.unwrap(), None);
+    let codes: Vec<String> = store.list_metrics().await.unwrap().iter().map(|m| m.code.to_string()).collect();
+    assert_eq!(codes, ["api_calls", "seats"]);
+    // Three changes, three audit entries: the put that changed nothing wrote none.
+    let entries = store.list_audit(None, None, 100).await.unwrap();
+    assert_eq!(entries.iter().filter(|e| e.action == "metric.put").count(), 3);
+}
+
+pub async fn a_gauge_goes_up_and_down_never_below_zero_and_never_resets<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![gauge("seats", Some(10), LimitEnforcement::Hard)]).await;
+    let up = apply_one(&store, change("acme", "seats", Change::Add(5))).await.unwrap();
+    assert_eq!((up.amount, up.current_usage, up.remaining), (5, 5, Some(5)));
+    assert!(up.period.is_unbounded());
+    let down = apply_one(&store, change("acme", "seats", Change::Add(-2))).await.unwrap();
+    assert_eq!((down.amount, down.current_usage), (-2, 3));
+    let set = apply_one(&store, change("acme", "seats", Change::Set(8))).await.unwrap();
+    assert_eq!((set.amount, set.current_usage), (5, 8));
+
+    let below = apply_one(&store, change("acme", "seats", Change::Add(-9))).await.unwrap_err();
+    assert!(matches!(below, UsageError::GaugeBelowZero { current: 8, decrease: 9, .. }), "{below:?}");
+    let over = apply_one(&store, change("acme", "seats", Change::Add(3))).await.unwrap_err();
+    assert!(
+        matches!(over, UsageError::QuotaExceeded { current: 8, limit: 10, requested: 3, .. }),
+        "{over:?}"
+    );
+    let emptied = apply_one(&store, change("acme", "seats", Change::Set(0))).await.unwrap();
+    assert_eq!((emptied.amount, emptied.current_usage), (-8, 0));
+    assert_eq!(apply_one(&store, change("acme", "seats", Change::Set(10))).await.unwrap().remaining, Some(0));
+
+    // A year on, the level is where it was: a gauge's record spans all time.
+    let next_year = now() + Duration::days(400);
+    let later = apply_one_at(&store, change("acme", "seats", Change::Add(-4)), next_year).await.unwrap();
+    assert_eq!(later.current_usage, 6);
+    let record =
+        store.get_for_period(&tenant("acme"), &metric("seats"), Period::unbounded().start()).await.unwrap();
+    assert_eq!(record.current_usage, 6);
+    assert_eq!(
+        store.get_current_period(&tenant("acme"), &metric("seats"), now()).await.unwrap().id,
+        record.id
+    );
+
+    // The events are the changes made, refusals wrote none, and they sum to the level.
+    let events = all_events(&store, "acme").await;
+    let mut amounts: Vec<i64> = events.iter().map(|e| e.event.amount).collect();
+    amounts.sort_unstable();
+    assert_eq!(amounts, [-8, -4, -2, 5, 5, 10]);
+    assert_eq!(events.iter().map(|e| e.event.amount).sum::<i64>(), 6);
+    assert_eq!(events.iter().filter(|e| e.receipt.set).count(), 3);
+}
+
+pub async fn a_replayed_set_answers_the_original_and_a_set_never_replays_an_add<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![gauge("seats", None, LimitEnforcement::None)]).await;
+    let first = apply_one(&store, keyed(change("acme", "seats", Change::Set(4)), "set-4")).await.unwrap();
+    assert_eq!((first.amount, first.current_usage, first.replayed), (4, 4, false));
+    apply_one(&store, change("acme", "seats", Change::Add(3))).await.unwrap();
+    let again = apply_one(&store, keyed(change("acme", "seats", Change::Set(4)), "set-4")).await.unwrap();
+    assert_eq!((again.event_id, again.current_usage, again.replayed), (first.event_id, 4, true));
+    // The same change of +4 as an `amount` is another payload.
+    let add = apply_one(&store, keyed(change("acme", "seats", Change::Add(4)), "set-4")).await.unwrap_err();
+    assert!(matches!(add, UsageError::IdempotencyConflict { .. }), "{add:?}");
+    assert_eq!(current(&store, "acme", "seats").await, Some(7));
+}
+
+pub async fn concurrent_gauge_changes_never_overshoot_a_hard_limit_or_go_below_zero<S: Store>(store: S) {
+    const TASKS: i64 = 64;
+    const LIMIT: i64 = 20;
+    setup(&store, "acme", "pro", vec![gauge("seats", Some(LIMIT), LimitEnforcement::Hard)]).await;
+    let mut handles = Vec::new();
+    for i in 0..TASKS {
+        let store = store.clone();
+        // Two rises for every fall: the level presses against both bounds.
+        let delta = if i % 3 == 2 { -1 } else { 1 };
+        handles.push(tokio::spawn(async move {
+            match apply_one(&store, change("acme", "seats", Change::Add(delta))).await {
+                Ok(out) => {
+                    assert!((0..=LIMIT).contains(&out.current_usage), "{out:?}");
+                    delta
+                }
+                Err(UsageError::QuotaExceeded { .. } | UsageError::GaugeBelowZero { .. }) => 0,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }));
+    }
+    let mut level = 0;
+    for h in handles {
+        level += h.await.unwrap();
+    }
+    assert!((0..=LIMIT).contains(&level));
+    assert_eq!(current(&store, "acme", "seats").await, Some(level));
+    assert_eq!(all_events(&store, "acme").await.iter().map(|e| e.event.amount).sum::<i64>(), level);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reservations
+
+fn reserve_req(tenant_id: &str, m: &str, amount: i64, ttl: i64) -> ReserveRequest {
+    ReserveRequest {
+        tenant_id: tenant(tenant_id),
+        metric_code: metric(m),
+        amount: Amount::new(amount).unwrap(),
+        ttl: Ttl::new(Some(ttl)).unwrap(),
+        idempotency_key: None,
+    }
+}
+
+fn commit_req(tenant_id: &str, id: Uuid, amount: Option<i64>) -> CommitRequest {
+    CommitRequest {
+        tenant_id: tenant(tenant_id),
+        reservation_id: id,
+        amount: amount.map(|a| Amount::new(a).unwrap()),
+        metadata: Metadata::default(),
+    }
+}
+
+async fn held<S: Store>(store: &S, at: Timestamp) -> i64 {
+    store.reserved_by_period(&tenant("acme"), at).await.unwrap().iter().map(|(_, _, h)| h).sum()
+}
+
+pub async fn a_reservation_holds_quota_until_it_is_committed<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let r = store.reserve(&reserve_req("acme", "api_calls", 40, 300), now()).await.unwrap().unwrap();
+    assert!(!r.replayed);
+    let res = &r.reservation;
+    assert_eq!(
+        (res.usage_at_creation, res.reserved_at_creation, res.remaining_at_creation()),
+        (0, 40, Some(60))
+    );
+    assert_eq!(res.expires_at, now() + Duration::seconds(300));
+    assert_eq!(held(&store, now()).await, 40);
+
+    // Usage counts the hold: 60 fit, 61 do not, and neither does another reservation.
+    let err = apply_one(&store, req("acme", "api_calls", 61)).await.unwrap_err();
+    assert!(matches!(err, UsageError::QuotaExceeded { current: 0, .. }), "{err:?}");
+    assert_eq!(apply_one(&store, req("acme", "api_calls", 60)).await.unwrap().remaining, Some(0));
+    let more = store.reserve(&reserve_req("acme", "api_calls", 1, 300), now()).await.unwrap().unwrap_err();
+    assert!(matches!(more, UsageError::QuotaExceeded { .. }), "{more:?}");
+
+    // Committing 30 of the 40 records 30 and frees the other 10.
+    let done = store.commit_reservation(&commit_req("acme", res.id, Some(30)), now()).await.unwrap().unwrap();
+    assert_eq!((done.amount, done.current_usage, done.remaining, done.replayed), (30, 90, Some(10), false));
+    assert_eq!(held(&store, now()).await, 0);
+    assert!(apply_one(&store, req("acme", "api_calls", 10)).await.is_ok());
+
+    // Committing again with the same amount replays; with another, or releasing, is refused.
+    let again =
+        store.commit_reservation(&commit_req("acme", res.id, Some(30)), now()).await.unwrap().unwrap();
+    assert_eq!((again.event_id, again.current_usage, again.replayed), (done.event_id, 90, true));
+    let other =
+        store.commit_reservation(&commit_req("acme", res.id, None), now()).await.unwrap().unwrap_err();
+    assert!(
+        matches!(other, UsageError::ReservationClosed { status: ReservationStatus::Committed, .. }),
+        "{other:?}"
+    );
+    let release = store.release_reservation(&tenant("acme"), res.id, now()).await.unwrap().unwrap_err();
+    assert!(matches!(release, UsageError::ReservationClosed { .. }), "{release:?}");
+    assert_eq!(current_or_none(&store).await, Some(100));
+    // The commit's event counts in the period the quota was held in, timed at the hold.
+    let events = all_events(&store, "acme").await;
+    let committed = events.iter().find(|e| e.event.id == done.event_id).unwrap();
+    assert_eq!((committed.event.amount, committed.event.timestamp), (30, now()));
+}
+
+pub async fn released_and_expired_reservations_free_their_quota<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let r = store.reserve(&reserve_req("acme", "api_calls", 50, 300), now()).await.unwrap().unwrap();
+    assert!(apply_one(&store, req("acme", "api_calls", 51)).await.is_err());
+    store.release_reservation(&tenant("acme"), r.reservation.id, now()).await.unwrap().unwrap();
+    // Releasing twice changes nothing; a released reservation cannot be committed.
+    store.release_reservation(&tenant("acme"), r.reservation.id, now()).await.unwrap().unwrap();
+    let late = store.commit_reservation(&commit_req("acme", r.reservation.id, None), now()).await.unwrap();
+    assert!(
+        matches!(late, Err(UsageError::ReservationClosed { status: ReservationStatus::Released, .. })),
+        "{late:?}"
+    );
+    assert!(apply_one(&store, req("acme", "api_calls", 51)).await.is_ok());
+
+    // 49 held for a minute: refused at 59 s, free at 60 s, whether or not the sweeper ran.
+    let r = store.reserve(&reserve_req("acme", "api_calls", 49, 60), now()).await.unwrap().unwrap();
+    let at = |s: i64| now() + Duration::seconds(s);
+    assert!(apply_one_at(&store, req("acme", "api_calls", 1), at(59)).await.is_err());
+    assert_eq!(store.list_open_reservations(&tenant("acme"), at(59)).await.unwrap().len(), 1);
+    assert!(store.list_open_reservations(&tenant("acme"), at(60)).await.unwrap().is_empty());
+    assert!(apply_one_at(&store, req("acme", "api_calls", 1), at(60)).await.is_ok());
+    let expired =
+        store.commit_reservation(&commit_req("acme", r.reservation.id, None), at(61)).await.unwrap();
+    assert!(
+        matches!(expired, Err(UsageError::ReservationClosed { status: ReservationStatus::Expired, .. })),
+        "{expired:?}"
+    );
+
+    // The sweeper marks what expired, once.
+    store.reserve(&reserve_req("acme", "api_calls", 10, 1), at(62)).await.unwrap().unwrap();
+    assert_eq!(store.expire_reservations(at(62), 100).await.unwrap(), 0);
+    assert_eq!(store.expire_reservations(at(63), 100).await.unwrap(), 1);
+    assert_eq!(store.expire_reservations(at(64), 100).await.unwrap(), 0);
+    assert_eq!(current_or_none(&store).await, Some(52));
+}
+
+pub async fn a_replayed_reservation_holds_nothing_more<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let keyed = ReserveRequest {
+        idempotency_key: Some(IdempotencyKey::parse("job-9").unwrap()),
+        ..reserve_req("acme", "api_calls", 30, 300)
+    };
+    let first = store.reserve(&keyed, now()).await.unwrap().unwrap();
+    let again = store.reserve(&keyed, now() + Duration::seconds(5)).await.unwrap().unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.reservation.id, first.reservation.id);
+    assert_eq!(again.reservation.reserved_at_creation, 30);
+    assert_eq!(held(&store, now()).await, 30);
+    let changed = ReserveRequest { amount: Amount::new(31).unwrap(), ..keyed };
+    let err = store.reserve(&changed, now()).await.unwrap().unwrap_err();
+    assert!(matches!(err, UsageError::IdempotencyConflict { .. }), "{err:?}");
+}
+
+pub async fn concurrent_reservations_never_hold_more_than_a_hard_limit<S: Store>(store: S) {
+    const TASKS: usize = 64;
+    const LIMIT: i64 = 20;
+    setup(&store, "acme", "pro", vec![hard("api_calls", LIMIT)]).await;
+    let mut handles = Vec::new();
+    for _ in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            match store.reserve(&reserve_req("acme", "api_calls", 1, 300), now()).await.unwrap() {
+                Ok(r) => {
+                    assert!(r.reservation.reserved_at_creation <= LIMIT, "{r:?}");
+                    1
+                }
+                Err(UsageError::QuotaExceeded { .. }) => 0,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }));
+    }
+    let mut accepted = 0;
+    for h in handles {
+        accepted += h.await.unwrap();
+    }
+    assert_eq!(accepted, LIMIT);
+    assert_eq!(held(&store, now()).await, LIMIT);
+    assert_eq!(store.list_open_reservations(&tenant("acme"), now()).await.unwrap().len(), 20);
+}
+
+pub async fn reservations_are_found_only_under_their_own_tenant<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    setup(&store, "beta", "pro", vec![hard("api_calls", 100)]).await;
+    let r = store.reserve(&reserve_req("acme", "api_calls", 5, 300), now()).await.unwrap().unwrap();
+    let id = r.reservation.id;
+    let commit = store.commit_reservation(&commit_req("beta", id, None), now()).await.unwrap();
+    assert!(matches!(commit, Err(UsageError::ReservationNotFound { .. })), "{commit:?}");
+    let release = store.release_reservation(&tenant("beta"), id, now()).await.unwrap();
+    assert!(matches!(release, Err(UsageError::ReservationNotFound { .. })), "{release:?}");
+    assert!(store.list_open_reservations(&tenant("beta"), now()).await.unwrap().is_empty());
+    assert!(store.reserved_by_period(&tenant("beta"), now()).await.unwrap().is_empty());
+    let ghost = store.reserve(&reserve_req("ghost", "api_calls", 1, 300), now()).await.unwrap();
+    assert!(matches!(ghost, Err(UsageError::TenantNotFound { .. })), "{ghost:?}");
+    let unknown = store.reserve(&reserve_req("acme", "exports", 1, 300), now()).await.unwrap();
+    assert!(matches!(unknown, Err(UsageError::QuotaNotFound { .. })), "{unknown:?}");
+    // Commit the whole hold by default.
+    let done = store.commit_reservation(&commit_req("acme", id, None), now()).await.unwrap().unwrap();
+    assert_eq!(done.current_usage, 5);
 }

@@ -7,9 +7,9 @@
 use std::future::Future;
 
 use tally_domain::{
-    ApiKey, AuditEntry, MetricCode, MetricCode as Metric, Name, Override, Period, Plan, PlanCode, PlanSpec,
-    QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome,
-    UsageRecord, UsageRequest,
+    ApiKey, AuditEntry, CommitRequest, MetricCode, MetricCode as Metric, MetricSpec, Name, Override, Period,
+    Plan, PlanCode, PlanSpec, QuotaLimit, RecordedEvent, Reservation, ReserveOutcome, ReserveRequest,
+    Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome, UsageRecord, UsageRequest,
 };
 use uuid::Uuid;
 
@@ -98,6 +98,78 @@ pub trait UsageApplier: Send + Sync {
         now: Timestamp,
         key_id: Option<Uuid>,
     ) -> impl Future<Output = Result<UsageRecord, StoreError>> + Send;
+}
+
+/// Reservations: quota held before long work and settled after it. Each operation runs in
+/// one transaction (see `crate::reserve`); `Ok(Err(refusal))` is an answer, `Err` a failure
+/// that wrote nothing.
+pub trait ReservationStore: Send + Sync {
+    /// Holds quota against the current period, or refuses as a usage would.
+    fn reserve(
+        &self,
+        req: &ReserveRequest,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Result<ReserveOutcome, UsageError>, StoreError>> + Send;
+
+    /// Records an open reservation's usage and releases the rest.
+    fn commit_reservation(
+        &self,
+        req: &CommitRequest,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Result<UsageOutcome, UsageError>, StoreError>> + Send;
+
+    /// Frees a reservation.
+    fn release_reservation(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Result<(), UsageError>, StoreError>> + Send;
+
+    /// The tenant's reservations open at `now`, oldest first (at most
+    /// `RESERVATIONS_OPEN_MAX`).
+    fn list_open_reservations(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Reservation>, StoreError>> + Send;
+
+    /// What the tenant's open reservations hold, per metric and period start.
+    fn reserved_by_period(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<(MetricCode, Timestamp, i64)>, StoreError>> + Send;
+
+    /// Marks at most `max` open reservations past their expiry as expired (their quota is
+    /// free from `expires_at` on either way); returns how many it marked.
+    fn expire_reservations(
+        &self,
+        now: Timestamp,
+        max: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// The metric catalog.
+pub trait MetricStore: Send + Sync {
+    /// Declares the metric, or changes it when `spec` differs; a put that changes nothing
+    /// changes nothing, `updated_at` included. `audit` is written only when something changed.
+    fn put_metric(
+        &self,
+        code: &MetricCode,
+        spec: &MetricSpec,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<PutOutcome<tally_domain::Metric>, StoreError>> + Send;
+
+    /// The metric, if declared.
+    fn find_metric(
+        &self,
+        code: &MetricCode,
+    ) -> impl Future<Output = Result<Option<tally_domain::Metric>, StoreError>> + Send;
+
+    /// Every declared metric, by code.
+    fn list_metrics(&self) -> impl Future<Output = Result<Vec<tally_domain::Metric>, StoreError>> + Send;
 }
 
 /// Plans, with their version history.
@@ -348,6 +420,8 @@ pub trait Store:
     + EventRecorder
     + UsageApplier
     + PlanStore
+    + MetricStore
+    + ReservationStore
     + TenantStore
     + KeyStore
     + AuditStore
@@ -363,6 +437,8 @@ impl<S> Store for S where
         + EventRecorder
         + UsageApplier
         + PlanStore
+        + MetricStore
+        + ReservationStore
         + TenantStore
         + KeyStore
         + AuditStore

@@ -348,6 +348,25 @@ async fn the_tenant_page_draws_usage_against_the_limit(backend: Backend) {
     assert_eq!(missing.status, 404);
 }
 
+async fn the_tenant_page_shows_a_gauge_as_a_level_against_its_limit(backend: Backend) {
+    let app = seeded(backend, 0).await;
+    app.put("/v1/metrics/seats", &json!({"name": "Seats", "kind": "gauge"})).await.ok(201);
+    app.tenant_on_plan("acme", json!([limit("seats", Some(10), "hard", "none")]), None).await;
+    app.record("acme", "seats", 9).await;
+    app.record("acme", "seats", -1).await;
+    let mut b = signed_in(&app).await;
+    let page = b.html("/admin/tenants/acme").await;
+    assert!(
+        page.contains(r#"data-metric="seats" data-current="8" data-limit="10" data-state="near" data-enforcement="hard""#),
+        "{page}"
+    );
+    assert!(page.contains("gauge · current level, no period"), "{page}");
+    assert!(!page.contains(r#"class="usage-chart""#), "a level has no periods to chart");
+    let records = b.html("/admin/records?metric_code=seats").await;
+    assert_eq!(rows(&records, "record-row"), 1);
+    assert!(records.contains("none (gauge)"), "{records}");
+}
+
 async fn the_plan_pages_show_limits_versions_and_subscribers(backend: Backend) {
     let app = seeded(backend, 2).await;
     app.put_plan("pro", json!([limit("api_calls", Some(2000), "hard", "month")])).await;
@@ -392,6 +411,7 @@ store_tests!(
     records_filter_search_sort_and_paginate,
     events_filter_search_paginate_and_show_their_metadata_as_text,
     the_tenant_page_draws_usage_against_the_limit,
+    the_tenant_page_shows_a_gauge_as_a_level_against_its_limit,
     the_plan_pages_show_limits_versions_and_subscribers,
     bad_filters_answer_a_400_page_that_names_the_field,
 );

@@ -724,7 +724,7 @@ fn cases() -> Vec<Case> {
         ("enforcement uppercase", plan_limit_with("enforcement", r#""HARD""#)),
         ("enforcement null", plan_limit_with("enforcement", "null")),
         ("period fortnight", plan_limit_with("period", r#""fortnight""#)),
-        ("period none", plan_limit_with("period", r#""none""#)),
+        ("period decade", plan_limit_with("period", r#""decade""#)),
         ("metric_code an emoji", plan_limit_with("metric_code", &json!("api_📞").to_string())),
         ("metric_code SQL injection", plan_limit_with("metric_code", &json!(INJECTION).to_string())),
         ("a duplicate member", r#"{"name": "Pro", "limits": [], "limits": []}"#.to_owned()),

@@ -22,6 +22,7 @@ async fn check_answers_with_the_usage_before_the_amount_and_changes_nothing(back
             "allowed",
             "metric_code",
             "current_usage",
+            "reserved",
             "limit",
             "remaining",
             "enforcement",
@@ -115,19 +116,19 @@ async fn usage_lists_every_metric_of_the_plan_and_its_overrides(backend: Backend
     assert_eq!(body["metrics"].as_array().map(Vec::len), Some(3));
     assert_eq!(
         metric("api_calls"),
-        json!({"metric_code": "api_calls", "current_usage": 4, "limit": 100, "remaining": 96, "enforcement": "hard",
+        json!({"metric_code": "api_calls", "current_usage": 4, "reserved": 0, "limit": 100, "remaining": 96, "enforcement": "hard",
                "period": "month", "period_start": "2026-11-15T00:00:00Z", "period_end": "2026-12-15T00:00:00Z",
                "exceeded": false})
     );
     assert_eq!(
         metric("storage"),
-        json!({"metric_code": "storage", "current_usage": 0, "limit": 10, "remaining": 10, "enforcement": "soft",
+        json!({"metric_code": "storage", "current_usage": 0, "reserved": 0, "limit": 10, "remaining": 10, "enforcement": "soft",
                "period": "week", "period_start": "2026-11-23T00:00:00Z", "period_end": "2026-11-30T00:00:00Z",
                "exceeded": false})
     );
     assert_eq!(
         metric("exports"),
-        json!({"metric_code": "exports", "current_usage": 0, "limit": null, "remaining": null, "enforcement": "none",
+        json!({"metric_code": "exports", "current_usage": 0, "reserved": 0, "limit": null, "remaining": null, "enforcement": "none",
                "period": "day", "period_start": "2026-11-29T00:00:00Z", "period_end": "2026-11-30T00:00:00Z",
                "exceeded": false})
     );

@@ -256,7 +256,7 @@ async fn records_page<S: Store>(
                             td.wrap { a href=(format!("/admin/tenants/{}", super::urlencode(r.tenant_id.as_str()))) { (r.tenant_id.as_str()) } }
                             td { (r.metric_code.as_str()) }
                             td.num { (int(r.current_usage)) }
-                            td { (time(r.period_end)) }
+                            @if r.period().is_ok_and(|p| p.is_unbounded()) { td { "none (gauge)" } } @else { td { (time(r.period_end)) } }
                             td { (time(r.created_at)) }
                         }
                     }
@@ -381,7 +381,7 @@ async fn event_page<S: Store>(state: &AppState<S>, op: &Operator, tenant: &str, 
             dt { "idempotency_key" } dd id="idempotency-key" { @if let Some(k) = &e.idempotency_key { code { (k.as_str()) } } @else { "none" } }
             dt { "timestamp" } dd { (time(e.timestamp)) @if !r.timestamp_explicit { " (time of recording)" } }
             dt { "created_at" } dd { (time(e.created_at)) }
-            dt { "period" } dd { (time(r.period.start())) " to " (time(r.period.end())) }
+            dt { "period" } dd { @if let Some((start, end)) = r.period.bounds() { (time(start)) " to " (time(end)) } @else { "none (gauge level)" } }
             dt { "usage after" } dd { (int(r.usage_after)) " of " (limit_text(r.limit)) " (" (enforcement_word(r.enforcement)) ")" }
         }
         h2 { "Metadata" }
@@ -536,7 +536,7 @@ async fn tenant_page<S: Store>(state: &AppState<S>, op: &Operator, tenant: &str)
         @if o.view.overrides.is_empty() { p.empty { "No overrides: the plan's limits apply." } } @else { (limits_table("overrides", &o.view.overrides)) }
         h2 { "Usage" }
         p.legend {
-            "Bars: usage of the current period against its limit; green under "
+            "Bars: usage of the current period (for a gauge, its current level) against its limit; green under "
             (super::svg::NEAR_LIMIT_PERCENT) "%, amber near, red at or over the limit. "
             "Frame: solid for HARD, dashed for SOFT, dotted for NONE. Charts: the last "
             (tally_domain::limits::ADMIN_CHART_PERIODS) " periods, the current one last."
@@ -546,9 +546,14 @@ async fn tenant_page<S: Store>(state: &AppState<S>, op: &Operator, tenant: &str)
             @for m in &o.metrics {
                 @let u = &m.usage;
                 section.card.metric id=(format!("metric-{}", u.metric_code.as_str())) data-metric=(u.metric_code.as_str()) {
-                    h3 { (u.metric_code.as_str()) span.legend { (u.period_kind.as_str()) " · " (day(u.period.start())) " to " (day(u.period.end())) } }
-                    (usage_bar(u.metric_code.as_str(), u.current_usage, u.limit, u.enforcement))
-                    (usage_chart(u.metric_code.as_str(), &m.history, u.limit))
+                    @if let Some((start, end)) = u.period.bounds() {
+                        h3 { (u.metric_code.as_str()) span.legend { (u.period_kind.as_str()) " · " (day(start)) " to " (day(end)) } }
+                        (usage_bar(u.metric_code.as_str(), u.current_usage, u.limit, u.enforcement))
+                        (usage_chart(u.metric_code.as_str(), &m.history, u.limit))
+                    } @else {
+                        h3 { (u.metric_code.as_str()) span.legend.gauge { "gauge · current level, no period" } }
+                        (usage_bar(u.metric_code.as_str(), u.current_usage, u.limit, u.enforcement))
+                    }
                 }
             }
         }

@@ -61,7 +61,7 @@ async fn migrating_twice_changes_nothing() {
     assert_eq!(reports.len(), 1);
     let report = &reports[0];
     assert_eq!((report.schema.as_str(), report.tenant_id.as_ref()), ("main", None));
-    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 4, None));
+    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 5, None));
     assert_eq!(schema_sql(&store).await, schema_before);
     let tracked: Vec<(String, i64, String)> =
         sqlx::query_as("SELECT set_name, version, name FROM tally_schema_migrations ORDER BY version")
@@ -74,10 +74,11 @@ async fn migrating_twice_changes_nothing() {
             ("main".to_owned(), 1, "create_tables".to_owned()),
             ("main".to_owned(), 2, "event_listing_index".to_owned()),
             ("main".to_owned(), 3, "config_version".to_owned()),
-            ("main".to_owned(), 4, "admin_ui".to_owned())
+            ("main".to_owned(), 4, "admin_ui".to_owned()),
+            ("main".to_owned(), 5, "catalog_gauges_reservations".to_owned())
         ]
     );
-    assert_eq!(store.schema_version().await.unwrap(), 4);
+    assert_eq!(store.schema_version().await.unwrap(), 5);
 }
 
 #[tokio::test]
@@ -88,13 +89,17 @@ async fn a_database_at_version_one_is_brought_to_the_latest_version() {
     sqlx::query("DROP INDEX quota_usage_event_created_idx").execute(store.pool()).await.unwrap();
     sqlx::query("DROP INDEX quota_usage_record_created_idx").execute(store.pool()).await.unwrap();
     sqlx::query("DROP TABLE tally_admin_session").execute(store.pool()).await.unwrap();
+    sqlx::query("DROP TABLE tally_metric").execute(store.pool()).await.unwrap();
+    sqlx::query("DROP TABLE tally_reservation").execute(store.pool()).await.unwrap();
+    sqlx::query("ALTER TABLE quota_usage_event DROP COLUMN is_set").execute(store.pool()).await.unwrap();
+    sqlx::query("ALTER TABLE quota_usage_event DROP COLUMN reserved_at").execute(store.pool()).await.unwrap();
     sqlx::query("DELETE FROM tally_schema_migrations WHERE version >= 2")
         .execute(store.pool())
         .await
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap().remove(0);
-    assert_eq!((report.applied, report.version), (3, 4));
+    assert_eq!((report.applied, report.version), (4, 5));
     let n = scalar_i64(
         &store,
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN \
@@ -141,8 +146,8 @@ async fn two_stores_opening_one_new_file_at_once_both_migrate_it() {
     let url = path.url();
     let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (4, 4));
-    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 4);
+    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (5, 5));
+    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 5);
     // And migrating both again at once applies nothing.
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     assert_eq!((ra.unwrap()[0].applied, rb.unwrap()[0].applied), (0, 0));
@@ -194,6 +199,8 @@ async fn the_named_indexes_and_unique_constraints_exist() {
             named("quota_usage_record_tenant_period_idx", "quota_usage_record"),
             named("tally_admin_session_expires_idx", "tally_admin_session"),
             named("tally_audit_tenant_idx", "tally_audit"),
+            named("tally_reservation_expiry_idx", "tally_reservation"),
+            named("tally_reservation_open_idx", "tally_reservation"),
         ]
     );
     assert_eq!(

@@ -29,6 +29,9 @@ const TABLES: &[&str] = &[
     "tally_config_version",
     "quota_usage_record",
     "quota_usage_event",
+    "tally_metric",
+    "tally_reservation",
+    "tally_admin_session",
 ];
 
 /// Words (identifiers, qualified names, parameters, keywords) and single punctuation marks.

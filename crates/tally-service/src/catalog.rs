@@ -1,0 +1,83 @@
+//! The metric catalog: declare a metric's name, unit and kind, and keep plans and overrides
+//! consistent with it (a gauge's limit has `period: none`, a counter's never).
+
+use tally_domain::limits::METRICS_LEN_MAX;
+use tally_domain::{AuditAction, AuditEntry, Metric, MetricCode, MetricKind, MetricSpec, QuotaLimit};
+use tally_store::{PutOutcome, Store};
+use uuid::Uuid;
+
+use crate::{ServiceError, Tally};
+
+impl<S: Store> Tally<S> {
+    /// Declares a metric or changes it; a put that changes nothing changes nothing. Changing
+    /// the kind of a metric that a plan limits with a period of the other kind is a
+    /// `Conflict`: change the plan first.
+    pub async fn put_metric(
+        &self,
+        code: &MetricCode,
+        spec: &MetricSpec,
+        key_id: Option<Uuid>,
+    ) -> Result<PutOutcome<Metric>, ServiceError> {
+        let before = self.store.find_metric(code).await?;
+        if before.is_none() && self.store.list_metrics().await?.len() >= METRICS_LEN_MAX {
+            return Err(ServiceError::Conflict(format!(
+                "the catalog holds {METRICS_LEN_MAX} metrics, the most allowed"
+            )));
+        }
+        if before.as_ref().is_some_and(|m| m.spec.kind != spec.kind) {
+            for plan in self.store.list_plans().await? {
+                if let Some(limit) = plan.limits.iter().find(|l| &l.metric_code == code)
+                    && spec.kind.check_period(code, limit.period).is_err()
+                {
+                    return Err(ServiceError::Conflict(format!(
+                        "plan {} limits {code} with period {}, which a {} cannot have; change the plan first",
+                        plan.code, limit.period, spec.kind
+                    )));
+                }
+            }
+        }
+        let details = serde_json::json!({
+            "metric_code": code.as_str(),
+            "name": spec.name.as_str(),
+            "unit": spec.unit,
+            "kind": spec.kind.as_str(),
+        });
+        let audit = AuditEntry::new(self.now(), key_id, AuditAction::MetricPut, None, details);
+        let out = self.store.put_metric(code, spec, self.now(), &audit).await?;
+        self.invalidate();
+        Ok(out)
+    }
+
+    /// A declared metric; `NotFound` when it was never declared.
+    pub async fn get_metric(&self, code: &MetricCode) -> Result<Metric, ServiceError> {
+        self.store.find_metric(code).await?.ok_or_else(|| ServiceError::NotFound(format!("metric {code}")))
+    }
+
+    /// Every declared metric, by code.
+    pub async fn list_metrics(&self) -> Result<Vec<Metric>, ServiceError> {
+        Ok(self.store.list_metrics().await?)
+    }
+
+    /// Checks limits about to be written against the catalog: a declared gauge takes only
+    /// `period: none`, a declared counter never does. Undeclared metrics take any period.
+    pub(crate) async fn check_limits_against_catalog(
+        &self,
+        limits: &[QuotaLimit],
+    ) -> Result<(), ServiceError> {
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let declared = self.store.list_metrics().await?;
+        for limit in limits {
+            if let Some(metric) = declared.iter().find(|m| m.code == limit.metric_code) {
+                metric.spec.kind.check_period(&limit.metric_code, limit.period)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kind a metric is used as when `limit` is in force.
+pub fn kind_in_force(limit: &QuotaLimit) -> MetricKind {
+    if limit.period == tally_domain::PeriodKind::None { MetricKind::Gauge } else { MetricKind::Counter }
+}

@@ -1,5 +1,6 @@
 //! `tally serve` as a process: two instances sharing one PostgreSQL database never overshoot a
-//! HARD limit, and SIGTERM under load loses no acknowledged event.
+//! HARD limit, SIGTERM under load loses no acknowledged event, and a kill -9 between reserve
+//! and commit loses no committed usage and leaks no held quota past its expiry.
 #![allow(clippy::unwrap_used)] // Integration tests: a failed unwrap is a failed test.
 
 use std::io::{BufRead, BufReader};
@@ -56,6 +57,12 @@ impl Server {
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server { child, base_url }
+    }
+
+    /// `kill -9`: no shutdown, no flush, nothing but what was committed survives.
+    fn crash(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait for tally serve");
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
@@ -398,4 +405,102 @@ async fn a_key_revoked_with_the_cli_stops_working_on_every_instance_within_a_sec
     }
     assert!(a.terminate().success());
     assert!(b.terminate().success());
+}
+
+async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = client.post(url).bearer_auth(ADMIN_KEY).json(&body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Reserves and commits one hold, reserves a second and crashes the server before its commit;
+/// after a restart the commit is there, the second hold still counts until it expires, and
+/// from its expiry on its quota is free again, with the sweeper marking it expired.
+async fn crash_between_reserve_and_commit(envs: &[(&str, &str)], status_sql: &str) {
+    const TTL_SECONDS: u64 = 3;
+    let server = Server::start(envs);
+    let client = reqwest::Client::new();
+    setup(&client, &server.base_url, 1000).await;
+    let reservations = format!("{}/v1/tenants/acme/reservations", server.base_url);
+    let (status, first) = post_json(
+        &client,
+        reservations.clone(),
+        serde_json::json!({"metric_code": "api_calls", "amount": 400}),
+    )
+    .await;
+    assert_eq!(status, 201, "{first}");
+    let commit = format!("{reservations}/{}/commit", first["reservation_id"].as_str().unwrap());
+    let (status, committed) = post_json(&client, commit, serde_json::json!({"amount": 300})).await;
+    assert_eq!((status, committed["current_usage"].as_i64()), (200, Some(300)), "{committed}");
+    let body = serde_json::json!({"metric_code": "api_calls", "amount": 600, "ttl_seconds": TTL_SECONDS});
+    let (status, held) = post_json(&client, reservations, body).await;
+    assert_eq!((status, held["remaining"].as_i64()), (201, Some(100)), "{held}");
+    let held_id = held["reservation_id"].as_str().unwrap().to_owned();
+    let expires_at = chrono::DateTime::parse_from_rfc3339(held["expires_at"].as_str().unwrap()).unwrap();
+    server.crash();
+
+    let server = Server::start(envs);
+    let usage = format!("{}/v1/tenants/acme/usage", server.base_url);
+    let one = |amount: i64| serde_json::json!({"metric_code": "api_calls", "amount": amount});
+    // The hold survived the crash: 101 more do not fit while it is open.
+    if chrono::Utc::now() < expires_at - chrono::Duration::milliseconds(500) {
+        let (status, refused) = post_json(&client, usage.clone(), one(101)).await;
+        assert_eq!(status, 429, "{refused}");
+    }
+    // From its expiry on, its quota is free, and the sweeper marks it without a request.
+    let wait = (expires_at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(2_500)).await;
+    let status_now: String = if envs.iter().any(|(_, v)| v.starts_with("postgres")) {
+        let mut conn = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(status_sql.to_owned()))
+            .bind(held_id.clone())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    } else {
+        let url = envs.iter().find(|(k, _)| *k == "TALLY_DATABASE_URL").map(|(_, v)| *v).unwrap();
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(status_sql.to_owned()))
+            .bind(held_id.clone())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(status_now, "expired");
+    let (status, fits) = post_json(&client, usage.clone(), one(700)).await;
+    assert_eq!((status, fits["current_usage"].as_i64()), (200, Some(1000)), "{fits}");
+    assert!(server.terminate().success());
+    let verify = Command::new(TALLY).arg("verify").envs(envs.iter().copied()).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_between_reserve_and_commit_loses_nothing_and_leaks_no_quota_on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("tally-proc-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_url = format!("sqlite://{}", dir.join("tally.db").display());
+    crash_between_reserve_and_commit(
+        &[("TALLY_DATABASE_URL", db_url.as_str())],
+        "SELECT status FROM tally_reservation WHERE id = ?1",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_between_reserve_and_commit_loses_nothing_and_leaks_no_quota_on_postgres() {
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&pg_url()).await.expect("PostgreSQL must be reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\""))).execute(&mut conn).await.unwrap();
+    let url = pg_url();
+    let sql = format!("SELECT status FROM \"{schema}\".tally_reservation WHERE id = $1::uuid");
+    crash_between_reserve_and_commit(
+        &[("TALLY_DATABASE_URL", url.as_str()), ("TALLY_PG_SCHEMA", schema.as_str())],
+        &sql,
+    )
+    .await;
 }

@@ -155,16 +155,24 @@ pub struct PgStore {
     log: StatementLog,
 }
 
+/// See `PgStore::connect`.
+const PLAN_CACHE_MODE: &str = "force_custom_plan";
+
 impl PgStore {
     /// Connects (no migration). Every pooled connection gets `search_path` = the base schema,
-    /// so all unqualified SQL hits the base schema. An unreachable server fails within
+    /// so all unqualified SQL hits the base schema, and `plan_cache_mode` =
+    /// `force_custom_plan`: each execution is planned for the tables as they are then. A
+    /// generic plan cached when the tables were small (a new install) would otherwise stay
+    /// in use as they grow until an ANALYZE invalidates it, and with autovacuum off nothing
+    /// does: tests/faults/soak saw the idempotency look-up turn into sequential scans, 100 ms
+    /// each after five minutes. Planning these statements costs tens of microseconds. An unreachable server fails within
     /// `CONNECT_TIMEOUT` with `StoreError::Unavailable`; a database migrated with the other
     /// tenancy is refused with `StoreError::Other`.
     pub async fn connect(config: PgConfig) -> Result<PgStore, StoreError> {
         check_base_schema(&config.base_schema)?;
         let options = PgConnectOptions::from_str(&config.url)
             .map_err(|e| StoreError::Other(format!("invalid database url: {e}")))?
-            .options([("search_path", config.base_schema.as_str())]);
+            .options([("search_path", config.base_schema.as_str()), ("plan_cache_mode", PLAN_CACHE_MODE)]);
         let pool_options = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -191,6 +191,7 @@ impl Load {
     pub fn new(settings: Settings, endpoint: Arc<Endpoint>, workload: Workload) -> anyhow::Result<Load> {
         let route = match (settings.mode, workload.batched()) {
             (Mode::Check, _) => "/usage/check",
+            (Mode::Reserve, _) => "/reservations",
             (Mode::Record, true) => "/usage/batch",
             (Mode::Record, false) => "/usage",
         };
@@ -286,6 +287,17 @@ impl Load {
         body: &Bytes,
         measured: bool,
     ) -> anyhow::Result<Outcome> {
+        self.exchange_at(conn, self.uris[tenant as usize].clone(), body, measured).await
+    }
+
+    /// `exchange`, to any URI of the server.
+    async fn exchange_at(
+        &self,
+        conn: &mut Option<Conn>,
+        uri: hyper::Uri,
+        body: &Bytes,
+        measured: bool,
+    ) -> anyhow::Result<Outcome> {
         let stats = self.stats(measured);
         let resend_safe = self.settings.keyed() || self.settings.mode == Mode::Check;
         let mut maybe_applied_before = false;
@@ -294,7 +306,7 @@ impl Load {
                 Some(c) if !c.is_closed() => c,
                 _ => self.reconnect(stats).await?,
             };
-            let req = self.endpoint.request(Method::POST, self.uris[tenant as usize].clone(), body.clone());
+            let req = self.endpoint.request(Method::POST, uri.clone(), body.clone());
             let sent_at = Instant::now();
             let result = tokio::time::timeout(REQUEST_TIMEOUT, c.send(req)).await;
             let maybe_sent = match result {
@@ -357,7 +369,7 @@ impl Load {
         let (status, body, maybe_applied_before) = match outcome {
             Outcome::Answer { status, body, maybe_applied_before } => (*status, body, *maybe_applied_before),
             Outcome::Lost => {
-                if self.settings.mode == Mode::Record {
+                if self.settings.mode != Mode::Check {
                     self.unknown(ticket, 0..self.workload.batch_len());
                 }
                 return;
@@ -380,6 +392,15 @@ impl Load {
             self.pairs[self.workload.pair(tenant, e.metric)].refused(e.amount);
         };
         match (self.settings.mode, self.workload.batched()) {
+            // The commit's answer (`reserve_and_commit` accounts for the hold's refusals).
+            (Mode::Reserve, _) => match status {
+                StatusCode::OK => match serde_json::from_slice::<ItemAnswer>(body) {
+                    Ok(a) if a.event_id.is_some() => accept(0, a.replayed),
+                    _ => self.bad_answer(ticket, 0..1),
+                },
+                StatusCode::TOO_MANY_REQUESTS => refused(0),
+                _ => {}
+            },
             (Mode::Check, _) => {
                 if status != StatusCode::OK {
                     return;
@@ -528,7 +549,11 @@ async fn connection_task(load: Arc<Load>) -> anyhow::Result<()> {
             let e = load.workload.event(ticket, i);
             load.pairs[load.workload.pair(tenant, e.metric)].sent_events.fetch_add(1, Ordering::Relaxed);
         }
-        let outcome = load.exchange(&mut conn, tenant, &bytes, measured).await?;
+        let outcome = if load.settings.mode == Mode::Reserve {
+            reserve_and_commit(&load, &mut conn, tenant, &bytes, measured).await?
+        } else {
+            load.exchange(&mut conn, tenant, &bytes, measured).await?
+        };
         load.account(ticket, &outcome, None, measured);
         if replays
             && splitmix64(ticket ^ SEED_REPLAY) % 1000 < REPLAY_PER_MILLE
@@ -552,6 +577,43 @@ async fn connection_task(load: Arc<Load>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Deserialize)]
+struct HoldAnswer<'a> {
+    #[serde(borrow)]
+    reservation_id: &'a str,
+}
+
+/// Holds the event's amount, then commits all of it. The outcome is the commit's answer, or
+/// the reservation's when it was refused (429) or failed; a hold whose commit got no answer
+/// is unknown, like a lost usage request.
+async fn reserve_and_commit(
+    load: &Load,
+    conn: &mut Option<Conn>,
+    tenant: u32,
+    hold: &Bytes,
+    measured: bool,
+) -> anyhow::Result<Outcome> {
+    let held = load.exchange(conn, tenant, hold, measured).await?;
+    let Outcome::Answer { status: StatusCode::CREATED, body, .. } = &held else {
+        return Ok(held);
+    };
+    let Ok(answer) = serde_json::from_slice::<HoldAnswer>(body) else {
+        load.bad_answers.fetch_add(1, Ordering::Relaxed);
+        return Ok(Outcome::Answer {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: body.clone(),
+            maybe_applied_before: false,
+        });
+    };
+    let path = format!(
+        "/v1/tenants/{}/reservations/{}/commit",
+        load.settings.tenant_id(tenant),
+        answer.reservation_id
+    );
+    let uri = load.endpoint.uri(&path)?;
+    load.exchange_at(conn, uri, &Bytes::new(), measured).await
 }
 
 /// Checks the replay of a single-event request.

@@ -98,6 +98,7 @@ fn banner(s: &Settings) -> String {
     };
     let route = match (s.mode, s.batch_size) {
         (Mode::Check, _) => "POST usage/check".to_owned(),
+        (Mode::Reserve, _) => "POST reservations + POST reservations/{id}/commit".to_owned(),
         (Mode::Record, 1) => "POST usage".to_owned(),
         (Mode::Record, n) => format!("POST usage/batch × {n}"),
     };

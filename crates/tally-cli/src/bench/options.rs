@@ -80,6 +80,9 @@ pub enum Mode {
     Record,
     /// `POST .../usage/check`: changes nothing.
     Check,
+    /// `POST .../reservations` then, when it was held, `POST .../reservations/{id}/commit` of
+    /// all of it: one unit is a reserve+commit pair.
+    Reserve,
 }
 
 /// Drive a running Tally server over HTTP and check its answers: throughput, latency, and
@@ -326,12 +329,13 @@ impl Settings {
         if !(1..=BATCH_SIZE_MAX).contains(&args.batch_size) {
             bail!("--batch-size: {} is outside 1..={BATCH_SIZE_MAX}", args.batch_size);
         }
-        if args.mode == Mode::Check {
+        if args.mode != Mode::Record {
+            let mode = value_name(&args.mode);
             if args.batch_size > 1 {
-                bail!("--mode check has no batch route: --batch-size must be 1");
+                bail!("--mode {mode} has no batch route: --batch-size must be 1");
             }
             if args.idempotency == Idempotency::Retry {
-                bail!("--mode check sends no idempotency keys: --idempotency retry does not apply");
+                bail!("--mode {mode} sends no idempotency keys: --idempotency retry does not apply");
             }
         }
         let run_id = match &args.run_id {

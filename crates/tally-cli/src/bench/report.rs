@@ -144,7 +144,11 @@ pub fn to_text(load: &Load, f: &Figures, checks: &CheckReport) -> String {
     let m = &load.measured;
     let w = &load.warmup;
     let mut out = Vec::new();
-    let what = if load.settings.mode == Mode::Check { "checks" } else { "events" };
+    let what = match load.settings.mode {
+        Mode::Check => "checks",
+        Mode::Reserve => "reserve+commit pairs",
+        Mode::Record => "events",
+    };
     out.push(format!(
         "requests   {} in {:.2} s: {:.0} req/s, {:.0} {what}/s",
         f.requests, f.duration_s, f.requests_per_s, f.events_per_s

@@ -127,6 +127,9 @@ impl Workload {
         let event = self.event(ticket, i);
         // Writing into a String cannot fail.
         let _ = write!(out, r#"{{"metric_code":"m{}","amount":{}"#, event.metric + 1, event.amount);
+        if self.mode == Mode::Reserve {
+            out.push_str(r#","ttl_seconds":60"#);
+        }
         if self.keyed && self.mode == Mode::Record {
             let _ = match item {
                 Some(i) => write!(out, r#","idempotency_key":"{}-{ticket}-{i}""#, self.key_prefix),

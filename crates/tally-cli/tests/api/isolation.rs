@@ -18,6 +18,9 @@ use tally_store::{KeyStore, TenantStore};
 
 use crate::helpers::{ADMIN_KEY, Auth, Backend, Reply, TestApp, limit};
 
+/// A well-formed reservation id that names no reservation.
+const SOME_RESERVATION: &str = "0193a000-0000-7000-8000-000000000000";
+
 /// Every route of the route table that names a tenant, with a valid body, on tenant `t`.
 fn tenant_routes(t: &str) -> Vec<(Method, String, Option<Value>)> {
     let usage = json!({"metric_code": "api_calls", "amount": 1});
@@ -29,6 +32,14 @@ fn tenant_routes(t: &str) -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, format!("/v1/tenants/{t}/usage/api_calls/history"), None),
         (Method::POST, format!("/v1/tenants/{t}/usage/api_calls/reset"), None),
         (Method::GET, format!("/v1/tenants/{t}/events"), None),
+        (
+            Method::POST,
+            format!("/v1/tenants/{t}/reservations"),
+            Some(json!({"metric_code": "api_calls", "amount": 1})),
+        ),
+        (Method::GET, format!("/v1/tenants/{t}/reservations"), None),
+        (Method::POST, format!("/v1/tenants/{t}/reservations/{SOME_RESERVATION}/commit"), Some(json!({}))),
+        (Method::DELETE, format!("/v1/tenants/{t}/reservations/{SOME_RESERVATION}"), None),
         (Method::PUT, format!("/v1/tenants/{t}"), Some(json!({"name": "Taken over"}))),
         (Method::GET, format!("/v1/tenants/{t}"), None),
         (Method::PUT, format!("/v1/tenants/{t}/subscription"), Some(json!({"plan_code": "spare"}))),
@@ -52,6 +63,9 @@ fn tenantless_admin_routes() -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, "/v1/tenants".to_owned(), None),
         (Method::GET, "/v1/tenants?limit=1000".to_owned(), None),
         (Method::GET, "/v1/audit".to_owned(), None),
+        (Method::GET, "/v1/metrics".to_owned(), None),
+        (Method::GET, "/v1/metrics/api_calls".to_owned(), None),
+        (Method::PUT, "/v1/metrics/api_calls".to_owned(), Some(json!({"kind": "counter"}))),
     ]
 }
 
@@ -94,6 +108,7 @@ async fn snapshot(app: &TestApp, t: &str) -> Value {
         "usage": app.get(&format!("/v1/tenants/{t}/usage")).await.ok(200),
         "history": app.get(&format!("/v1/tenants/{t}/usage/api_calls/history")).await.ok(200),
         "events": app.all_events(t).await,
+        "reservations": app.get(&format!("/v1/tenants/{t}/reservations")).await.ok(200),
         "audit": app.audit_entries(Some(t)).await,
     })
 }
@@ -103,6 +118,7 @@ async fn global_snapshot(app: &TestApp) -> Value {
     json!({
         "plans": app.get("/v1/plans").await.ok(200),
         "tenants": app.get("/v1/tenants?limit=1000").await.ok(200),
+        "metrics": app.get("/v1/metrics").await.ok(200),
         "audit": app.audit_entries(None).await,
     })
 }
@@ -176,7 +192,8 @@ async fn a_tenant_key_is_forbidden_on_every_admin_route_of_its_own_tenant(backen
     let mut admin_only: Vec<(Method, String, Option<Value>)> = tenant_routes("acme")
         .into_iter()
         .filter(|(_, path, _)| {
-            path.ends_with("/reset") || (!path.contains("/usage") && !path.ends_with("/events"))
+            path.ends_with("/reset")
+                || (!path.contains("/usage") && !path.ends_with("/events") && !path.contains("/reservations"))
         })
         .collect();
     assert_eq!(admin_only.len(), 7, "reset, tenant get/put, subscription put/delete, override put/delete");

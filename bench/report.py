@@ -78,6 +78,7 @@ for store in ("postgres", "sqlite"):
         row("hot key", store, "hot", conns, "pgbench hot record", hot[conns], "≥ 10x")
     row("batch POST (1000/req), events", store, "batch", 2, "hand-batched SQL", batch_eps, "≥ 1x, goal 2x (PG); ≥ 100k/s (SQLite)", per_event=True)
     row("check", store, "check", 64, "pgbench naive", naive[64], "≥ 20k/s (PG), ≥ 40k/s (SQLite)")
+    row("reserve+commit, pairs", store, "reserve", 64, "pgbench naive", naive[64], "none set", per_event=True)
 
 migrate = open(f"{out}/migrate.txt").read() if os.path.exists(f"{out}/migrate.txt") else "(not run)"
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()

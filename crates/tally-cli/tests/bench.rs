@@ -138,6 +138,41 @@ async fn a_small_hard_limit_is_never_overshot_and_accepted_equals_recorded() {
     assert_eq!(server.events_in_db("overshoot").await, (saturated_amount / 5, saturated_amount));
 }
 
+/// Reserve+commit pairs against the same saturating HARD limit: 2000 holds of 5, 10 per pair
+/// held and committed, the rest refused (429) at the hold; every commit is an event.
+#[tokio::test]
+async fn reserve_and_commit_pairs_never_overshoot_and_each_commit_is_an_event() {
+    let server = Server::start();
+    let (code, report) = server.bench(&[
+        "--mode",
+        "reserve",
+        "--requests",
+        "2000",
+        "--connections",
+        "16",
+        "--tenants",
+        "20",
+        "--limit",
+        "50",
+        "--amount",
+        "5",
+        "--warmup",
+        "0",
+        "--run-id",
+        "reserve",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_checks_pass(&report);
+    let saturated_amount = TENANTS * METRICS * LIMIT;
+    assert_eq!(report["accepted_amount"], saturated_amount, "every pair is saturated");
+    assert_eq!(report["accepted_events"], saturated_amount / 5);
+    // A held unit answers 201 then 200; a refused one 429 at the hold.
+    assert_eq!(status(&report, "201"), saturated_amount / 5);
+    assert_eq!(status(&report, "200"), saturated_amount / 5);
+    assert_eq!(status(&report, "429"), 2000 - saturated_amount / 5);
+    assert_eq!(server.events_in_db("reserve").await, (saturated_amount / 5, saturated_amount));
+}
+
 /// Batches of 10: each pair is sent 50 events of amount 2 (100) against the limit of 50, so
 /// 25 items per pair are accepted and 25 refused inside 200 answers.
 #[tokio::test]
@@ -248,6 +283,7 @@ fn bad_options_exit_2_with_a_reason() {
     for (args, needle) in [
         (&["--batch-size", "0"][..], "--batch-size"),
         (&["--mode", "check", "--batch-size", "5"], "--batch-size"),
+        (&["--mode", "reserve", "--idempotency", "retry"], "retry"),
         (&["--amount", "5..1"], "--amount"),
         (&["--url", "https://example.com"], "https"),
     ] {

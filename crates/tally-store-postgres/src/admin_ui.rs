@@ -235,7 +235,8 @@ impl PgStore {
         let mut rows = Vec::new();
         for group in tables.chunks(arms_max.max(1)) {
             let (sql, args) = build(group)?;
-            let query = args.bind(self.log.query(AssertSqlSafe(sql)));
+            // Planned at each execution for the tables as they are (see the crate docs, *Fresh plans*).
+            let query = args.bind(self.log.query(AssertSqlSafe(sql)).persistent(false));
             rows.extend(query.fetch_all(self.pool()).await.map_err(map_err)?);
         }
         Ok(rows)

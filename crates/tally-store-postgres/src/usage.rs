@@ -46,7 +46,10 @@ pub(crate) const LIST_LEN_MAX: u32 = PAGE_LEN_MAX + 1;
 
 /// The isolation the hot path runs in: each statement sees what committed before it, and
 /// row locks (not snapshots) decide.
-pub(crate) const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+/// Every write transaction plans each of its statements for the tables as they are (see the
+/// crate docs, *Fresh plans*); one round trip with the `BEGIN`.
+pub(crate) const BEGIN_READ_COMMITTED: &str =
+    "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_custom_plan";
 
 /// `tally verify` reads every schema from one snapshot, so counters and events agree.
 const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
@@ -320,9 +323,12 @@ impl UsageTx for PgUsageTx<'_> {
             let mut distinct: Vec<&str> = tenants.clone();
             distinct.sort_unstable();
             distinct.dedup();
+            // Unnamed (`persistent(false)`): planned at each execution for the table as it
+            // is, never from a generic plan cached while it was small (see the crate docs, *Fresh plans*).
             let rows = self
                 .log
                 .query(AssertSqlSafe(sql))
+                .persistent(false)
                 .bind(tenants)
                 .bind(idem)
                 .bind(distinct)
@@ -828,7 +834,8 @@ impl EventRecorder for PgStore {
             sql.push_str(&format!(" AND (\"timestamp\", id) < (${ts}, ${id})"));
         }
         sql.push_str(&format!(" ORDER BY \"timestamp\" DESC, id DESC LIMIT ${}", next()));
-        let mut q = self.log.query(AssertSqlSafe(sql)).bind(tenant.as_str());
+        // Planned at each execution (see the crate docs, *Fresh plans*): the events table grows.
+        let mut q = self.log.query(AssertSqlSafe(sql)).persistent(false).bind(tenant.as_str());
         if let Some(metric) = &query.metric_code {
             q = q.bind(metric.as_str());
         }

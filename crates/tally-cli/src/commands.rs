@@ -104,9 +104,17 @@ fn instant(raw: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
 }
 
 /// Maps a use case's error to a message and exit code: a HARD refusal is a "no" (1).
+/// `period <start> to <end>`, or what a gauge has instead.
+fn period_text(period: &tally_domain::Period) -> String {
+    match period.bounds() {
+        Some((start, end)) => format!("period {} to {}", format_rfc3339(start), format_rfc3339(end)),
+        None => "gauge, no period".to_owned(),
+    }
+}
+
 fn refused_or_error(e: ServiceError) -> anyhow::Result<ExitCode> {
     match e {
-        ServiceError::Usage(u @ UsageError::QuotaExceeded { .. }) => {
+        ServiceError::Usage(u @ (UsageError::QuotaExceeded { .. } | UsageError::GaugeBelowZero { .. })) => {
             eprintln!("refused: {u}");
             Ok(ExitCode::from(1))
         }
@@ -287,13 +295,12 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
             } else {
                 let replayed = if out.replayed { " (replayed: nothing recorded)" } else { "" };
                 println!(
-                    "{}: {} {}: {}, period {} to {}{replayed}",
+                    "{}: {} {}: {}, {}{replayed}",
                     out.tenant_id,
                     out.metric_code,
                     out.amount,
                     used_of(out.current_usage, out.limit),
-                    format_rfc3339(out.period.start()),
-                    format_rfc3339(out.period.end())
+                    period_text(&out.period)
                 );
             }
         }
@@ -315,13 +322,15 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
                 println!("{} on plan {}", u.tenant_id, u.plan_code);
                 for m in &u.metrics {
                     let flag = if m.exceeded { " EXCEEDED" } else { "" };
+                    let period = match m.period.bounds() {
+                        Some((_, end)) => format!("per {} until {}", m.period_kind, format_rfc3339(end)),
+                        None => "gauge, no period".to_owned(),
+                    };
                     println!(
-                        "{}\t{}\t{}\tper {} until {}{flag}",
+                        "{}\t{}\t{}\t{period}{flag}",
                         m.metric_code,
                         used_of(m.current_usage, m.limit),
                         m.enforcement,
-                        m.period_kind,
-                        format_rfc3339(m.period.end())
                     );
                 }
             }

@@ -134,6 +134,8 @@ pub enum Command {
     Record {
         tenant: String,
         metric: String,
+        /// Positive; a gauge (a metric limited with period none) also takes a negative amount.
+        #[arg(allow_negative_numbers = true)]
         amount: String,
         /// Idempotency key: a retry with the same key and payload records nothing.
         #[arg(long)]
@@ -151,6 +153,8 @@ pub enum Command {
     Check {
         tenant: String,
         metric: String,
+        /// Positive; negative for a gauge's decrease.
+        #[arg(allow_negative_numbers = true)]
         amount: String,
         #[arg(long)]
         json: bool,

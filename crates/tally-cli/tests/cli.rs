@@ -254,6 +254,39 @@ fn check_and_record_answer_with_exit_codes() {
     assert_eq!(events["events"].as_array().unwrap().len(), 1);
 }
 
+const GAUGE_PLANS: &str = r#"
+[plans.team]
+name = "Team"
+
+[[plans.team.limits]]
+metric_code = "seats"
+limit = 10
+enforcement = "hard"
+period = "none"
+"#;
+
+#[test]
+fn a_gauge_goes_up_and_down_from_the_command_line() {
+    let db = Db::sqlite();
+    let plans = write(&db.dir, "gauges.toml", GAUGE_PLANS);
+    db.ok(&["plans", "apply", plans.to_str().unwrap()]);
+    db.ok(&["tenants", "create", "acme", "--plan", "team"]);
+    let up = db.ok(&["record", "acme", "seats", "5"]);
+    assert!(up.contains("gauge, no period"), "{up}");
+    let down: serde_json::Value =
+        serde_json::from_str(&db.ok(&["record", "acme", "seats", "-2", "--json"])).unwrap();
+    assert_eq!((down["amount"].as_i64(), down["current_usage"].as_i64()), (Some(-2), Some(3)));
+    assert_eq!(down["period_end"], serde_json::Value::Null);
+    assert_eq!(db.tally(&["check", "acme", "seats", "-3"]).status.code(), Some(0));
+    assert_eq!(db.tally(&["check", "acme", "seats", "-4"]).status.code(), Some(1));
+    let below = db.tally(&["record", "acme", "seats", "-4"]);
+    assert_eq!(below.status.code(), Some(1), "a refusal: {}", text(&below.stderr));
+    assert!(text(&below.stderr).contains("seats: level 3 cannot go down by 4"), "{}", text(&below.stderr));
+    let usage = db.ok(&["usage", "acme"]);
+    assert!(usage.contains("seats\t3 used of 10\thard\tgauge, no period"), "{usage}");
+    assert!(db.ok(&["verify"]).contains("0 drifts"));
+}
+
 #[test]
 fn errors_are_one_line_on_stderr_with_exit_code_2() {
     let db = Db::sqlite();

@@ -92,7 +92,8 @@ pub async fn put_metric<S: Store>(
     let spec = body.to_spec(&code)?;
     let out = state.tally.put_metric(&code, &spec, key_id).await?;
     let created = out.is_created();
-    Ok(created_or_ok(created, MetricResponse::from(&out.into_inner())))
+    let entry = tally_service::catalog::CatalogEntry::declared(out.into_inner());
+    Ok(created_or_ok(created, MetricResponse::from(&entry)))
 }
 
 /// `GET /v1/metrics`

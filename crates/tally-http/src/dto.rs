@@ -6,11 +6,12 @@ use serde_json::Value;
 use tally_domain::time::{format_rfc3339, parse_rfc3339};
 use tally_domain::{
     Amount, AuditEntry, Change, CommitRequest, DomainError, IdempotencyKey, LimitEnforcement, Metadata,
-    Metric, MetricCode, MetricSpec, Name, Period, PeriodKind, Plan, PlanSpec, QuotaLimit, RecordedEvent,
-    Reservation, ReserveOutcome, ReserveRequest, Subscription, TenantId, Timestamp, Ttl, UsageOutcome,
-    UsageRecord, UsageRequest,
+    MetricCode, MetricSpec, Name, Period, PeriodKind, Plan, PlanSpec, QuotaLimit, RecordedEvent, Reservation,
+    ReserveOutcome, ReserveRequest, Subscription, TenantId, Timestamp, Ttl, UsageOutcome, UsageRecord,
+    UsageRequest,
 };
 use tally_service::admin::TenantView;
+use tally_service::catalog::CatalogEntry;
 use tally_service::usage::{CheckOutcome, MetricUsage, TenantUsage};
 use utoipa::ToSchema;
 
@@ -671,24 +672,30 @@ pub struct MetricResponse {
     pub unit: Option<String>,
     /// `counter` or `gauge`.
     pub kind: String,
-    pub created_at: String,
-    pub updated_at: String,
+    /// False for a metric a plan limits without its being declared: shown as a counter (a
+    /// gauge when a limit on it has `period: none`), named by its code.
+    pub declared: bool,
+    /// `null` when not declared.
+    pub created_at: Option<String>,
+    /// `null` when not declared.
+    pub updated_at: Option<String>,
 }
 
-impl From<&Metric> for MetricResponse {
-    fn from(m: &Metric) -> MetricResponse {
+impl From<&CatalogEntry> for MetricResponse {
+    fn from(m: &CatalogEntry) -> MetricResponse {
         MetricResponse {
             metric_code: m.code.to_string(),
             name: m.spec.name.to_string(),
             unit: m.spec.unit.clone(),
             kind: m.spec.kind.as_str().to_owned(),
-            created_at: format_rfc3339(m.created_at),
-            updated_at: format_rfc3339(m.updated_at),
+            declared: m.declared,
+            created_at: m.created_at.map(format_rfc3339),
+            updated_at: m.updated_at.map(format_rfc3339),
         }
     }
 }
 
-/// Every declared metric, by code.
+/// Every metric of the catalog, by code: declared, or limited by a plan.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MetricsResponse {
     pub metrics: Vec<MetricResponse>,

@@ -48,14 +48,58 @@ impl<S: Store> Tally<S> {
         Ok(out)
     }
 
-    /// A declared metric; `NotFound` when it was never declared.
-    pub async fn get_metric(&self, code: &MetricCode) -> Result<Metric, ServiceError> {
-        self.store.find_metric(code).await?.ok_or_else(|| ServiceError::NotFound(format!("metric {code}")))
+    /// A metric of the catalog: declared, or limited by a plan without being declared;
+    /// `NotFound` when neither.
+    pub async fn get_metric(&self, code: &MetricCode) -> Result<CatalogEntry, ServiceError> {
+        if let Some(m) = self.store.find_metric(code).await? {
+            return Ok(CatalogEntry::declared(m));
+        }
+        self.implicit_metrics()
+            .await?
+            .into_iter()
+            .find(|e| &e.code == code)
+            .ok_or_else(|| ServiceError::NotFound(format!("metric {code}")))
     }
 
-    /// Every declared metric, by code.
-    pub async fn list_metrics(&self) -> Result<Vec<Metric>, ServiceError> {
-        Ok(self.store.list_metrics().await?)
+    /// Every metric of the catalog by code: the declared ones, and those a plan limits
+    /// without their being declared (`declared: false`).
+    pub async fn list_metrics(&self) -> Result<Vec<CatalogEntry>, ServiceError> {
+        let mut entries: Vec<CatalogEntry> =
+            self.store.list_metrics().await?.into_iter().map(CatalogEntry::declared).collect();
+        for implicit in self.implicit_metrics().await? {
+            if !entries.iter().any(|e| e.code == implicit.code) {
+                entries.push(implicit);
+            }
+        }
+        entries.sort_by(|a, b| a.code.cmp(&b.code));
+        Ok(entries)
+    }
+
+    /// The metrics the current plans limit, as the catalog shows them when undeclared: a
+    /// counter, or a gauge where a limit on it has `period: none`.
+    async fn implicit_metrics(&self) -> Result<Vec<CatalogEntry>, ServiceError> {
+        let mut out: Vec<CatalogEntry> = Vec::new();
+        for plan in self.store.list_plans().await? {
+            for limit in &plan.limits {
+                let kind = kind_in_force(limit);
+                match out.iter_mut().find(|e| e.code == limit.metric_code) {
+                    Some(e) if kind == MetricKind::Gauge => e.spec.kind = kind,
+                    Some(_) => {}
+                    None => out.push(CatalogEntry {
+                        code: limit.metric_code.clone(),
+                        spec: MetricSpec {
+                            name: tally_domain::Name::parse(limit.metric_code.as_str())?,
+                            unit: None,
+                            kind,
+                        },
+                        declared: false,
+                        created_at: None,
+                        updated_at: None,
+                    }),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Checks limits about to be written against the catalog: a declared gauge takes only
@@ -74,6 +118,34 @@ impl<S: Store> Tally<S> {
             }
         }
         Ok(())
+    }
+}
+
+/// A metric as the catalog shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// Its code.
+    pub code: MetricCode,
+    /// Name, unit and kind: as declared, or the code, none and the kind in force.
+    pub spec: MetricSpec,
+    /// Whether `PUT /v1/metrics` declared it.
+    pub declared: bool,
+    /// When it was declared (`None` when it was not).
+    pub created_at: Option<tally_domain::Timestamp>,
+    /// When its declaration last changed.
+    pub updated_at: Option<tally_domain::Timestamp>,
+}
+
+impl CatalogEntry {
+    /// A declared metric.
+    pub fn declared(m: Metric) -> CatalogEntry {
+        CatalogEntry {
+            code: m.code,
+            spec: m.spec,
+            declared: true,
+            created_at: Some(m.created_at),
+            updated_at: Some(m.updated_at),
+        }
     }
 }
 

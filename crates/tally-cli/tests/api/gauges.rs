@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Auth, Backend, NOW, TestApp, keys, limit, sorted};
 
-const METRIC_MEMBERS: [&str; 6] = ["metric_code", "name", "unit", "kind", "created_at", "updated_at"];
+const METRIC_MEMBERS: [&str; 7] =
+    ["metric_code", "name", "unit", "kind", "declared", "created_at", "updated_at"];
 
 async fn a_metric_is_declared_changed_read_and_listed(backend: Backend) {
     let app = TestApp::spawn_at(backend, NOW).await;
@@ -90,6 +91,20 @@ async fn limits_must_fit_the_declared_kind(backend: Backend) {
     app.subscribe("acme", "p", None).await;
     let over = json!({"limit": 9, "enforcement": "hard", "period": "day"});
     app.put("/v1/tenants/acme/overrides/seats", &over).await.problem(400, "invalid_request");
+    // A metric a plan limits without its being declared is in the catalog too: a counter,
+    // or a gauge where its limit has no period.
+    let projects = app.get("/v1/metrics/projects").await.ok(200);
+    assert_eq!((&projects["declared"], &projects["kind"]), (&json!(false), &json!("gauge")));
+    assert_eq!((&projects["name"], &projects["created_at"]), (&json!("projects"), &Value::Null));
+    let listed = app.get("/v1/metrics").await.ok(200);
+    let codes: Vec<(&str, bool)> = listed["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["metric_code"].as_str().unwrap(), m["declared"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(codes, [("api_calls", true), ("projects", false), ("seats", true)]);
+    app.get("/v1/metrics/exports").await.problem(404, "not_found");
     // The plan limits seats without a period: seats cannot become a counter now.
     app.put("/v1/metrics/seats", &json!({"kind": "counter"})).await.problem(409, "conflict");
     assert_eq!(app.get("/v1/metrics/seats").await.ok(200)["kind"], "gauge");

@@ -81,7 +81,8 @@ macro_rules! contract_suite {
             released_and_expired_reservations_free_their_quota,
             a_replayed_reservation_holds_nothing_more,
             concurrent_reservations_never_hold_more_than_a_hard_limit,
-            reservations_are_found_only_under_their_own_tenant
+            reservations_are_found_only_under_their_own_tenant,
+            a_reservation_on_a_gauge_holds_room_under_its_limit
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1804,4 +1805,23 @@ pub async fn reservations_are_found_only_under_their_own_tenant<S: Store>(store:
     // Commit the whole hold by default.
     let done = store.commit_reservation(&commit_req("acme", id, None), now()).await.unwrap().unwrap();
     assert_eq!(done.current_usage, 5);
+}
+
+pub async fn a_reservation_on_a_gauge_holds_room_under_its_limit<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![gauge("seats", Some(10), LimitEnforcement::Hard)]).await;
+    apply_one(&store, change("acme", "seats", Change::Set(6))).await.unwrap();
+    let r = store.reserve(&reserve_req("acme", "seats", 3, 300), now()).await.unwrap().unwrap();
+    assert_eq!(r.reservation.remaining_at_creation(), Some(1));
+    assert!(r.reservation.period.is_unbounded());
+    // A rise past the room left is refused; a decrease is not, and it makes room.
+    let over = apply_one(&store, change("acme", "seats", Change::Add(2))).await.unwrap_err();
+    assert!(matches!(over, UsageError::QuotaExceeded { current: 6, .. }), "{over:?}");
+    assert_eq!(apply_one(&store, change("acme", "seats", Change::Add(-2))).await.unwrap().remaining, Some(3));
+    let done = store
+        .commit_reservation(&commit_req("acme", r.reservation.id, Some(2)), now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.amount, done.current_usage, done.remaining), (2, 6, Some(4)));
+    assert_eq!(held(&store, now()).await, 0);
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection};
-use tally_domain::limits::{APPLY_RETRY_MAX, RESERVATIONS_OPEN_MAX};
+use tally_domain::limits::RESERVATIONS_OPEN_MAX;
 use tally_domain::{
     CommitRequest, IdempotencyKey, MetricCode, Period, RecordedEvent, Reservation, ReserveOutcome,
     ReserveRequest, TenantId, Timestamp, UsageError, UsageOutcome,
@@ -18,7 +18,7 @@ use tally_store::{
 use uuid::Uuid;
 
 use crate::rows::{EVENT_COLUMNS, event_from_row, get, map_err};
-use crate::usage::{BEGIN_READ_COMMITTED, PgUsageTx};
+use crate::usage::PgUsageTx;
 use crate::{PgStore, StatementLog, Tenancy};
 
 const RESERVATION_COLUMNS: &str = "id, tenant_id, metric_code, amount, period_start, period_end, idempotency_key, \
@@ -217,45 +217,13 @@ impl ReservationTx for PgUsageTx<'_> {
     }
 }
 
-/// Runs one reservation operation (`$run`, an expression over the transaction `$tx`) in a
-/// READ COMMITTED transaction, re-running it when it lost a race (an idempotency key, or a
-/// record lock it would not wait for). A refusal is an answer: its transaction commits (what
-/// it wrote, such as marking an expired reservation).
-macro_rules! in_reservation_tx {
-    ($store:expr, |$tx:ident| $run:expr) => {{
-        let store: &PgStore = $store;
-        let mut outcome = Err(StoreError::Retry);
-        for attempt in 0..=APPLY_RETRY_MAX {
-            let begun = store.log.begin(store.pool(), BEGIN_READ_COMMITTED).await.map_err(map_err)?;
-            let mut $tx = PgUsageTx { tx: begun, log: &store.log, tenancy: store.tenancy(), scopes: HashMap::new() };
-            let result = match $run.await {
-                Ok(answer) => store.log.commit($tx.tx).await.map_err(map_err).map(|()| answer),
-                Err(e) => {
-                    if let Err(rollback) = store.log.rollback($tx.tx).await {
-                        tracing::debug!(error = %rollback, "rollback of a failed reservation transaction failed");
-                    }
-                    Err(e)
-                }
-            };
-            match result {
-                Err(StoreError::Retry) => tracing::debug!(attempt, "reservation transaction lost a race; re-running it"),
-                other => {
-                    outcome = other;
-                    break;
-                }
-            }
-        }
-        outcome
-    }};
-}
-
 impl ReservationStore for PgStore {
     async fn reserve(
         &self,
         req: &ReserveRequest,
         now: Timestamp,
     ) -> Result<Result<ReserveOutcome, UsageError>, StoreError> {
-        in_reservation_tx!(self, |tx| reserve_in_tx(&mut tx, req, now))
+        crate::usage::in_write_tx!(self, |tx| reserve_in_tx(&mut tx, req, now))
     }
 
     async fn commit_reservation(
@@ -263,7 +231,7 @@ impl ReservationStore for PgStore {
         req: &CommitRequest,
         now: Timestamp,
     ) -> Result<Result<UsageOutcome, UsageError>, StoreError> {
-        in_reservation_tx!(self, |tx| commit_in_tx(&mut tx, req, now))
+        crate::usage::in_write_tx!(self, |tx| commit_in_tx(&mut tx, req, now))
     }
 
     async fn release_reservation(
@@ -272,7 +240,7 @@ impl ReservationStore for PgStore {
         id: Uuid,
         now: Timestamp,
     ) -> Result<Result<(), UsageError>, StoreError> {
-        in_reservation_tx!(self, |tx| release_in_tx(&mut tx, tenant, id, now))
+        crate::usage::in_write_tx!(self, |tx| release_in_tx(&mut tx, tenant, id, now))
     }
 
     async fn list_open_reservations(

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
-use tally_domain::limits::{APPLY_RETRY_MAX, PAGE_LEN_MAX};
+use tally_domain::limits::PAGE_LEN_MAX;
 use tally_domain::{
     Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageError,
     UsageOutcome, UsageRecord, UsageRequest,
@@ -508,6 +508,40 @@ impl UsageTx for PgUsageTx<'_> {
     }
 }
 
+/// Runs one write of the shared algorithms (`$run`, an expression over the `PgUsageTx` named
+/// `$tx`: `apply_in_tx`, `reserve_in_tx`, ...) in a READ COMMITTED transaction, and re-runs it
+/// when it lost a race (an idempotency key taken meanwhile, or a record lock it would not
+/// wait for), at most `APPLY_RETRY_MAX` times. `Ok` commits, whatever it holds (a refusal is
+/// an answer, and what it wrote stands); `Err` rolls back.
+macro_rules! in_write_tx {
+    ($store:expr, |$tx:ident| $run:expr) => {{
+        let store: &$crate::PgStore = $store;
+        let mut outcome = Err(tally_store::StoreError::Retry);
+        for attempt in 0..=tally_domain::limits::APPLY_RETRY_MAX {
+            let begun = store.log.begin(store.pool(), $crate::usage::BEGIN_READ_COMMITTED).await.map_err($crate::rows::map_err)?;
+            let mut $tx = $crate::usage::PgUsageTx { tx: begun, log: &store.log, tenancy: store.tenancy(), scopes: std::collections::HashMap::new() };
+            let result = match $run.await {
+                Ok(answer) => store.log.commit($tx.tx).await.map_err($crate::rows::map_err).map(|()| answer),
+                Err(e) => {
+                    if let Err(rollback) = store.log.rollback($tx.tx).await {
+                        tracing::debug!(error = %rollback, "rollback of a failed write transaction failed");
+                    }
+                    Err(e)
+                }
+            };
+            match result {
+                Err(tally_store::StoreError::Retry) => tracing::debug!(attempt, "write transaction lost a race; re-running it"),
+                other => {
+                    outcome = other;
+                    break;
+                }
+            }
+        }
+        outcome
+    }};
+}
+pub(crate) use in_write_tx;
+
 impl UsageApplier for PgStore {
     async fn apply_usage(
         &self,
@@ -517,27 +551,7 @@ impl UsageApplier for PgStore {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        for attempt in 0..=APPLY_RETRY_MAX {
-            let tx = self.log.begin(self.pool(), BEGIN_READ_COMMITTED).await.map_err(map_err)?;
-            let mut usage_tx =
-                PgUsageTx { tx, log: &self.log, tenancy: self.tenancy(), scopes: HashMap::new() };
-            let result = match apply_in_tx(&mut usage_tx, requests, now).await {
-                Ok(outcomes) => self.log.commit(usage_tx.tx).await.map_err(map_err).map(|()| outcomes),
-                Err(e) => {
-                    if let Err(rollback) = self.log.rollback(usage_tx.tx).await {
-                        tracing::debug!(error = %rollback, "rollback of a failed usage transaction failed");
-                    }
-                    Err(e)
-                }
-            };
-            match result {
-                Err(StoreError::Retry) => {
-                    tracing::debug!(attempt, "usage transaction lost a race; re-running it");
-                }
-                other => return other,
-            }
-        }
-        Err(StoreError::Retry)
+        in_write_tx!(self, |tx| apply_in_tx(&mut tx, requests, now))
     }
 
     async fn reset_usage(

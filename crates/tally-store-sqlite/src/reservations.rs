@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tally_domain::limits::{APPLY_RETRY_MAX, RESERVATIONS_OPEN_MAX};
+use tally_domain::limits::RESERVATIONS_OPEN_MAX;
 use tally_domain::{
     CommitRequest, IdempotencyKey, MetricCode, Period, RecordedEvent, Reservation, ReserveOutcome,
     ReserveRequest, TenantId, Timestamp, UsageError, UsageOutcome,
@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::error::{store_error, unique_violation};
 use crate::rows::{self, EventRow, event_columns, instant, micros};
 use crate::usage::{SqliteUsageTx, push_tenants_in};
-use crate::{SqliteStore, StatementLog, rollback};
+use crate::{SqliteStore, StatementLog};
 
 const RESERVATION_COLUMNS: &str = "id, tenant_id, metric_code, amount, period_start, period_end, idempotency_key, \
      ttl_seconds, created_at, expires_at, status, settled_at, committed_event_id, committed_amount, \
@@ -211,49 +211,13 @@ impl ReservationTx for SqliteUsageTx<'_> {
     }
 }
 
-/// Runs one reservation operation (`$run`, an expression over the transaction `$tx`) in a
-/// `BEGIN IMMEDIATE` transaction under the writer lock, re-running it when it lost a race on
-/// an idempotency key. A refusal is an answer: its transaction commits (what it wrote, such
-/// as marking an expired reservation).
-macro_rules! in_reservation_tx {
-    ($store:expr, |$tx:ident| $run:expr) => {{
-        let store: &SqliteStore = $store;
-        let _writer = store.lock_writer().await?;
-        let mut outcome = Err(StoreError::Unavailable(format!(
-            "the reservation transaction lost a race {} times in a row",
-            APPLY_RETRY_MAX + 1
-        )));
-        for _ in 0..=APPLY_RETRY_MAX {
-            let mut begun = store.begin_immediate().await?;
-            let result = {
-                let mut $tx = SqliteUsageTx { conn: &mut begun, log: &store.log };
-                $run.await
-            };
-            match result {
-                Ok(answer) => {
-                    store.log.commit(begun).await.map_err(store_error)?;
-                    outcome = Ok(answer);
-                    break;
-                }
-                Err(StoreError::Retry) => rollback(&store.log, begun).await,
-                Err(e) => {
-                    rollback(&store.log, begun).await;
-                    outcome = Err(e);
-                    break;
-                }
-            }
-        }
-        outcome
-    }};
-}
-
 impl ReservationStore for SqliteStore {
     async fn reserve(
         &self,
         req: &ReserveRequest,
         now: Timestamp,
     ) -> Result<Result<ReserveOutcome, UsageError>, StoreError> {
-        in_reservation_tx!(self, |tx| reserve_in_tx(&mut tx, req, now))
+        crate::usage::in_write_tx!(self, |tx| reserve_in_tx(&mut tx, req, now))
     }
 
     async fn commit_reservation(
@@ -261,7 +225,7 @@ impl ReservationStore for SqliteStore {
         req: &CommitRequest,
         now: Timestamp,
     ) -> Result<Result<UsageOutcome, UsageError>, StoreError> {
-        in_reservation_tx!(self, |tx| commit_in_tx(&mut tx, req, now))
+        crate::usage::in_write_tx!(self, |tx| commit_in_tx(&mut tx, req, now))
     }
 
     async fn release_reservation(
@@ -270,7 +234,7 @@ impl ReservationStore for SqliteStore {
         id: Uuid,
         now: Timestamp,
     ) -> Result<Result<(), UsageError>, StoreError> {
-        in_reservation_tx!(self, |tx| release_in_tx(&mut tx, tenant, id, now))
+        crate::usage::in_write_tx!(self, |tx| release_in_tx(&mut tx, tenant, id, now))
     }
 
     async fn list_open_reservations(

@@ -9,7 +9,6 @@ use std::collections::{BTreeSet, HashMap};
 
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{QueryBuilder, Sqlite};
-use tally_domain::limits::APPLY_RETRY_MAX;
 use tally_domain::{
     IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageError, UsageOutcome,
     UsageRecord, UsageRequest,
@@ -24,7 +23,7 @@ use crate::error::{EVENT_IDEMPOTENCY_CONSTRAINT, store_error, unique_violation};
 use crate::rows::{
     self, EventRow, RecordRow, event_columns, insert_audit, micros, record_columns, rows_per_statement,
 };
-use crate::{SqliteStore, StatementLog, admin, rollback};
+use crate::{SqliteStore, StatementLog, admin};
 
 impl UsageRepository for SqliteStore {
     async fn list_by_tenant_and_metric(
@@ -242,6 +241,47 @@ impl EventRecorder for SqliteStore {
     }
 }
 
+/// Runs one write of the shared algorithms (`$run`, an expression over the `SqliteUsageTx`
+/// named `$tx`: `apply_in_tx`, `reserve_in_tx`, ...) in a `BEGIN IMMEDIATE` transaction
+/// under the writer lock, and re-runs it when it lost a race on an idempotency key, at most
+/// `APPLY_RETRY_MAX` times. `Ok` commits, whatever it holds (a refusal is an answer, and
+/// what it wrote stands); `Err` rolls back.
+macro_rules! in_write_tx {
+    ($store:expr, |$tx:ident| $run:expr) => {{
+        let store: &$crate::SqliteStore = $store;
+        let _writer = store.lock_writer().await?;
+        let mut outcome = Err(tally_store::StoreError::Unavailable(format!(
+            "the write transaction lost a race {} times in a row",
+            tally_domain::limits::APPLY_RETRY_MAX + 1
+        )));
+        for attempt in 0..=tally_domain::limits::APPLY_RETRY_MAX {
+            let mut begun = store.begin_immediate().await?;
+            let result = {
+                let mut $tx = $crate::usage::SqliteUsageTx { conn: &mut begun, log: &store.log };
+                $run.await
+            };
+            match result {
+                Ok(answer) => {
+                    store.log.commit(begun).await.map_err($crate::error::store_error)?;
+                    outcome = Ok(answer);
+                    break;
+                }
+                Err(tally_store::StoreError::Retry) => {
+                    $crate::rollback(&store.log, begun).await;
+                    tracing::debug!(attempt, "write transaction lost a race on an idempotency key");
+                }
+                Err(e) => {
+                    $crate::rollback(&store.log, begun).await;
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        outcome
+    }};
+}
+pub(crate) use in_write_tx;
+
 impl UsageApplier for SqliteStore {
     async fn apply_usage(
         &self,
@@ -251,31 +291,7 @@ impl UsageApplier for SqliteStore {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let _writer = self.lock_writer().await?;
-        // The first run and at most APPLY_RETRY_MAX re-runs.
-        for attempt in 0..=APPLY_RETRY_MAX {
-            let mut tx = self.begin_immediate().await?;
-            let outcome =
-                apply_in_tx(&mut SqliteUsageTx { conn: &mut tx, log: &self.log }, requests, now).await;
-            match outcome {
-                Ok(results) => {
-                    self.log.commit(tx).await.map_err(store_error)?;
-                    return Ok(results);
-                }
-                Err(StoreError::Retry) => {
-                    rollback(&self.log, tx).await;
-                    tracing::debug!(attempt, "usage transaction lost a race on an idempotency key");
-                }
-                Err(e) => {
-                    rollback(&self.log, tx).await;
-                    return Err(e);
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "the usage transaction lost a race {} times in a row",
-            APPLY_RETRY_MAX + 1
-        )))
+        in_write_tx!(self, |tx| apply_in_tx(&mut tx, requests, now))
     }
 
     async fn reset_usage(

@@ -330,19 +330,7 @@ impl AdminUiStore for PgStore {
 
     async fn find_event(&self, tenant: &TenantId, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         let Some(scope) = self.scope_of(self.pool(), tenant).await? else { return Ok(None) };
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM {events} WHERE tenant_id = $1 AND id = $2",
-            events = scope.events()
-        );
-        let row = self
-            .log
-            .query(AssertSqlSafe(sql))
-            .bind(tenant.as_str())
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(map_err)?;
-        row.as_ref().map(event_from_row).transpose()
+        crate::rows::event_by_id(&self.log, self.pool(), &scope, tenant, id).await
     }
 
     async fn list_tenant_ids_by_prefix(&self, prefix: &str, limit: u32) -> Result<Vec<TenantId>, StoreError> {

@@ -17,7 +17,7 @@ use tally_store::{
 };
 use uuid::Uuid;
 
-use crate::rows::{EVENT_COLUMNS, event_from_row, get, map_err};
+use crate::rows::{get, map_err};
 use crate::usage::PgUsageTx;
 use crate::{PgStore, StatementLog, Tenancy};
 
@@ -201,19 +201,7 @@ impl ReservationTx for PgUsageTx<'_> {
             self.load_entitlements(std::slice::from_ref(tenant)).await?;
         }
         let Some(scope) = self.scope(tenant) else { return Ok(None) };
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM {events} WHERE tenant_id = $1 AND id = $2",
-            events = scope.events()
-        );
-        let row = self
-            .log
-            .query(AssertSqlSafe(sql))
-            .bind(tenant.as_str())
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
-        row.as_ref().map(event_from_row).transpose()
+        crate::rows::event_by_id(self.log, &mut *self.tx, &scope, tenant, id).await
     }
 }
 

@@ -87,6 +87,28 @@ pub(crate) fn record_from_row(row: &PgRow) -> Result<UsageRecord, StoreError> {
 pub(crate) const EVENT_COLUMNS: &str = "id, tenant_id, metric_code, amount, metadata, idempotency_key, \
      \"timestamp\", created_at, usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit, is_set, reserved_at";
 
+/// One event of `tenant` by id, in its scope: the admin UI's event page, and a commit's replay.
+pub(crate) async fn event_by_id<'e>(
+    log: &crate::StatementLog,
+    executor: impl sqlx::PgExecutor<'e>,
+    scope: &crate::scope::Scope,
+    tenant: &TenantId,
+    id: uuid::Uuid,
+) -> Result<Option<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM {events} WHERE tenant_id = $1 AND id = $2",
+        events = scope.events()
+    );
+    let row = log
+        .query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+        .map_err(map_err)?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
 /// A usage event with its receipt.
 pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let Json(metadata): Json<serde_json::Value> = get(row, "metadata")?;

@@ -301,19 +301,7 @@ impl AdminUiStore for SqliteStore {
     }
 
     async fn find_event(&self, tenant: &TenantId, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
-        let found: Option<EventRow> = self
-            .log
-            .query_as(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM quota_usage_event WHERE id = ?1 AND tenant_id = ?2"
-            ))
-            .bind(id.to_string())
-            .bind(tenant.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
-        found.map(rows::event).transpose()
+        rows::event_by_id(&self.log, &self.pool, tenant, id).await
     }
 
     async fn list_tenant_ids_by_prefix(&self, prefix: &str, limit: u32) -> Result<Vec<TenantId>, StoreError> {

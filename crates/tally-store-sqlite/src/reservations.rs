@@ -16,7 +16,7 @@ use tally_store::{
 use uuid::Uuid;
 
 use crate::error::{store_error, unique_violation};
-use crate::rows::{self, EventRow, event_columns, instant, micros};
+use crate::rows::{self, instant, micros};
 use crate::usage::{SqliteUsageTx, push_tenants_in};
 use crate::{SqliteStore, StatementLog};
 
@@ -195,19 +195,7 @@ impl ReservationTx for SqliteUsageTx<'_> {
         tenant: &TenantId,
         id: Uuid,
     ) -> Result<Option<RecordedEvent>, StoreError> {
-        let row: Option<EventRow> = self
-            .log
-            .query_as(concat!(
-                "SELECT ",
-                event_columns!(),
-                " FROM quota_usage_event WHERE tenant_id = ?1 AND id = ?2"
-            ))
-            .bind(tenant.as_str())
-            .bind(id.to_string())
-            .fetch_optional(&mut *self.conn)
-            .await
-            .map_err(store_error)?;
-        row.map(rows::event).transpose()
+        rows::event_by_id(self.log, &mut *self.conn, tenant, id).await
     }
 }
 

@@ -158,6 +158,27 @@ pub(crate) fn event(row: EventRow) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+/// One event of `tenant` by id: the admin UI's event page, and a commit's replay.
+pub(crate) async fn event_by_id<'e>(
+    log: &StatementLog,
+    executor: impl sqlx::SqliteExecutor<'e>,
+    tenant: &TenantId,
+    id: uuid::Uuid,
+) -> Result<Option<RecordedEvent>, StoreError> {
+    let found: Option<EventRow> = log
+        .query_as(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM quota_usage_event WHERE tenant_id = ?1 AND id = ?2"
+        ))
+        .bind(tenant.as_str())
+        .bind(id.to_string())
+        .fetch_optional(executor)
+        .await
+        .map_err(crate::error::store_error)?;
+    found.map(event).transpose()
+}
+
 /// Appends events with multi-row inserts, as few as the bind limit allows. Returns the
 /// driver's error so that callers can tell a taken idempotency key from other failures.
 pub(crate) async fn insert_events(

@@ -78,6 +78,12 @@ pub enum AuditAction {
     AdminPasswordSet,
     /// A metric was declared or changed in the catalog.
     MetricPut,
+    /// A webhook was registered or changed.
+    WebhookPut,
+    /// A webhook was removed.
+    WebhookDelete,
+    /// A delivery was sent again by hand.
+    WebhookRedeliver,
 }
 
 impl AuditAction {
@@ -95,6 +101,9 @@ impl AuditAction {
             AuditAction::KeyRevoke => "key.revoke",
             AuditAction::AdminPasswordSet => "admin.password_set",
             AuditAction::MetricPut => "metric.put",
+            AuditAction::WebhookPut => "webhook.put",
+            AuditAction::WebhookDelete => "webhook.delete",
+            AuditAction::WebhookRedeliver => "webhook.redeliver",
         }
     }
 }
@@ -120,6 +129,9 @@ impl FromStr for AuditAction {
             AuditAction::KeyRevoke,
             AuditAction::AdminPasswordSet,
             AuditAction::MetricPut,
+            AuditAction::WebhookPut,
+            AuditAction::WebhookDelete,
+            AuditAction::WebhookRedeliver,
         ];
         all.into_iter()
             .find(|a| a.as_str() == raw)

@@ -129,6 +129,10 @@ string_newtype!(
     IdempotencyKey, "idempotency_key", check_idempotency_key
 );
 string_newtype!(
+    /// A webhook's id, chosen by the admin who registers it: the rules of a tenant id.
+    WebhookId, "webhook_id", check_tenant_id
+);
+string_newtype!(
     /// A display name for a plan or tenant: 1..=200 bytes, not blank, no control characters.
     Name, "name", check_name
 );

@@ -12,10 +12,11 @@ pub mod quota;
 pub mod reservation;
 pub mod time;
 pub mod usage;
+pub mod webhook;
 
 pub use admin::{ApiKey, AuditAction, AuditEntry, KeyScope};
 pub use error::DomainError;
-pub use ids::{Amount, IdempotencyKey, Metadata, MetricCode, Name, PlanCode, TenantId};
+pub use ids::{Amount, IdempotencyKey, Metadata, MetricCode, Name, PlanCode, TenantId, WebhookId};
 pub use metric::{Metric, MetricKind, MetricSpec};
 pub use period::{Period, PeriodKind};
 pub use quota::{Entitlement, LimitEnforcement, Override, Plan, PlanSpec, QuotaLimit, Subscription, Tenant};
@@ -24,4 +25,8 @@ pub use time::Timestamp;
 pub use usage::{
     Change, EventReceipt, RecordedEvent, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
     decide, decide_with_reserved,
+};
+pub use webhook::{
+    Delivery, DeliveryData, DeliveryStatus, RetryPolicy, Webhook, WebhookEventType, WebhookSecret,
+    WebhookSpec, WebhookUrl,
 };

@@ -78,3 +78,32 @@ pub const LOGIN_DELAY_MAX_MS: u64 = 8_000;
 pub const LOGIN_FAILURE_WINDOW_SECONDS: u64 = 15 * 60;
 /// Clients whose failed sign-ins are remembered at once; the oldest is forgotten first.
 pub const LOGIN_THROTTLE_CLIENTS_MAX: usize = 10_000;
+/// Webhooks that may be registered (each is read by every usage transaction that could fire).
+pub const WEBHOOKS_LEN_MAX: usize = 100;
+/// Thresholds on one webhook.
+pub const WEBHOOK_THRESHOLDS_LEN_MAX: usize = 10;
+/// The highest threshold, in percent of a limit (SOFT limits may be passed).
+pub const WEBHOOK_THRESHOLD_MAX: u16 = 1_000;
+/// Length of a webhook's URL, in bytes.
+pub const WEBHOOK_URL_LEN_MAX: usize = 2_048;
+/// Shortest webhook secret, in characters.
+pub const WEBHOOK_SECRET_LEN_MIN: usize = 16;
+/// Longest webhook secret, in characters.
+pub const WEBHOOK_SECRET_LEN_MAX: usize = 256;
+/// The wait before retrying a failed delivery the first time, in milliseconds; it doubles.
+pub const WEBHOOK_RETRY_INITIAL_MS: u64 = 5_000;
+/// The longest wait between two attempts of a delivery, in milliseconds (1 hour).
+pub const WEBHOOK_RETRY_MAX_DELAY_MS: u64 = 3_600_000;
+/// How long a delivery is retried before it is marked failed, in milliseconds (24 hours).
+pub const WEBHOOK_RETRY_WINDOW_MS: u64 = 24 * 3_600_000;
+/// How long an attempt waits for the receiver's answer, in milliseconds.
+pub const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+/// Deliveries one worker claims at once; they are sent concurrently.
+pub const WEBHOOK_CLAIM_BATCH_LEN: i64 = 32;
+/// How often the delivery worker looks for due deliveries, in milliseconds.
+pub const WEBHOOK_POLL_INTERVAL_MS: u64 = 250;
+/// A claimed delivery is due again this long after its attempt's timeout, in milliseconds,
+/// if the instance that claimed it never reported (it crashed): at least once, never lost.
+pub const WEBHOOK_CLAIM_GRACE_MS: u64 = 5_000;
+/// Bytes of a receiver's error kept on a delivery.
+pub const WEBHOOK_ERROR_LEN_MAX: usize = 300;

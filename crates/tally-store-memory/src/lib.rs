@@ -21,6 +21,8 @@ use tally_store::{
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+mod webhooks;
+
 type PeriodKey = (TenantId, MetricCode, Timestamp);
 
 #[derive(Default)]
@@ -41,6 +43,9 @@ struct State {
     admin_sessions: BTreeMap<String, AdminSession>,
     metrics: BTreeMap<MetricCode, tally_domain::Metric>,
     reservations: BTreeMap<Uuid, Reservation>,
+    webhooks: BTreeMap<tally_domain::WebhookId, tally_domain::Webhook>,
+    fire_states: HashMap<tally_store::FireKey, bool>,
+    deliveries: BTreeMap<Uuid, tally_domain::Delivery>,
 }
 
 impl State {
@@ -183,6 +188,27 @@ impl UsageTx for MemTx<'_> {
         for rec in events {
             self.state.push_event(rec.clone());
         }
+        Ok(())
+    }
+
+    async fn load_webhook_rules(&mut self) -> Result<Vec<tally_store::WebhookRule>, StoreError> {
+        Ok(self.webhook_rules())
+    }
+
+    async fn load_fire_states(
+        &mut self,
+        keys: &[tally_store::FireKey],
+    ) -> Result<tally_store::FireStates, StoreError> {
+        Ok(self.fire_states(keys))
+    }
+
+    async fn write_outbox(
+        &mut self,
+        states: &[(tally_store::FireKey, bool)],
+        deliveries: &[tally_domain::Delivery],
+        _now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write_outbox_rows(states, deliveries);
         Ok(())
     }
 }

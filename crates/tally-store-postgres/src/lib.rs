@@ -12,6 +12,8 @@
 //! - `admin_ui.rs`: the admin UI's lists across tenants, its look-ups, password and sessions;
 //! - `catalog.rs`: the metric catalog;
 //! - `reservations.rs`: reservations, in the base schema in both tenancies;
+//! - `webhooks.rs`: threshold webhooks, their states and deliveries (the outbox), in the
+//!   base schema in both tenancies;
 //! - `statements.rs`: the statement log, through which every statement is sent.
 //!
 //! # Fresh plans
@@ -39,6 +41,7 @@ mod rows;
 mod scope;
 mod statements;
 mod usage;
+mod webhooks;
 
 use std::fmt;
 use std::str::FromStr;

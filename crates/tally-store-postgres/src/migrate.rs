@@ -71,6 +71,11 @@ pub const PUBLIC_SET: MigrationSet = MigrationSet {
             name: "catalog_reservations",
             sql: include_str!("../migrations/public/0004_catalog_reservations.sql"),
         },
+        Migration {
+            version: 5,
+            name: "webhooks",
+            sql: include_str!("../migrations/public/0005_webhooks.sql"),
+        },
     ],
 };
 

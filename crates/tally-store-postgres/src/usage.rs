@@ -21,13 +21,13 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
 use tally_domain::limits::PAGE_LEN_MAX;
 use tally_domain::{
-    Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageError,
-    UsageOutcome, UsageRecord, UsageRequest,
+    Delivery, Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp,
+    UsageError, UsageOutcome, UsageRecord, UsageRequest,
 };
 use tally_store::{
-    EntitlementLookup, EventQuery, EventRecorder, EventTotal, LockedRecord, RecordKey, RecordTotal,
-    RecordUpdate, StoreError, UsageApplier, UsageRepository, UsageTx, VerifyInputs, apply_in_tx, reset_audit,
-    reset_fact,
+    EntitlementLookup, EventQuery, EventRecorder, EventTotal, FireKey, FireStates, LockedRecord, RecordKey,
+    RecordTotal, RecordUpdate, StoreError, UsageApplier, UsageRepository, UsageTx, VerifyInputs, WebhookRule,
+    apply_in_tx, reset_audit, reset_fact,
 };
 use uuid::Uuid;
 
@@ -505,6 +505,23 @@ impl UsageTx for PgUsageTx<'_> {
             }
         }
         Ok(())
+    }
+
+    async fn load_webhook_rules(&mut self) -> Result<Vec<WebhookRule>, StoreError> {
+        crate::webhooks::load_webhook_rules(self.log, &mut self.tx).await
+    }
+
+    async fn load_fire_states(&mut self, keys: &[FireKey]) -> Result<FireStates, StoreError> {
+        crate::webhooks::load_fire_states(self.log, &mut self.tx, keys).await
+    }
+
+    async fn write_outbox(
+        &mut self,
+        states: &[(FireKey, bool)],
+        deliveries: &[Delivery],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        crate::webhooks::write_outbox(self.log, &mut self.tx, states, deliveries, now).await
     }
 }
 

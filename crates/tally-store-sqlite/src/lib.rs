@@ -17,6 +17,7 @@ mod reservations;
 mod rows;
 mod statements;
 mod usage;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

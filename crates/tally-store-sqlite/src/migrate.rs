@@ -48,6 +48,7 @@ const MIGRATIONS: &[Migration] = &[
         name: "catalog_gauges_reservations",
         sql: include_str!("../migrations/0005_catalog_gauges_reservations.sql"),
     },
+    Migration { version: 6, name: "webhooks", sql: include_str!("../migrations/0006_webhooks.sql") },
 ];
 
 const _: () = {

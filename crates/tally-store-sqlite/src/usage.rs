@@ -10,12 +10,12 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{QueryBuilder, Sqlite};
 use tally_domain::{
-    IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageError, UsageOutcome,
-    UsageRecord, UsageRequest,
+    Delivery, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageError,
+    UsageOutcome, UsageRecord, UsageRequest,
 };
 use tally_store::{
-    EntitlementLookup, EventQuery, EventRecorder, LockedRecord, RecordKey, RecordUpdate, StoreError,
-    UsageApplier, UsageRepository, UsageTx, apply_in_tx, reset_audit,
+    EntitlementLookup, EventQuery, EventRecorder, FireKey, FireStates, LockedRecord, RecordKey, RecordUpdate,
+    StoreError, UsageApplier, UsageRepository, UsageTx, WebhookRule, apply_in_tx, reset_audit,
 };
 use uuid::Uuid;
 
@@ -572,6 +572,23 @@ impl UsageTx for SqliteUsageTx<'_> {
             }
             Err(e) => Err(store_error(e)),
         }
+    }
+
+    async fn load_webhook_rules(&mut self) -> Result<Vec<WebhookRule>, StoreError> {
+        crate::webhooks::load_webhook_rules(self.log, self.conn).await
+    }
+
+    async fn load_fire_states(&mut self, keys: &[FireKey]) -> Result<FireStates, StoreError> {
+        crate::webhooks::load_fire_states(self.log, self.conn, keys).await
+    }
+
+    async fn write_outbox(
+        &mut self,
+        states: &[(FireKey, bool)],
+        deliveries: &[Delivery],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        crate::webhooks::write_outbox(self.log, self.conn, states, deliveries, now).await
     }
 }
 

@@ -18,12 +18,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 
 use tally_domain::{
-    AuditAction, AuditEntry, Change, EventReceipt, IdempotencyKey, QuotaLimit, RecordedEvent, TenantId,
-    Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest, decide_with_reserved,
+    AuditAction, AuditEntry, Change, Delivery, EventReceipt, IdempotencyKey, QuotaLimit, RecordedEvent,
+    TenantId, Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
+    decide_with_reserved,
 };
 use uuid::Uuid;
 
 use crate::error::StoreError;
+use crate::outbox::{FireKey, FireStates, Signal, WebhookRule, outbox_in_tx};
 use crate::types::{EntitlementLookup, RecordKey};
 
 /// A record locked for the rest of the transaction.
@@ -99,6 +101,25 @@ pub trait UsageTx: Send {
         &mut self,
         events: &[RecordedEvent],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every registered webhook's id and spec (`crate::outbox`).
+    fn load_webhook_rules(&mut self) -> impl Future<Output = Result<Vec<WebhookRule>, StoreError>> + Send;
+
+    /// The stored state of these thresholds: `true` fired, `false` re-armed; absent keys
+    /// have never fired. Called only under the locks of the keys' records.
+    fn load_fire_states(
+        &mut self,
+        keys: &[FireKey],
+    ) -> impl Future<Output = Result<FireStates, StoreError>> + Send;
+
+    /// Writes new threshold states (insert or update, `updated_at = now`) and appends new
+    /// deliveries.
+    fn write_outbox(
+        &mut self,
+        states: &[(FireKey, bool)],
+        deliveries: &[Delivery],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// One request, resolved against its tenant's entitlement.
@@ -167,6 +188,7 @@ pub async fn apply_in_tx<T: UsageTx>(
     let mut accepted_in_batch: HashMap<(TenantId, IdempotencyKey), usize> = HashMap::new();
     let mut results: Vec<Result<UsageOutcome, UsageError>> = Vec::with_capacity(requests.len());
     let mut recorded: Vec<Option<RecordedEvent>> = vec![None; requests.len()];
+    let mut signals: Vec<Signal> = Vec::new();
     for (idx, (req, res)) in requests.iter().zip(resolved).enumerate() {
         let tenant_key = req.idempotency_key.clone().map(|k| (req.tenant_id.clone(), k));
         if let Some(tk) = &tenant_key {
@@ -195,6 +217,9 @@ pub async fn apply_in_tx<T: UsageTx>(
         match decide_with_reserved(&res.limit, res.key.period, current, held, req.change) {
             Ok(after) => {
                 usage.insert(res.key.clone(), after);
+                if let Some(limit) = res.limit.limit {
+                    signals.push(Signal::Changed { key: res.key.clone(), limit, before: current, after });
+                }
                 let rec = RecordedEvent {
                     event: UsageEvent {
                         id: Uuid::now_v7(),
@@ -223,7 +248,17 @@ pub async fn apply_in_tx<T: UsageTx>(
                     accepted_in_batch.insert(tk, idx);
                 }
             }
-            Err(e) => results.push(Err(e)),
+            Err(e) => {
+                if let UsageError::QuotaExceeded { current, limit, requested, .. } = &e {
+                    signals.push(Signal::Refused {
+                        key: res.key.clone(),
+                        limit: *limit,
+                        current: *current,
+                        requested: *requested,
+                    });
+                }
+                results.push(Err(e));
+            }
         }
     }
 
@@ -260,6 +295,7 @@ pub async fn apply_in_tx<T: UsageTx>(
     if !events.is_empty() {
         tx.insert_events(&events).await?;
     }
+    outbox_in_tx(tx, &signals, now).await?;
     Ok(results)
 }
 

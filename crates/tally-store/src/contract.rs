@@ -12,6 +12,7 @@ use tally_domain::{
     PlanSpec, QuotaLimit, RecordedEvent, ReservationStatus, ReserveRequest, TenantId, Timestamp, Ttl,
     UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
 };
+use tally_domain::{DeliveryStatus, WebhookEventType, WebhookId, WebhookSecret, WebhookSpec, WebhookUrl};
 use uuid::Uuid;
 
 use crate::{
@@ -82,7 +83,12 @@ macro_rules! contract_suite {
             a_replayed_reservation_holds_nothing_more,
             concurrent_reservations_never_hold_more_than_a_hard_limit,
             reservations_are_found_only_under_their_own_tenant,
-            a_reservation_on_a_gauge_holds_room_under_its_limit
+            a_reservation_on_a_gauge_holds_room_under_its_limit,
+            webhooks_are_registered_replaced_listed_and_deleted,
+            concurrent_usage_crossing_a_threshold_writes_exactly_one_delivery,
+            a_gauge_oscillating_within_its_rearm_band_fires_once,
+            webhooks_fire_only_for_crossings_after_registration_and_on_commits,
+            deliveries_are_claimed_once_retried_failed_and_redelivered
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1824,4 +1830,257 @@ pub async fn a_reservation_on_a_gauge_holds_room_under_its_limit<S: Store>(store
         .unwrap();
     assert_eq!((done.amount, done.current_usage, done.remaining), (2, 6, Some(4)));
     assert_eq!(held(&store, now()).await, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Threshold webhooks
+
+fn webhook_spec(url: &str, thresholds: &[i64], events: &[WebhookEventType]) -> WebhookSpec {
+    WebhookSpec {
+        url: WebhookUrl::parse(url).unwrap(),
+        thresholds: tally_domain::webhook::check_thresholds(thresholds).unwrap(),
+        events: events.to_vec(),
+    }
+}
+
+fn secret(s: &str) -> WebhookSecret {
+    WebhookSecret::parse(s).unwrap()
+}
+
+fn hook(s: &str) -> WebhookId {
+    WebhookId::parse(s).unwrap()
+}
+
+async fn register<S: Store>(store: &S, id: &str, thresholds: &[i64]) {
+    let spec = webhook_spec("http://127.0.0.1:9/hook", thresholds, &WebhookEventType::ALL);
+    let a = audit(AuditAction::WebhookPut, None);
+    store.put_webhook(&hook(id), &spec, &secret("whsec_0123456789abcdef"), true, now(), &a).await.unwrap();
+}
+
+/// Every delivery of the webhook, oldest first, as (type, threshold, current_usage).
+async fn fired<S: Store>(store: &S, id: &str) -> Vec<(WebhookEventType, Option<i64>, i64)> {
+    let mut all = store.list_deliveries(&hook(id), None, 1_000).await.unwrap();
+    all.reverse();
+    all.iter()
+        .map(|d| {
+            let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+            assert_eq!(body["id"], d.id.to_string());
+            assert_eq!(body["type"], d.event_type.as_str());
+            (
+                d.event_type,
+                body["data"]["threshold"].as_i64(),
+                body["data"]["current_usage"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub async fn webhooks_are_registered_replaced_listed_and_deleted<S: Store>(store: S) {
+    let id = hook("ops");
+    let spec = webhook_spec("https://example.com/hook", &[80, 100], &WebhookEventType::ALL);
+    let a = audit(AuditAction::WebhookPut, None);
+    let first = secret("whsec_first_secret_0001");
+    let created = store.put_webhook(&id, &spec, &first, true, now(), &a).await.unwrap();
+    assert!(created.is_created());
+    let later = now() + Duration::seconds(60);
+    // Without a new secret and with the same spec, nothing changes.
+    let other = secret("whsec_never_stored_0002");
+    let same = store.put_webhook(&id, &spec, &other, false, later, &a).await.unwrap();
+    assert!(matches!(&same, PutOutcome::Unchanged(w) if w.updated_at == now() && w.secret == first));
+    // A new spec keeps the secret unless it is replaced.
+    let narrower = webhook_spec("https://example.com/hook", &[90], &[WebhookEventType::ThresholdCrossed]);
+    let changed = store.put_webhook(&id, &narrower, &other, false, later, &a).await.unwrap().into_inner();
+    assert_eq!(
+        (changed.spec.thresholds.clone(), changed.secret.clone(), changed.updated_at),
+        (vec![90], first, later)
+    );
+    assert_eq!(changed.created_at, now());
+    let rotated = store.put_webhook(&id, &narrower, &other, true, later, &a).await.unwrap();
+    assert!(matches!(&rotated, PutOutcome::Updated(w) if w.secret == other));
+    assert_eq!(store.find_webhook(&id).await.unwrap().unwrap().secret, other);
+    register(&store, "billing", &[50]).await;
+    let ids: Vec<String> = store.list_webhooks().await.unwrap().iter().map(|w| w.id.to_string()).collect();
+    assert_eq!(ids, vec!["billing", "ops"]);
+    let audited = store.list_audit(None, None, 100).await.unwrap();
+    assert_eq!(audited.iter().filter(|e| e.action == "webhook.put").count(), 4);
+
+    let d = audit(AuditAction::WebhookDelete, None);
+    assert!(store.delete_webhook(&id, &d).await.unwrap());
+    assert!(!store.delete_webhook(&id, &d).await.unwrap());
+    assert_eq!(store.find_webhook(&id).await.unwrap(), None);
+    assert_eq!(store.list_webhooks().await.unwrap().len(), 1);
+}
+
+pub async fn concurrent_usage_crossing_a_threshold_writes_exactly_one_delivery<S: Store>(store: S) {
+    const TASKS: usize = 64;
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    register(&store, "ops", &[80, 100]).await;
+    let mut handles = Vec::new();
+    for _ in 0..TASKS {
+        let store = store.clone();
+        handles
+            .push(tokio::spawn(async move { apply_one(&store, req("acme", "api_calls", 2)).await.is_ok() }));
+    }
+    let mut accepted = 0;
+    for h in handles {
+        accepted += usize::from(h.await.unwrap());
+    }
+    assert_eq!(accepted, 50);
+    // One crossing of each threshold, exactly at its value, and one refusal.
+    let crossed = fired(&store, "ops").await;
+    let mut kinds: Vec<(WebhookEventType, Option<i64>)> = crossed.iter().map(|(t, p, _)| (*t, *p)).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            (WebhookEventType::ThresholdCrossed, Some(80)),
+            (WebhookEventType::ThresholdCrossed, Some(100)),
+            (WebhookEventType::LimitRefused, None),
+        ]
+    );
+    for (t, p, usage) in &crossed {
+        match t {
+            WebhookEventType::ThresholdCrossed => assert_eq!(Some(*usage), *p),
+            WebhookEventType::LimitRefused => assert_eq!(*usage, 100),
+        }
+    }
+    // More refusals and a batch in the same period fire nothing more.
+    assert!(apply_one(&store, req("acme", "api_calls", 1)).await.is_err());
+    let out =
+        store.apply_usage(&[req("acme", "api_calls", 1), req("acme", "api_calls", 5)], now()).await.unwrap();
+    assert!(out.iter().all(Result::is_err));
+    assert_eq!(fired(&store, "ops").await.len(), 3);
+    // The next period fires again.
+    let next = now() + Duration::days(40);
+    apply_one_at(&store, req("acme", "api_calls", 85), next).await.unwrap();
+    assert_eq!(fired(&store, "ops").await.len(), 4);
+}
+
+pub async fn a_gauge_oscillating_within_its_rearm_band_fires_once<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![gauge("seats", Some(100), LimitEnforcement::Soft)]).await;
+    register(&store, "ops", &[80]).await;
+    let set = |n: i64| change("acme", "seats", Change::Set(n));
+    // Around the threshold of 80, never below its re-arm line of 72: one delivery.
+    for level in [79, 80, 75, 81, 72, 90, 79, 80] {
+        apply_one(&store, set(level)).await.unwrap();
+    }
+    assert_eq!(fired(&store, "ops").await, vec![(WebhookEventType::ThresholdCrossed, Some(80), 80)]);
+    // Below the line it re-arms, and the next reach fires again, also inside one batch.
+    let batch = [set(71), set(85), set(10), set(95)];
+    let out = store.apply_usage(&batch, now()).await.unwrap();
+    assert!(out.iter().all(Result::is_ok));
+    let all = fired(&store, "ops").await;
+    assert_eq!(all.iter().map(|(_, _, u)| *u).collect::<Vec<_>>(), vec![80, 85, 95]);
+    // A decrease alone fires nothing.
+    apply_one(&store, change("acme", "seats", Change::Add(-5))).await.unwrap();
+    assert_eq!(fired(&store, "ops").await.len(), 3);
+}
+
+pub async fn webhooks_fire_only_for_crossings_after_registration_and_on_commits<S: Store>(store: S) {
+    setup(
+        &store,
+        "acme",
+        "pro",
+        vec![hard("api_calls", 100), limit("tokens", None, LimitEnforcement::None, PeriodKind::Month)],
+    )
+    .await;
+    apply_one(&store, req("acme", "api_calls", 85)).await.unwrap();
+    register(&store, "ops", &[80, 90]).await;
+    // 80 was passed before the webhook existed: only 90 fires.
+    apply_one(&store, req("acme", "api_calls", 5)).await.unwrap();
+    assert_eq!(fired(&store, "ops").await, vec![(WebhookEventType::ThresholdCrossed, Some(90), 90)]);
+    // An unlimited metric has no thresholds.
+    apply_one(&store, req("acme", "tokens", 1_000_000)).await.unwrap();
+    assert_eq!(fired(&store, "ops").await.len(), 1);
+    // A refused reservation is a HARD refusal; a commit that reaches 100 crosses it.
+    assert!(store.reserve(&reserve_req("acme", "api_calls", 11, 300), now()).await.unwrap().is_err());
+    let r = store.reserve(&reserve_req("acme", "api_calls", 10, 300), now()).await.unwrap().unwrap();
+    store.commit_reservation(&commit_req("acme", r.reservation.id, None), now()).await.unwrap().unwrap();
+    let kinds: Vec<(WebhookEventType, Option<i64>, i64)> = fired(&store, "ops").await;
+    assert_eq!(
+        kinds,
+        vec![(WebhookEventType::ThresholdCrossed, Some(90), 90), (WebhookEventType::LimitRefused, None, 90),]
+    );
+    // Thresholds are of the limit: 100 is not among this webhook's, so nothing more fired.
+    let other = webhook_spec("http://127.0.0.1:9/hook", &[100], &[WebhookEventType::ThresholdCrossed]);
+    let a = audit(AuditAction::WebhookPut, None);
+    store
+        .put_webhook(&hook("full"), &other, &secret("whsec_0123456789abcdef"), true, now(), &a)
+        .await
+        .unwrap();
+    assert!(fired(&store, "full").await.is_empty());
+}
+
+pub async fn deliveries_are_claimed_once_retried_failed_and_redelivered<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    register(&store, "ops", &[10, 20, 30]).await;
+    register(&store, "quiet", &[99]).await;
+    for _ in 0..3 {
+        apply_one(&store, req("acme", "api_calls", 10)).await.unwrap();
+    }
+    // Newest first, in pages.
+    let all = store.list_deliveries(&hook("ops"), None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+    let page = store.list_deliveries(&hook("ops"), Some(all[0].id), 1).await.unwrap();
+    assert_eq!(page.iter().map(|d| d.id).collect::<Vec<_>>(), vec![all[1].id]);
+    assert!(store.list_deliveries(&hook("quiet"), None, 10).await.unwrap().is_empty());
+    assert_eq!(store.find_delivery(&hook("quiet"), all[0].id).await.unwrap(), None);
+    let d = store.find_delivery(&hook("ops"), all[0].id).await.unwrap().unwrap();
+    assert_eq!((d.status, d.attempts, d.next_attempt_at), (DeliveryStatus::Pending, 0, Some(now())));
+
+    // Claims take due deliveries once, until their lease runs out.
+    let lease = now() + Duration::seconds(15);
+    let claimed = store.claim_deliveries(now(), lease, 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|(d, w)| w.id == hook("ops") && d.next_attempt_at == Some(lease)));
+    let rest = store.claim_deliveries(now(), lease, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(store.claim_deliveries(now(), lease, 10).await.unwrap().is_empty());
+    assert_eq!(store.claim_deliveries(lease, lease + Duration::seconds(15), 10).await.unwrap().len(), 3);
+
+    // An attempt's outcome is stored as given.
+    let (mut first, _) = claimed[0].clone();
+    let retry_at = now() + Duration::seconds(5);
+    first.attempts = 1;
+    first.last_response_code = Some(500);
+    first.last_error = Some("HTTP 500".to_owned());
+    first.next_attempt_at = Some(retry_at);
+    first.last_attempt_at = Some(now());
+    store.record_attempt(&first).await.unwrap();
+    assert_eq!(store.find_delivery(&hook("ops"), first.id).await.unwrap().unwrap(), first);
+    first.status = DeliveryStatus::Failed;
+    first.attempts = 2;
+    first.last_response_code = None;
+    first.last_error = Some("timed out".to_owned());
+    first.next_attempt_at = None;
+    store.record_attempt(&first).await.unwrap();
+    assert!(
+        store
+            .claim_deliveries(retry_at + Duration::days(2), retry_at + Duration::days(3), 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(d, _)| d.id != first.id)
+    );
+
+    // Redelivery makes it pending and due, with a new window; it is audited.
+    let again = now() + Duration::hours(30);
+    let r = audit(AuditAction::WebhookRedeliver, None);
+    assert_eq!(store.redeliver(&hook("quiet"), first.id, again, &r).await.unwrap(), None);
+    let redone = store.redeliver(&hook("ops"), first.id, again, &r).await.unwrap().unwrap();
+    assert_eq!(
+        (redone.status, redone.attempts, redone.next_attempt_at, redone.window_start),
+        (DeliveryStatus::Pending, 2, Some(again), again)
+    );
+    let due = store.claim_deliveries(again, again + Duration::seconds(15), 10).await.unwrap();
+    assert!(due.iter().any(|(d, _)| d.id == first.id));
+    assert!(store.list_audit(None, None, 100).await.unwrap().iter().any(|e| e.action == "webhook.redeliver"));
+
+    // Deleting the webhook deletes its deliveries and its states.
+    assert!(store.delete_webhook(&hook("ops"), &audit(AuditAction::WebhookDelete, None)).await.unwrap());
+    assert!(store.list_deliveries(&hook("ops"), None, 10).await.unwrap().is_empty());
+    register(&store, "ops", &[10]).await;
+    apply_one(&store, req("acme", "api_calls", 1)).await.unwrap();
+    assert!(store.list_deliveries(&hook("ops"), None, 10).await.unwrap().is_empty());
 }

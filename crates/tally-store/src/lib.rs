@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod error;
+pub mod outbox;
 pub mod reserve;
 pub mod traits;
 pub mod types;
@@ -13,10 +14,11 @@ pub mod contract;
 
 pub use apply::{LockedRecord, RecordUpdate, UsageTx, apply_in_tx, reset_audit};
 pub use error::StoreError;
+pub use outbox::{FireKey, FireStates, Signal, WebhookRule, outbox_in_tx, webhook_after_put};
 pub use reserve::{ReservationTx, commit_in_tx, release_in_tx, reserve_in_tx};
 pub use traits::{
     AdminUiStore, AuditStore, ConfigVersion, EventRecorder, KeyStore, MetricStore, PlanStore,
-    ReservationStore, Store, TenantStore, UsageApplier, UsageRepository,
+    ReservationStore, Store, TenantStore, UsageApplier, UsageRepository, WebhookStore,
 };
 pub use types::{
     AdminSearch, AdminSession, EntitlementLookup, EventCursor, EventListQuery, EventQuery, EventTotal,

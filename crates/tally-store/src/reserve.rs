@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::apply::{RecordUpdate, UsageTx, resolve_limit};
 use crate::error::StoreError;
+use crate::outbox::{Signal, outbox_in_tx};
 use crate::types::RecordKey;
 
 /// The primitives a reservation needs besides those of `UsageTx`.
@@ -103,6 +104,11 @@ pub async fn reserve_in_tx<T: ReservationTx>(
     if let Err(refusal) =
         decide_with_reserved(&limit, period, lock.current_usage, held, Change::add(req.amount))
     {
+        if let UsageError::QuotaExceeded { current, limit, requested, .. } = &refusal {
+            let signal =
+                Signal::Refused { key: key.clone(), limit: *limit, current: *current, requested: *requested };
+            outbox_in_tx(tx, &[signal], now).await?;
+        }
         if lock.created {
             tx.delete_records(&[(key, lock.id)]).await?;
         }
@@ -212,6 +218,10 @@ pub async fn commit_in_tx<T: ReservationTx>(
             reserved: held.saturating_sub(r.amount).max(0),
         },
     };
+    if let Some(limit) = limit.limit {
+        let signal = Signal::Changed { key: key.clone(), limit, before: lock.current_usage, after };
+        outbox_in_tx(tx, &[signal], now).await?;
+    }
     tx.update_records(&[RecordUpdate { id: lock.id, key, current_usage: after }], now).await?;
     tx.insert_events(std::slice::from_ref(&event)).await?;
     r.status = ReservationStatus::Committed;

@@ -11,6 +11,7 @@ use tally_domain::{
     Plan, PlanCode, PlanSpec, QuotaLimit, RecordedEvent, Reservation, ReserveOutcome, ReserveRequest,
     Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome, UsageRecord, UsageRequest,
 };
+use tally_domain::{Delivery, Webhook, WebhookId, WebhookSecret, WebhookSpec};
 use uuid::Uuid;
 
 use crate::error::StoreError;
@@ -170,6 +171,80 @@ pub trait MetricStore: Send + Sync {
 
     /// Every declared metric, by code.
     fn list_metrics(&self) -> impl Future<Output = Result<Vec<tally_domain::Metric>, StoreError>> + Send;
+}
+
+/// Threshold webhooks and their deliveries (the outbox is written by the usage transactions,
+/// see `crate::outbox`). Webhooks are admin configuration and live in the base schema.
+pub trait WebhookStore: Send + Sync {
+    /// Registers the webhook or changes it. `secret` is used when the webhook is created, and
+    /// replaces the stored one when `replace_secret`; a put that changes nothing changes
+    /// nothing, `updated_at` included. `audit` is written only when something changed.
+    fn put_webhook(
+        &self,
+        id: &WebhookId,
+        spec: &WebhookSpec,
+        secret: &WebhookSecret,
+        replace_secret: bool,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<PutOutcome<Webhook>, StoreError>> + Send;
+
+    /// The webhook, if registered.
+    fn find_webhook(
+        &self,
+        id: &WebhookId,
+    ) -> impl Future<Output = Result<Option<Webhook>, StoreError>> + Send;
+
+    /// Every webhook, by id.
+    fn list_webhooks(&self) -> impl Future<Output = Result<Vec<Webhook>, StoreError>> + Send;
+
+    /// Removes the webhook with its threshold states and deliveries; false when it did not
+    /// exist. `audit` is written only when it did.
+    fn delete_webhook(
+        &self,
+        id: &WebhookId,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The webhook's deliveries, newest first, with ids below `before` when given; at most
+    /// `limit`.
+    fn list_deliveries(
+        &self,
+        webhook: &WebhookId,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+
+    /// One delivery of the webhook.
+    fn find_delivery(
+        &self,
+        webhook: &WebhookId,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<Delivery>, StoreError>> + Send;
+
+    /// Makes the delivery pending and due at `now`, with a new retry window from `now`;
+    /// `None` when the webhook has no such delivery. `audit` is written with it.
+    fn redeliver(
+        &self,
+        webhook: &WebhookId,
+        id: Uuid,
+        now: Timestamp,
+        audit: &AuditEntry,
+    ) -> impl Future<Output = Result<Option<Delivery>, StoreError>> + Send;
+
+    /// Claims at most `max` pending deliveries due at `now` (oldest due first), moving their
+    /// `next_attempt_at` to `lease_until` so that no other worker takes them meanwhile; each
+    /// comes with its webhook. Deliveries whose webhook is gone are not claimed.
+    fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        max: i64,
+    ) -> impl Future<Output = Result<Vec<(Delivery, Webhook)>, StoreError>> + Send;
+
+    /// Stores the outcome of an attempt: `status`, `attempts`, `last_response_code`,
+    /// `last_error`, `next_attempt_at` and `last_attempt_at` of `delivery`.
+    fn record_attempt(&self, delivery: &Delivery) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Plans, with their version history.
@@ -422,6 +497,7 @@ pub trait Store:
     + PlanStore
     + MetricStore
     + ReservationStore
+    + WebhookStore
     + TenantStore
     + KeyStore
     + AuditStore
@@ -439,6 +515,7 @@ impl<S> Store for S where
         + PlanStore
         + MetricStore
         + ReservationStore
+        + WebhookStore
         + TenantStore
         + KeyStore
         + AuditStore

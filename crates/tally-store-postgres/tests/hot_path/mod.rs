@@ -5,7 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 use chrono::Duration;
-use tally_domain::{ApiKey, AuditAction, KeyScope, LimitEnforcement, Name, PeriodKind, UsageError};
+use tally_domain::webhook::check_thresholds;
+use tally_domain::{
+    ApiKey, AuditAction, KeyScope, LimitEnforcement, Name, PeriodKind, UsageError, WebhookEventType,
+    WebhookId, WebhookSecret, WebhookSpec, WebhookUrl,
+};
 use tally_store::contract::{apply_one, audit, keyed, limit, metric, now, plan_code, req, spec, tenant};
 use tally_store::{ConfigVersion, EventCursor, EventQuery, Store};
 use tally_store_postgres::{PgStore, Tenancy};
@@ -15,7 +19,11 @@ use uuid::Uuid;
 // The check
 
 /// Tables that hold no tenant's rows: statements on them alone need no tenant filter.
-const GLOBAL_TABLES: &[&str] = &["tally_api_key", "tally_config_version"];
+/// `tally_webhook` is admin configuration, like the plans: a usage transaction that may fire
+/// a threshold reads every webhook (at most `WEBHOOKS_LEN_MAX`), and on a distributed
+/// database it would be a reference table. The webhooks' states and deliveries are per
+/// tenant and are checked like the usage tables.
+const GLOBAL_TABLES: &[&str] = &["tally_api_key", "tally_config_version", "tally_webhook"];
 
 /// Every table of the schema.
 const TABLES: &[&str] = &[
@@ -33,6 +41,9 @@ const TABLES: &[&str] = &[
     "tally_metric",
     "tally_reservation",
     "tally_admin_session",
+    "tally_webhook",
+    "tally_webhook_state",
+    "tally_webhook_delivery",
 ];
 
 /// Words (identifiers, qualified names, parameters, keywords) and single punctuation marks.
@@ -164,6 +175,9 @@ fn assert_the_whole_hot_path_was_seen(statements: &[String]) {
         ("SELECT", "tally_override"),
         ("SELECT", "tally_api_key"),
         ("SELECT", "tally_config_version"),
+        ("SELECT", "tally_webhook_state"),
+        ("INSERT INTO", "tally_webhook_state"),
+        ("INSERT INTO", "tally_webhook_delivery"),
         ("BEGIN", ""),
         ("COMMIT", ""),
     ] {
@@ -209,7 +223,8 @@ fn the_check_tells_filtered_statements_from_the_others() {
 
 const TENANTS: [&str; 4] = ["acme", "beta", "gamma", "delta"];
 
-/// Plans, tenants, subscriptions, an override and a key: admin work, before the log is on.
+/// Plans, tenants, subscriptions, an override, a key and a webhook: admin work, before the
+/// log is on.
 async fn configure<S: Store>(store: &S) -> String {
     let pro = spec(
         "Pro",
@@ -238,6 +253,15 @@ async fn configure<S: Store>(store: &S) -> String {
         revoked_at: None,
     };
     store.insert_key(&key, &audit(AuditAction::KeyCreate, None)).await.unwrap();
+    // Low thresholds, so that the load fires some (and refusals fire `usage.limit_refused`).
+    let hook = WebhookSpec {
+        url: WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap(),
+        thresholds: check_thresholds(&[1, 50, 100]).unwrap(),
+        events: WebhookEventType::ALL.to_vec(),
+    };
+    let secret = WebhookSecret::parse("whsec_0123456789abcdef").unwrap();
+    let wa = audit(AuditAction::WebhookPut, None);
+    store.put_webhook(&WebhookId::parse("ops").unwrap(), &hook, &secret, true, now(), &wa).await.unwrap();
     key_hash
 }
 

@@ -1,13 +1,18 @@
 //! Record locking under concurrency, beyond the contract: batches of several records,
-//! most of them in cold periods, raced by many writers in both tenancies.
+//! most of them in cold periods, raced by many writers in both tenancies; and webhook
+//! deliveries claimed by racing workers.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::Duration;
-use tally_domain::{LimitEnforcement, PeriodKind, UsageError};
-use tally_store::contract::{limit, now, req, setup};
-use tally_store::{AuditStore, UsageApplier};
+use tally_domain::webhook::check_thresholds;
+use tally_domain::{
+    AuditAction, LimitEnforcement, PeriodKind, UsageError, WebhookEventType, WebhookId, WebhookSecret,
+    WebhookSpec, WebhookUrl,
+};
+use tally_store::contract::{apply_one, audit, limit, now, req, setup};
+use tally_store::{AuditStore, UsageApplier, WebhookStore};
 use tally_store_postgres::{PgStore, Tenancy};
 
 const TASKS: u64 = 16;
@@ -82,4 +87,49 @@ async fn racing_multi_record_batches_on_cold_periods_never_fail_nor_overshoot() 
         assert_eq!(counted, accepted, "{tenancy}");
         assert_eq!(inputs.events.len(), inputs.records.len(), "{tenancy}: one record per period counted");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_claims_take_each_due_delivery_exactly_once() {
+    const TENANTS: usize = 6;
+    const WORKERS: usize = 8;
+    let store = PgStore::open_test(Tenancy::Shared).await;
+    let spec = WebhookSpec {
+        url: WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap(),
+        thresholds: check_thresholds(&[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]).unwrap(),
+        events: vec![WebhookEventType::ThresholdCrossed],
+    };
+    let secret = WebhookSecret::parse("whsec_0123456789abcdef").unwrap();
+    let a = audit(AuditAction::WebhookPut, None);
+    store.put_webhook(&WebhookId::parse("ops").unwrap(), &spec, &secret, true, now(), &a).await.unwrap();
+    for idx in 0..TENANTS {
+        let tenant = format!("t{idx}");
+        setup(&store, &tenant, "pro", vec![limit("m", Some(100), LimitEnforcement::Hard, PeriodKind::Month)])
+            .await;
+        // One usage crosses all ten thresholds at once.
+        apply_one(&store, req(&tenant, "m", 100)).await.unwrap();
+    }
+    let lease = now() + Duration::seconds(15);
+    let mut handles = Vec::new();
+    for _ in 0..WORKERS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.claim_deliveries(now(), lease, 3).await.unwrap();
+                if claimed.is_empty() {
+                    return mine;
+                }
+                assert!(claimed.iter().all(|(d, _)| d.next_attempt_at == Some(lease)));
+                mine.extend(claimed.into_iter().map(|(d, _)| d.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "a delivery was claimed twice");
+    assert_eq!(all.len(), TENANTS * 10, "every due delivery was claimed");
 }

@@ -117,6 +117,10 @@ async fn schema_tenancy_keeps_each_tenants_tables_in_its_own_schema() {
     let base_tables = tables_in(&store, store.base_schema()).await;
     assert!(base_tables.iter().all(|t| !t.starts_with("quota_")), "{base_tables:?}");
     assert!(base_tables.contains(&"tally_tenant".to_owned()));
+    // Like reservations, webhooks and their outbox stay in the base schema.
+    for table in ["tally_reservation", "tally_webhook", "tally_webhook_state", "tally_webhook_delivery"] {
+        assert!(base_tables.contains(&table.to_owned()), "{table} in {base_tables:?}");
+    }
 
     let shared = PgStore::open_test(Tenancy::Shared).await;
     let shared_tables = tables_in(&shared, shared.base_schema()).await;
@@ -305,7 +309,12 @@ async fn the_seed_index_names_and_the_unique_constraints_exist() {
         .fetch_all(store.pool())
         .await
         .unwrap();
-        for name in ["tally_admin_session_pkey", "tally_admin_session_expires_idx"] {
+        for name in [
+            "tally_admin_session_pkey",
+            "tally_admin_session_expires_idx",
+            "tally_webhook_delivery_due_idx",
+            "tally_webhook_delivery_log_idx",
+        ] {
             assert!(base_indexes.contains(&name.to_owned()), "{tenancy}: {name} in {base_indexes:?}");
         }
         let uniques: Vec<String> = sqlx::query_scalar(

@@ -61,7 +61,7 @@ async fn migrating_twice_changes_nothing() {
     assert_eq!(reports.len(), 1);
     let report = &reports[0];
     assert_eq!((report.schema.as_str(), report.tenant_id.as_ref()), ("main", None));
-    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 5, None));
+    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 6, None));
     assert_eq!(schema_sql(&store).await, schema_before);
     let tracked: Vec<(String, i64, String)> =
         sqlx::query_as("SELECT set_name, version, name FROM tally_schema_migrations ORDER BY version")
@@ -75,10 +75,11 @@ async fn migrating_twice_changes_nothing() {
             ("main".to_owned(), 2, "event_listing_index".to_owned()),
             ("main".to_owned(), 3, "config_version".to_owned()),
             ("main".to_owned(), 4, "admin_ui".to_owned()),
-            ("main".to_owned(), 5, "catalog_gauges_reservations".to_owned())
+            ("main".to_owned(), 5, "catalog_gauges_reservations".to_owned()),
+            ("main".to_owned(), 6, "webhooks".to_owned())
         ]
     );
-    assert_eq!(store.schema_version().await.unwrap(), 5);
+    assert_eq!(store.schema_version().await.unwrap(), 6);
 }
 
 #[tokio::test]
@@ -93,21 +94,24 @@ async fn a_database_at_version_one_is_brought_to_the_latest_version() {
     sqlx::query("DROP TABLE tally_reservation").execute(store.pool()).await.unwrap();
     sqlx::query("ALTER TABLE quota_usage_event DROP COLUMN is_set").execute(store.pool()).await.unwrap();
     sqlx::query("ALTER TABLE quota_usage_event DROP COLUMN reserved_at").execute(store.pool()).await.unwrap();
+    for table in ["tally_webhook", "tally_webhook_state", "tally_webhook_delivery"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(store.pool()).await.unwrap();
+    }
     sqlx::query("DELETE FROM tally_schema_migrations WHERE version >= 2")
         .execute(store.pool())
         .await
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap().remove(0);
-    assert_eq!((report.applied, report.version), (4, 5));
+    assert_eq!((report.applied, report.version), (5, 6));
     let n = scalar_i64(
         &store,
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN \
          ('quota_usage_event_tenant_ts_idx', 'quota_usage_event_created_idx', 'quota_usage_record_created_idx', \
-          'tally_admin_session_expires_idx')",
+          'tally_admin_session_expires_idx', 'tally_webhook_delivery_due_idx', 'tally_webhook_delivery_log_idx')",
     )
     .await;
-    assert_eq!(n, 4);
+    assert_eq!(n, 6);
     assert_eq!(store.config_version().await.unwrap(), 0, "the version starts at zero");
 }
 
@@ -146,8 +150,8 @@ async fn two_stores_opening_one_new_file_at_once_both_migrate_it() {
     let url = path.url();
     let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (5, 5));
-    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 5);
+    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (6, 6));
+    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 6);
     // And migrating both again at once applies nothing.
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     assert_eq!((ra.unwrap()[0].applied, rb.unwrap()[0].applied), (0, 0));
@@ -201,6 +205,8 @@ async fn the_named_indexes_and_unique_constraints_exist() {
             named("tally_audit_tenant_idx", "tally_audit"),
             named("tally_reservation_expiry_idx", "tally_reservation"),
             named("tally_reservation_open_idx", "tally_reservation"),
+            named("tally_webhook_delivery_due_idx", "tally_webhook_delivery"),
+            named("tally_webhook_delivery_log_idx", "tally_webhook_delivery"),
         ]
     );
     assert_eq!(
@@ -212,6 +218,11 @@ async fn the_named_indexes_and_unique_constraints_exist() {
         index_columns(&store, "quota_usage_event_created_idx").await,
         [("created_at".to_owned(), 1), ("id".to_owned(), 1)],
         "(created_at DESC, id DESC)"
+    );
+    assert_eq!(
+        index_columns(&store, "tally_webhook_delivery_log_idx").await,
+        [("webhook_id".to_owned(), 0), ("id".to_owned(), 1)],
+        "(webhook_id, id DESC)"
     );
     // The named unique constraints, and the unique indexes SQLite keeps for them.
     for (table, constraint, columns) in [

@@ -24,7 +24,11 @@ use tally_http::dto;
 
 /// Runs one command and returns the process's exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = ServiceConfig { max_event_age: parse_age(&cli.global.max_event_age)? };
+    let mut config =
+        ServiceConfig { max_event_age: parse_age(&cli.global.max_event_age)?, ..ServiceConfig::default() };
+    if let Command::Serve { server, .. } | Command::Demo { server } = &cli.command {
+        config.webhook_retry = webhook_retry(server)?;
+    }
     match &cli.command {
         Command::Bench(args) => return crate::bench::run(args.clone()).await,
         Command::Migrate { target_version } => return migrate(&cli.global, *target_version).await,
@@ -79,6 +83,42 @@ pub fn parse_age(raw: &str) -> anyhow::Result<Duration> {
             "--max-event-age: {raw:?} must be a positive age like 35d, 12h, 90m or 3600s, at most 10 years"
         ),
     }
+}
+
+/// Parses a duration such as `250ms`, `5s`, `90m`, `1h` or `2d` given to `flag`.
+pub fn parse_duration(flag: &str, raw: &str) -> anyhow::Result<std::time::Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits.parse().with_context(|| format!("{flag}: {raw:?} is not a duration like 5s"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" | "" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => None,
+    };
+    match ms {
+        Some(ms) if ms > 0 && ms <= 365 * 86_400_000 => Ok(std::time::Duration::from_millis(ms)),
+        _ => {
+            bail!("{flag}: {raw:?} must be a positive duration like 250ms, 5s, 90m, 1h or 2d, at most a year")
+        }
+    }
+}
+
+/// The webhook retry settings of `tally serve`.
+fn webhook_retry(server: &crate::ServerArgs) -> anyhow::Result<tally_domain::RetryPolicy> {
+    let policy = tally_domain::RetryPolicy {
+        initial: parse_duration("--webhook-retry-initial", &server.webhook_retry_initial)?,
+        max_delay: parse_duration("--webhook-retry-max-delay", &server.webhook_retry_max_delay)?,
+        window: parse_duration("--webhook-retry-window", &server.webhook_retry_window)?,
+        timeout: parse_duration("--webhook-timeout", &server.webhook_timeout)?,
+    };
+    if policy.max_delay < policy.initial {
+        bail!("--webhook-retry-max-delay must not be shorter than --webhook-retry-initial");
+    }
+    Ok(policy)
 }
 
 fn tenant(raw: &str) -> anyhow::Result<TenantId> {
@@ -409,6 +449,11 @@ fn print_effective_config(global: &Global, server: &crate::ServerArgs, no_migrat
     println!("metrics_token = {}", secret(&server.metrics_token));
     println!("log_format = {:?}", server.log_format);
     println!("cookie_secure = {}", server.cookie_secure);
+    println!("webhook_retry_initial = {:?}", server.webhook_retry_initial);
+    println!("webhook_retry_max_delay = {:?}", server.webhook_retry_max_delay);
+    println!("webhook_retry_window = {:?}", server.webhook_retry_window);
+    println!("webhook_timeout = {:?}", server.webhook_timeout);
+    println!("webhook_ca_file = {:?}", server.webhook_ca_file);
     println!("no_migrate = {no_migrate}");
 }
 
@@ -484,6 +529,13 @@ async fn serve_with<S: Store>(
         admin_key: server.admin_key.clone(),
         metrics_token: server.metrics_token.clone(),
         cookie_secure: server.cookie_secure,
+        webhook_roots_pem: match &server.webhook_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading --webhook-ca-file {}", path.display()))?,
+            ),
+            None => None,
+        },
         config,
         store_name,
         schema_version,

@@ -25,6 +25,11 @@ pub const CONFIG_KEYS: &[&str] = &[
     "no_migrate",
     "writers",
     "cookie_secure",
+    "webhook_retry_initial",
+    "webhook_retry_max_delay",
+    "webhook_retry_window",
+    "webhook_timeout",
+    "webhook_ca_file",
 ];
 
 /// Finds `--config FILE` or `--config=FILE` in the raw arguments.

@@ -86,6 +86,23 @@ pub struct ServerArgs {
     /// Mark the admin UI's cookies `Secure` (set it when the UI is reached over HTTPS).
     #[arg(long, env = "TALLY_COOKIE_SECURE")]
     pub cookie_secure: bool,
+    /// The wait before retrying a failed webhook delivery; each wait doubles the last
+    /// (`250ms`, `5s`, `1m`, `1h`).
+    #[arg(long, env = "TALLY_WEBHOOK_RETRY_INITIAL", default_value = "5s")]
+    pub webhook_retry_initial: String,
+    /// The longest wait between two attempts of a delivery.
+    #[arg(long, env = "TALLY_WEBHOOK_RETRY_MAX_DELAY", default_value = "1h")]
+    pub webhook_retry_max_delay: String,
+    /// How long a delivery is retried before it is marked failed.
+    #[arg(long, env = "TALLY_WEBHOOK_RETRY_WINDOW", default_value = "24h")]
+    pub webhook_retry_window: String,
+    /// How long a delivery attempt waits for the receiver's answer.
+    #[arg(long, env = "TALLY_WEBHOOK_TIMEOUT", default_value = "10s")]
+    pub webhook_timeout: String,
+    /// A PEM file of root certificates that https webhook receivers may be signed by,
+    /// besides the system's (an internal CA).
+    #[arg(long, env = "TALLY_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

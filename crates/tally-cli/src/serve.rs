@@ -21,6 +21,8 @@ pub struct ServeOptions {
     pub metrics_token: Option<String>,
     /// Admin UI cookies carry `Secure`.
     pub cookie_secure: bool,
+    /// Extra root certificates (PEM) for https webhook receivers.
+    pub webhook_roots_pem: Option<Vec<u8>>,
     pub config: ServiceConfig,
     pub store_name: String,
     pub schema_version: i64,
@@ -100,7 +102,8 @@ pub async fn run_server<S: Store>(store: S, listener: TcpListener, opts: ServeOp
     let state = AppState::new(tally)
         .with_admin_key(opts.admin_key.as_deref())
         .with_metrics_token(opts.metrics_token.as_deref())
-        .with_cookie_secure(opts.cookie_secure);
+        .with_cookie_secure(opts.cookie_secure)
+        .with_webhook_roots(opts.webhook_roots_pem);
     let addr = listener.local_addr().context("reading the bound address")?;
     let signal = shutdown_signal()?;
     tracing::info!(address = %addr, store = %opts.store_name, schema_version = opts.schema_version, "tally listening on http://{addr}");

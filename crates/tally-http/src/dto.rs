@@ -807,3 +807,128 @@ pub struct HealthResponse {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoQuery {}
+
+/// A webhook's registration (`PUT /v1/webhooks/{webhook_id}`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    /// Where deliveries are posted: an `http` or `https` URL.
+    pub url: String,
+    /// Percentages of a limit, 1–1000 each, at most 10; default `[80, 100]`.
+    #[serde(default)]
+    pub thresholds: Option<Vec<i64>>,
+    /// `usage.threshold_crossed` and/or `usage.limit_refused`; default both.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// The signing secret, 16–256 visible ASCII characters; generated on creation when
+    /// absent (and then shown once), kept on a replace when absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// Thresholds of a webhook registered without any.
+pub const WEBHOOK_THRESHOLDS_DEFAULT: [i64; 2] = [80, 100];
+
+impl WebhookBody {
+    /// The use case's input.
+    pub fn to_input(&self) -> Result<tally_service::webhooks::WebhookInput, DomainError> {
+        let events = match &self.events {
+            None => tally_domain::WebhookEventType::ALL.to_vec(),
+            Some(raw) => raw.iter().map(|e| e.parse()).collect::<Result<_, _>>()?,
+        };
+        Ok(tally_service::webhooks::WebhookInput {
+            url: self.url.clone(),
+            thresholds: self.thresholds.clone().unwrap_or_else(|| WEBHOOK_THRESHOLDS_DEFAULT.to_vec()),
+            events,
+            secret: self.secret.clone(),
+        })
+    }
+}
+
+/// A registered webhook. `secret` appears only in the answer that created it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookResponse {
+    pub webhook_id: String,
+    pub url: String,
+    pub thresholds: Vec<u16>,
+    pub events: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Shown once, on creation; never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl WebhookResponse {
+    /// The view of `w`, with `secret` when this answer shows it.
+    pub fn new(w: &tally_domain::Webhook, secret: Option<&tally_domain::WebhookSecret>) -> WebhookResponse {
+        WebhookResponse {
+            webhook_id: w.id.to_string(),
+            url: w.spec.url.as_str().to_owned(),
+            thresholds: w.spec.thresholds.clone(),
+            events: w.spec.events.iter().map(|e| e.as_str().to_owned()).collect(),
+            created_at: format_rfc3339(w.created_at),
+            updated_at: format_rfc3339(w.updated_at),
+            secret: secret.map(|s| s.expose().to_owned()),
+        }
+    }
+}
+
+/// Every webhook, by id (without secrets).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhooksResponse {
+    pub webhooks: Vec<WebhookResponse>,
+}
+
+/// One delivery of a webhook and where it stands.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeliveryResponse {
+    /// Also the body's `id`, the same on every attempt.
+    pub id: String,
+    /// `usage.threshold_crossed` or `usage.limit_refused`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    /// The status code of the last answer; `null` when none came.
+    pub last_response_code: Option<i32>,
+    /// Why the last attempt failed; `null` when it did not.
+    pub last_error: Option<String>,
+    /// When it is tried next; `null` unless pending.
+    pub next_attempt_at: Option<String>,
+    pub last_attempt_at: Option<String>,
+    pub created_at: String,
+    pub tenant_id: String,
+    pub metric_code: String,
+    /// The body posted, as sent.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+impl From<&tally_domain::Delivery> for DeliveryResponse {
+    fn from(d: &tally_domain::Delivery) -> DeliveryResponse {
+        DeliveryResponse {
+            id: d.id.to_string(),
+            event_type: d.event_type.as_str().to_owned(),
+            status: d.status.as_str().to_owned(),
+            attempts: d.attempts,
+            last_response_code: d.last_response_code,
+            last_error: d.last_error.clone(),
+            next_attempt_at: d.next_attempt_at.map(format_rfc3339),
+            last_attempt_at: d.last_attempt_at.map(format_rfc3339),
+            created_at: format_rfc3339(d.created_at),
+            tenant_id: d.tenant_id.to_string(),
+            metric_code: d.metric_code.to_string(),
+            payload: serde_json::from_str(&d.body).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// A page of a webhook's deliveries, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeliveriesResponse {
+    pub deliveries: Vec<DeliveryResponse>,
+    /// The `cursor` of the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}

@@ -17,6 +17,8 @@ pub mod reservation_routes;
 pub mod router;
 pub mod state;
 pub mod usage_routes;
+pub mod webhook_routes;
+pub mod webhook_sender;
 
 use std::future::Future;
 
@@ -28,17 +30,25 @@ pub use router::{route_table, router};
 pub use state::AppState;
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish. Beside it run the metrics upkeep and the reservation sweeper.
+/// in-flight requests finish. Beside it run the metrics upkeep, the reservation sweeper and
+/// the webhook delivery worker.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     state: AppState<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let sender =
+        webhook_sender::HttpSender::new(state.webhook_roots_pem.as_deref()).map_err(std::io::Error::other)?;
     let sweeper = tokio::spawn(tally_service::reservations::sweep_forever(state.tally.clone()));
+    let deliveries = tokio::spawn(tally_service::webhooks::deliver_forever(
+        state.tally.clone(),
+        std::sync::Arc::new(sender),
+    ));
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let upkeep = tokio::spawn(metrics::upkeep_forever());
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     upkeep.abort();
     sweeper.abort();
+    deliveries.abort();
     served
 }

@@ -200,6 +200,67 @@ route_doc!(
     ok((status = 200, body = MetricResponse, description = "Success"))
 );
 route_doc!(
+    put_webhook,
+    put,
+    "/v1/webhooks/{webhook_id}",
+    "webhooks",
+    "Register (201, with the secret shown once) or replace (200) a threshold webhook",
+    params(("webhook_id" = String, Path, description = "Webhook id")),
+    request(request_body = WebhookBody,),
+    ok(
+        (status = 200, body = WebhookResponse, description = "Replaced or unchanged; no secret"),
+        (status = 201, body = WebhookResponse, description = "Registered; the secret is shown this once")
+    )
+);
+route_doc!(
+    list_webhooks,
+    get,
+    "/v1/webhooks",
+    "webhooks",
+    "List webhooks (without secrets)",
+    params(),
+    request(),
+    ok((status = 200, body = WebhooksResponse, description = "Success"))
+);
+route_doc!(
+    get_webhook,
+    get,
+    "/v1/webhooks/{webhook_id}",
+    "webhooks",
+    "Get a webhook (without its secret)",
+    params(("webhook_id" = String, Path, description = "Webhook id")),
+    request(),
+    ok((status = 200, body = WebhookResponse, description = "Success"))
+);
+route_doc!(
+    delete_webhook,
+    delete,
+    "/v1/webhooks/{webhook_id}",
+    "webhooks",
+    "Remove a webhook with its deliveries",
+    params(("webhook_id" = String, Path, description = "Webhook id")),
+    request(),
+    ok((status = 204, description = "Removed; no body"))
+);
+route_doc!(list_deliveries, get, "/v1/webhooks/{webhook_id}/deliveries", "webhooks", "A webhook's deliveries, newest first",
+    params(("webhook_id" = String, Path, description = "Webhook id"),
+           ("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    request(), ok((status = 200, body = DeliveriesResponse, description = "Success")));
+route_doc!(
+    redeliver,
+    post,
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    "webhooks",
+    "Send a delivery again: pending and due now, with a new 24 h retry window",
+    params(
+        ("webhook_id" = String, Path, description = "Webhook id"),
+        ("delivery_id" = String, Path, description = "Delivery id")
+    ),
+    request(),
+    ok((status = 202, body = DeliveryResponse, description = "Pending again"))
+);
+route_doc!(
     list_plans,
     get,
     "/v1/plans",
@@ -350,6 +411,7 @@ impl Modify for BearerAuth {
     info(title = "Tally", description = "Usage metering and quota enforcement for SaaS products."),
     paths(record, record_batch, check, usage, history, events, reset, reserve, list_reservations,
           commit_reservation, release_reservation, put_metric, list_metrics, get_metric,
+          put_webhook, list_webhooks, get_webhook, delete_webhook, list_deliveries, redeliver,
           put_plan, list_plans, get_plan, delete_plan,
           put_tenant, list_tenants, get_tenant, put_subscription, delete_subscription, put_override, delete_override,
           audit, healthz, readyz, metrics, openapi_json, docs),

@@ -18,7 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin_routes, ops_routes, reservation_routes, usage_routes};
+use crate::{admin_routes, ops_routes, reservation_routes, usage_routes, webhook_routes};
 
 /// A request that takes longer than this is answered 503 `unavailable`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +52,16 @@ pub fn route_table<S: Store>() -> Vec<(&'static str, Method, MethodRouter<AppSta
         ("/v1/metrics", Method::GET, get(admin_routes::list_metrics::<S>)),
         ("/v1/metrics/{metric_code}", Method::PUT, put(admin_routes::put_metric::<S>)),
         ("/v1/metrics/{metric_code}", Method::GET, get(admin_routes::get_metric::<S>)),
+        ("/v1/webhooks", Method::GET, get(webhook_routes::list::<S>)),
+        ("/v1/webhooks/{webhook_id}", Method::PUT, put(webhook_routes::put::<S>)),
+        ("/v1/webhooks/{webhook_id}", Method::GET, get(webhook_routes::get_one::<S>)),
+        ("/v1/webhooks/{webhook_id}", Method::DELETE, delete(webhook_routes::delete::<S>)),
+        ("/v1/webhooks/{webhook_id}/deliveries", Method::GET, get(webhook_routes::deliveries::<S>)),
+        (
+            "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+            Method::POST,
+            post(webhook_routes::redeliver::<S>),
+        ),
         ("/v1/tenants", Method::GET, get(admin_routes::list_tenants::<S>)),
         ("/v1/tenants/{tenant_id}", Method::PUT, put(admin_routes::put_tenant::<S>)),
         ("/v1/tenants/{tenant_id}", Method::GET, get(admin_routes::get_tenant::<S>)),

@@ -24,6 +24,8 @@ pub struct AppState<S: Store> {
     pub cookie_secure: bool,
     /// The growing delay after failed admin UI sign-ins.
     pub login_throttle: LoginThrottle,
+    /// Extra root certificates (PEM) that webhook deliveries trust (`--webhook-ca-file`).
+    pub webhook_roots_pem: Option<Vec<u8>>,
 }
 
 impl<S: Store> Clone for AppState<S> {
@@ -36,6 +38,7 @@ impl<S: Store> Clone for AppState<S> {
             touches: self.touches.clone(),
             cookie_secure: self.cookie_secure,
             login_throttle: self.login_throttle.clone(),
+            webhook_roots_pem: self.webhook_roots_pem.clone(),
         }
     }
 }
@@ -51,6 +54,7 @@ impl<S: Store> AppState<S> {
             touches: KeyTouches::default(),
             cookie_secure: false,
             login_throttle: LoginThrottle::default(),
+            webhook_roots_pem: None,
         }
     }
 
@@ -63,6 +67,13 @@ impl<S: Store> AppState<S> {
     /// Marks the admin UI's cookies `Secure`.
     pub fn with_cookie_secure(mut self, secure: bool) -> AppState<S> {
         self.cookie_secure = secure;
+        self
+    }
+
+    /// Makes webhook deliveries trust these root certificates (a PEM bundle) besides the
+    /// system's.
+    pub fn with_webhook_roots(mut self, pem: Option<Vec<u8>>) -> AppState<S> {
+        self.webhook_roots_pem = pem;
         self
     }
 

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod reservations;
 pub mod usage;
 pub mod verify;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -30,11 +31,16 @@ pub use error::ServiceError;
 pub struct ServiceConfig {
     /// How far in the past an event's timestamp may lie.
     pub max_event_age: Duration,
+    /// How webhook deliveries are retried.
+    pub webhook_retry: tally_domain::RetryPolicy,
 }
 
 impl Default for ServiceConfig {
     fn default() -> ServiceConfig {
-        ServiceConfig { max_event_age: Duration::seconds(EVENT_AGE_SECONDS_DEFAULT) }
+        ServiceConfig {
+            max_event_age: Duration::seconds(EVENT_AGE_SECONDS_DEFAULT),
+            webhook_retry: tally_domain::RetryPolicy::default(),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ mod pages;
 mod params;
 pub mod svg;
 pub mod view;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::FromRequestParts;
@@ -51,6 +52,8 @@ pub fn routes<S: Store>() -> Router<AppState<S>> {
         .route("/admin/tenants/{tenant_id}", get(pages::tenant::<S>))
         .route("/admin/plans", get(pages::plans::<S>))
         .route("/admin/plans/{plan_code}", get(pages::plan::<S>))
+        .route("/admin/webhooks", get(webhooks::webhooks::<S>))
+        .route("/admin/webhooks/{webhook_id}", get(webhooks::webhook::<S>))
 }
 
 /// The value of cookie `name` in the request, if present.

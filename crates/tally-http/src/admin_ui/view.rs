@@ -9,11 +9,12 @@ use maud::{DOCTYPE, Markup, html};
 use tally_domain::LimitEnforcement;
 
 /// The navigation entries: path and label.
-const NAV: [(&str, &str); 4] = [
+const NAV: [(&str, &str); 5] = [
     ("/admin/tenants", "Tenants"),
     ("/admin/plans", "Plans"),
     ("/admin/records", "Usage records"),
     ("/admin/events", "Usage events"),
+    ("/admin/webhooks", "Webhooks"),
 ];
 
 /// The security headers of every admin page: no script at all, no framing, no caching.

@@ -1,6 +1,7 @@
 //! `tally serve` as a process: two instances sharing one PostgreSQL database never overshoot a
 //! HARD limit, SIGTERM under load loses no acknowledged event, and a kill -9 between reserve
-//! and commit loses no committed usage and leaks no held quota past its expiry.
+//! and commit loses no committed usage and leaks no held quota past its expiry, and a restart
+//! delivers the webhook deliveries that were pending.
 #![allow(clippy::unwrap_used)] // Integration tests: a failed unwrap is a failed test.
 
 use std::io::{BufRead, BufReader};
@@ -502,5 +503,87 @@ async fn a_crash_between_reserve_and_commit_loses_nothing_and_leaks_no_quota_on_
         &[("TALLY_DATABASE_URL", url.as_str()), ("TALLY_PG_SCHEMA", schema.as_str())],
         &sql,
     )
+    .await;
+}
+
+// Shared with the API tests, which use all of it.
+#[path = "api/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
+
+async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    let resp = client.get(url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert!(resp.status().is_success());
+    resp.json().await.unwrap()
+}
+
+/// A crossing is recorded while its receiver is down; the server is killed while the
+/// delivery waits for its next attempt; once the receiver is up and the server restarted, the
+/// pending delivery arrives, with the id it had before the crash.
+async fn a_restart_delivers_what_was_pending(envs: &[(&str, &str)]) {
+    // A port nobody listens on yet: attempts fail with no answer until the receiver starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut envs = envs.to_vec();
+    envs.extend([("TALLY_WEBHOOK_RETRY_INITIAL", "300ms"), ("TALLY_WEBHOOK_RETRY_MAX_DELAY", "300ms")]);
+    let server = Server::start(&envs);
+    let client = reqwest::Client::new();
+    setup(&client, &server.base_url, 100).await;
+    let hook = serde_json::json!({"url": format!("http://127.0.0.1:{port}/hook"), "thresholds": [50]});
+    put(&client, format!("{}/v1/webhooks/ops", server.base_url), hook).await;
+    let usage = format!("{}/v1/tenants/acme/usage", server.base_url);
+    let (status, _) =
+        post_json(&client, usage, serde_json::json!({"metric_code": "api_calls", "amount": 60})).await;
+    assert_eq!(status, 200);
+    let log = format!("{}/v1/webhooks/ops/deliveries", server.base_url);
+    let pending = loop {
+        let page = get_json(&client, log.clone()).await;
+        let d = page["deliveries"][0].clone();
+        if d["attempts"].as_i64().unwrap_or(0) >= 1 {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&pending["status"], &pending["last_response_code"]),
+        (&serde_json::json!("pending"), &serde_json::Value::Null)
+    );
+    server.crash();
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let receiver = receiver::Receiver::start_on(listener, false).await;
+    let server = Server::start(&envs);
+    let hits = receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(hits[0].header("tally-delivery-id"), pending["id"].as_str());
+    let log = format!("{}/v1/webhooks/ops/deliveries", server.base_url);
+    let delivered = loop {
+        let page = get_json(&client, log.clone()).await;
+        if page["deliveries"][0]["status"] == "delivered" {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivered["deliveries"].as_array().unwrap().len(), 1);
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_delivers_the_pending_webhook_deliveries_on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("tally-proc-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_url = format!("sqlite://{}", dir.join("tally.db").display());
+    a_restart_delivers_what_was_pending(&[("TALLY_DATABASE_URL", db_url.as_str())]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_delivers_the_pending_webhook_deliveries_on_postgres() {
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&pg_url()).await.expect("PostgreSQL must be reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\""))).execute(&mut conn).await.unwrap();
+    let url = pg_url();
+    a_restart_delivers_what_was_pending(&[
+        ("TALLY_DATABASE_URL", url.as_str()),
+        ("TALLY_PG_SCHEMA", schema.as_str()),
+    ])
     .await;
 }

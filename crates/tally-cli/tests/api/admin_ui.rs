@@ -367,6 +367,33 @@ async fn the_tenant_page_shows_a_gauge_as_a_level_against_its_limit(backend: Bac
     assert!(records.contains("none (gauge)"), "{records}");
 }
 
+async fn the_webhook_pages_show_each_delivery_with_its_status_and_attempts(backend: Backend) {
+    let app = seeded(backend, 0).await;
+    let receiver = crate::receiver::Receiver::start().await;
+    app.tenant_on_plan("acme", json!([limit("api_calls", Some(100), "hard", "month")]), None).await;
+    app.put("/v1/webhooks/ops", &json!({"url": receiver.url, "thresholds": [50, 80]})).await.ok(201);
+    app.record("acme", "api_calls", 90).await;
+    receiver.wait_for(2, std::time::Duration::from_secs(20)).await;
+    // The log says delivered once the worker has stored the answers.
+    for _ in 0..400 {
+        let log = app.get("/v1/webhooks/ops/deliveries").await.ok(200);
+        if log["deliveries"].as_array().expect("a list").iter().all(|d| d["status"] == "delivered") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut b = signed_in(&app).await;
+    let list = b.html("/admin/webhooks").await;
+    assert_eq!(rows(&list, "webhook-row"), 1);
+    assert!(list.contains(r#"href="/admin/webhooks/ops""#) && list.contains("50%, 80%"), "{list}");
+    let page = b.html("/admin/webhooks/ops").await;
+    assert_eq!(rows(&page, "delivery-row"), 2, "{page}");
+    assert_eq!(page.matches(r#"data-status="delivered""#).count(), 2, "{page}");
+    assert!(page.contains("usage.threshold_crossed") && page.contains(&receiver.url), "{page}");
+    assert_eq!(b.get("/admin/webhooks/nope").await.status, 404);
+    assert_eq!(b.get("/admin/webhooks/ops?after=garbage").await.status, 400);
+}
+
 async fn the_plan_pages_show_limits_versions_and_subscribers(backend: Backend) {
     let app = seeded(backend, 2).await;
     app.put_plan("pro", json!([limit("api_calls", Some(2000), "hard", "month")])).await;
@@ -413,5 +440,6 @@ store_tests!(
     the_tenant_page_draws_usage_against_the_limit,
     the_tenant_page_shows_a_gauge_as_a_level_against_its_limit,
     the_plan_pages_show_limits_versions_and_subscribers,
+    the_webhook_pages_show_each_delivery_with_its_status_and_attempts,
     bad_filters_answer_a_400_page_that_names_the_field,
 );

@@ -215,7 +215,26 @@ impl TestApp {
         TestApp::start(backend, Some(ManualClock::new(ts(now))), ServiceConfig::default()).await
     }
 
+    /// A server on the system clock with these settings, trusting `webhook_roots` (PEM) for
+    /// https webhook receivers.
+    pub async fn spawn_with(
+        backend: Backend,
+        config: ServiceConfig,
+        webhook_roots: Option<Vec<u8>>,
+    ) -> TestApp {
+        TestApp::start_with_roots(backend, None, config, webhook_roots).await
+    }
+
     async fn start(backend: Backend, clock: Option<ManualClock>, config: ServiceConfig) -> TestApp {
+        TestApp::start_with_roots(backend, clock, config, None).await
+    }
+
+    async fn start_with_roots(
+        backend: Backend,
+        clock: Option<ManualClock>,
+        config: ServiceConfig,
+        webhook_roots: Option<Vec<u8>>,
+    ) -> TestApp {
         let clock_dyn: Arc<dyn Clock> = match &clock {
             Some(c) => Arc::new(c.clone()),
             None => Arc::new(SystemClock),
@@ -232,7 +251,9 @@ impl TestApp {
                 let store = SqliteStore::open_temp_file().await.expect("open a temporary sqlite store");
                 // As `tally serve` runs it: caches, and group commit with SQLite's one writer.
                 let tally = Tally::with_clock(store, clock_dyn, config).with_caches().with_group_commit(1);
-                let state = AppState::new(tally.clone()).with_admin_key(Some(ADMIN_KEY));
+                let state = AppState::new(tally.clone())
+                    .with_admin_key(Some(ADMIN_KEY))
+                    .with_webhook_roots(webhook_roots);
                 tokio::spawn(tally_http::serve(listener, state, stop));
                 Service::Sqlite(tally)
             }
@@ -241,7 +262,9 @@ impl TestApp {
                 let tally = Tally::with_clock(store, clock_dyn, config)
                     .with_caches()
                     .with_group_commit(tally_service::group::GROUP_COMMIT_WRITERS_DEFAULT);
-                let state = AppState::new(tally.clone()).with_admin_key(Some(ADMIN_KEY));
+                let state = AppState::new(tally.clone())
+                    .with_admin_key(Some(ADMIN_KEY))
+                    .with_webhook_roots(webhook_roots);
                 tokio::spawn(tally_http::serve(listener, state, stop));
                 Service::Postgres(tally)
             }

@@ -66,6 +66,16 @@ fn tenantless_admin_routes() -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, "/v1/metrics".to_owned(), None),
         (Method::GET, "/v1/metrics/api_calls".to_owned(), None),
         (Method::PUT, "/v1/metrics/api_calls".to_owned(), Some(json!({"kind": "counter"}))),
+        (Method::GET, "/v1/webhooks".to_owned(), None),
+        (Method::GET, "/v1/webhooks/ops".to_owned(), None),
+        (Method::PUT, "/v1/webhooks/ops".to_owned(), Some(json!({"url": "http://127.0.0.1:9/hook"}))),
+        (Method::DELETE, "/v1/webhooks/ops".to_owned(), None),
+        (Method::GET, "/v1/webhooks/ops/deliveries".to_owned(), None),
+        (
+            Method::POST,
+            "/v1/webhooks/ops/deliveries/0190f0c8-0000-7000-8000-000000000000/redeliver".to_owned(),
+            None,
+        ),
     ]
 }
 
@@ -119,6 +129,7 @@ async fn global_snapshot(app: &TestApp) -> Value {
         "plans": app.get("/v1/plans").await.ok(200),
         "tenants": app.get("/v1/tenants?limit=1000").await.ok(200),
         "metrics": app.get("/v1/metrics").await.ok(200),
+        "webhooks": app.get("/v1/webhooks").await.ok(200),
         "audit": app.audit_entries(None).await,
     })
 }

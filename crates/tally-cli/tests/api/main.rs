@@ -16,5 +16,7 @@ mod idempotency;
 mod isolation;
 mod ops;
 mod reads;
+mod receiver;
 mod reservations;
 mod usage;
+mod webhooks;

@@ -128,6 +128,19 @@ string_newtype!(
     /// A client's idempotency key: 1..=255 visible ASCII characters.
     IdempotencyKey, "idempotency_key", check_idempotency_key
 );
+/// Prefixes of the idempotency keys the compatibility routes make from their clients' dedup
+/// ids (`ce:<source>:<id>` for CloudEvents, `lago:<transaction_id>` for Lago).
+pub const DEDUP_KEY_PREFIXES: [&str; 2] = ["ce:", "lago:"];
+
+impl IdempotencyKey {
+    /// Whether this key is a client's dedup id (see `DEDUP_KEY_PREFIXES`): a repeat is then a
+    /// replay whatever its payload, as the OpenMeter and Lago clients expect, where any other
+    /// key with another payload is a conflict.
+    pub fn replays_any_payload(&self) -> bool {
+        DEDUP_KEY_PREFIXES.iter().any(|p| self.as_str().starts_with(p))
+    }
+}
+
 string_newtype!(
     /// A webhook's id, chosen by the admin who registers it: the rules of a tenant id.
     WebhookId, "webhook_id", check_tenant_id

@@ -107,3 +107,5 @@ pub const WEBHOOK_POLL_INTERVAL_MS: u64 = 250;
 pub const WEBHOOK_CLAIM_GRACE_MS: u64 = 5_000;
 /// Bytes of a receiver's error kept on a delivery.
 pub const WEBHOOK_ERROR_LEN_MAX: usize = 300;
+/// Length of a metric's `value_property` (a JSON pointer), in bytes.
+pub const VALUE_PROPERTY_LEN_MAX: usize = 256;

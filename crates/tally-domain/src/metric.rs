@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DomainError;
 use crate::ids::{MetricCode, Name};
-use crate::limits::METRIC_UNIT_LEN_MAX;
+use crate::limits::{METRIC_UNIT_LEN_MAX, VALUE_PROPERTY_LEN_MAX};
 use crate::period::PeriodKind;
 use crate::time::Timestamp;
 
@@ -92,6 +92,30 @@ pub fn check_unit(raw: &str) -> Result<String, DomainError> {
     Ok(raw.to_owned())
 }
 
+/// A JSON pointer (RFC 6901) into an ingested event's `data` (CloudEvents) or `properties`
+/// (Lago) naming the member that holds its amount, such as `/tokens`: empty, or `/` followed
+/// by reference tokens, at most `VALUE_PROPERTY_LEN_MAX` bytes, every `~` escaped as `~0` or
+/// `~1`.
+pub fn check_value_property(raw: &str) -> Result<String, DomainError> {
+    let bad = |why: &str| DomainError::invalid("value_property", why.to_owned());
+    if raw.len() > VALUE_PROPERTY_LEN_MAX {
+        return Err(bad(&format!("must be at most {VALUE_PROPERTY_LEN_MAX} bytes")));
+    }
+    if !raw.is_empty() && !raw.starts_with('/') {
+        return Err(bad("must be a JSON pointer such as /tokens (empty, or starting with /)"));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(bad("must not contain control characters"));
+    }
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err(bad("~ must be escaped as ~0 (and / inside a name as ~1)"));
+        }
+    }
+    Ok(raw.to_owned())
+}
+
 /// What a client declares about a metric.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricSpec {
@@ -101,6 +125,9 @@ pub struct MetricSpec {
     pub unit: Option<String>,
     /// Counter or gauge.
     pub kind: MetricKind,
+    /// Where an ingested event of the compatibility routes carries its amount (a JSON
+    /// pointer, see `check_value_property`); `None`: each event counts 1.
+    pub value_property: Option<String>,
 }
 
 /// A metric in the catalog.
@@ -119,6 +146,18 @@ pub struct Metric {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_properties_are_json_pointers() {
+        for ok in ["", "/tokens", "/usage/input_tokens", "/a~1b", "/m~0n", "/0"] {
+            assert_eq!(check_value_property(ok).ok().as_deref(), Some(ok), "{ok}");
+        }
+        for bad in ["tokens", "/a~2", "/a~", "/a\n"] {
+            let raw = bad.replace("\\n", "\n");
+            assert!(check_value_property(&raw).is_err(), "{bad}");
+        }
+        assert!(check_value_property(&format!("/{}", "a".repeat(VALUE_PROPERTY_LEN_MAX))).is_err());
+    }
 
     #[test]
     fn a_gauge_takes_only_period_none_and_a_counter_never() {

@@ -164,6 +164,11 @@ pub struct MetricBody {
     /// `counter` (default) or `gauge`.
     #[serde(default)]
     pub kind: Option<String>,
+    /// A JSON pointer (such as `/tokens`) into an event's `data` (OpenMeter) or `properties`
+    /// (Lago) on the compatibility routes naming its amount; `null` or absent: each event
+    /// counts 1.
+    #[serde(default)]
+    pub value_property: Option<String>,
 }
 
 impl MetricBody {
@@ -173,6 +178,11 @@ impl MetricBody {
             name: Name::parse(self.name.as_deref().unwrap_or(code.as_str()))?,
             unit: self.unit.as_deref().map(tally_domain::metric::check_unit).transpose()?,
             kind: self.kind.as_deref().map(str::parse).transpose()?.unwrap_or_default(),
+            value_property: self
+                .value_property
+                .as_deref()
+                .map(tally_domain::metric::check_value_property)
+                .transpose()?,
         })
     }
 }
@@ -672,6 +682,8 @@ pub struct MetricResponse {
     pub unit: Option<String>,
     /// `counter` or `gauge`.
     pub kind: String,
+    /// Where an ingested event carries its amount; `null`: each event counts 1.
+    pub value_property: Option<String>,
     /// False for a metric a plan limits without its being declared: shown as a counter (a
     /// gauge when a limit on it has `period: none`), named by its code.
     pub declared: bool,
@@ -688,6 +700,7 @@ impl From<&CatalogEntry> for MetricResponse {
             name: m.spec.name.to_string(),
             unit: m.spec.unit.clone(),
             kind: m.spec.kind.as_str().to_owned(),
+            value_property: m.spec.value_property.clone(),
             declared: m.declared,
             created_at: m.created_at.map(format_rfc3339),
             updated_at: m.updated_at.map(format_rfc3339),

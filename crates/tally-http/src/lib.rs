@@ -5,6 +5,7 @@
 pub mod admin_routes;
 pub mod admin_ui;
 pub mod auth;
+pub mod compat_routes;
 pub mod docs_page;
 pub mod dto;
 pub mod error;

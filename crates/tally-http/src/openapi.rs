@@ -369,6 +369,57 @@ route_doc!(audit, get, "/v1/audit", "audit", "The admin audit log, newest first"
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     request(), ok((status = 200, body = AuditResponse, description = "Success")));
 
+route_doc!(
+    compat_ingest,
+    post,
+    "/api/v1/events",
+    "compatibility",
+    "OpenMeter CloudEvents (one, or a batch) or one Lago event; 204 (CloudEvents) or 200 (Lago)",
+    params(),
+    request(request_body(
+        content = Object,
+        description = "application/cloudevents+json, application/cloudevents-batch+json or application/json",
+        content_type = "application/json"
+    ),),
+    ok(
+        (status = 204, description = "CloudEvents recorded (or replayed); no body"),
+        (status = 200, body = Object, description = "Lago: {\"event\": {...}}")
+    )
+);
+route_doc!(
+    compat_lago_batch,
+    post,
+    "/api/v1/events/batch",
+    "compatibility",
+    "Lago events {\"events\": [...]}",
+    params(),
+    request(request_body(content = Object, content_type = "application/json"),),
+    ok((status = 200, body = Object, description = "{\"events\": [...]}"))
+);
+route_doc!(compat_entitlement_v1, get, "/api/v1/customers/{customer}/entitlements/{metric_code}/value", "compatibility",
+    "OpenMeter: an entitlement's value (hasAccess, balance, usage, overage)",
+    params(("customer" = String, Path, description = "Tenant id"), ("metric_code" = String, Path, description = "Metric"),
+           ("time" = Option<String>, Query, description = "RFC 3339; default now")),
+    request(), ok((status = 200, body = Object, description = "{hasAccess, balance, usage, overage}")));
+route_doc!(compat_entitlement_v2, get, "/api/v2/customers/{customer}/entitlements/{metric_code}/value", "compatibility",
+    "OpenMeter v2: an entitlement's value (hasAccess, balance, usage, overage)",
+    params(("customer" = String, Path, description = "Tenant id"), ("metric_code" = String, Path, description = "Metric"),
+           ("time" = Option<String>, Query, description = "RFC 3339; default now")),
+    request(), ok((status = 200, body = Object, description = "{hasAccess, balance, usage, overage}")));
+route_doc!(compat_meter_query, get, "/api/v1/meters/{metric_code}/query", "compatibility",
+    "OpenMeter: a meter's usage per subject and window, summed from the event trail",
+    params(("metric_code" = String, Path, description = "Metric"),
+           ("from" = Option<String>, Query, description = "RFC 3339, inclusive; default the beginning"),
+           ("to" = Option<String>, Query, description = "RFC 3339, exclusive; default now"),
+           ("windowSize" = Option<String>, Query, description = "MINUTE, HOUR, DAY or MONTH (UTC); default one window"),
+           ("subject" = Option<Vec<String>>, Query, description = "Tenant ids (repeatable); default all (a tenant key: its own)")),
+    request(), ok((status = 200, body = Object, description = "{from, to, windowSize, data: [{value, windowStart, windowEnd, subject, groupBy}]}")));
+route_doc!(compat_current_usage, get, "/api/v1/customers/{customer}/current_usage", "compatibility",
+    "Lago: a customer's current usage (units only; Tally does not price)",
+    params(("customer" = String, Path, description = "Tenant id"),
+           ("external_subscription_id" = Option<String>, Query, description = "Accepted and ignored: a tenant has one subscription")),
+    request(), ok((status = 200, body = Object, description = "{customer_usage: {...}}")));
+
 /// `GET /healthz`
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "The process runs",
     responses((status = 200, body = HealthResponse, description = "Running")))]
@@ -414,7 +465,8 @@ impl Modify for BearerAuth {
           put_webhook, list_webhooks, get_webhook, delete_webhook, list_deliveries, redeliver,
           put_plan, list_plans, get_plan, delete_plan,
           put_tenant, list_tenants, get_tenant, put_subscription, delete_subscription, put_override, delete_override,
-          audit, healthz, readyz, metrics, openapi_json, docs),
+          audit, compat_ingest, compat_lago_batch, compat_entitlement_v1, compat_entitlement_v2,
+          compat_meter_query, compat_current_usage, healthz, readyz, metrics, openapi_json, docs),
     components(schemas(Problem)),
     modifiers(&BearerAuth)
 )]

@@ -18,7 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin_routes, ops_routes, reservation_routes, usage_routes, webhook_routes};
+use crate::{admin_routes, compat_routes, ops_routes, reservation_routes, usage_routes, webhook_routes};
 
 /// A request that takes longer than this is answered 503 `unavailable`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +82,20 @@ pub fn route_table<S: Store>() -> Vec<(&'static str, Method, MethodRouter<AppSta
             delete(admin_routes::delete_override::<S>),
         ),
         ("/v1/audit", Method::GET, get(admin_routes::audit::<S>)),
+        ("/api/v1/events", Method::POST, post(compat_routes::ingest::<S>)),
+        ("/api/v1/events/batch", Method::POST, post(compat_routes::ingest_lago_batch::<S>)),
+        (
+            "/api/v1/customers/{customer}/entitlements/{metric_code}/value",
+            Method::GET,
+            get(compat_routes::entitlement_value::<S>),
+        ),
+        (
+            "/api/v2/customers/{customer}/entitlements/{metric_code}/value",
+            Method::GET,
+            get(compat_routes::entitlement_value::<S>),
+        ),
+        ("/api/v1/meters/{metric_code}/query", Method::GET, get(compat_routes::meter_query::<S>)),
+        ("/api/v1/customers/{customer}/current_usage", Method::GET, get(compat_routes::current_usage::<S>)),
         ("/healthz", Method::GET, get(ops_routes::healthz)),
         ("/readyz", Method::GET, get(ops_routes::readyz::<S>)),
         ("/metrics", Method::GET, get(ops_routes::metrics::<S>)),

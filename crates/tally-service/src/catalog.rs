@@ -41,6 +41,7 @@ impl<S: Store> Tally<S> {
             "name": spec.name.as_str(),
             "unit": spec.unit,
             "kind": spec.kind.as_str(),
+            "value_property": spec.value_property,
         });
         let audit = AuditEntry::new(self.now(), key_id, AuditAction::MetricPut, None, details);
         let out = self.store.put_metric(code, spec, self.now(), &audit).await?;
@@ -91,6 +92,7 @@ impl<S: Store> Tally<S> {
                             name: tally_domain::Name::parse(limit.metric_code.as_str())?,
                             unit: None,
                             kind,
+                            value_property: None,
                         },
                         declared: false,
                         created_at: None,

@@ -8,6 +8,7 @@ pub mod admin_ui;
 pub mod cache;
 pub mod catalog;
 pub mod clock;
+pub mod compat;
 pub mod error;
 pub mod group;
 pub mod keys;

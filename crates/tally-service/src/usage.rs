@@ -116,7 +116,7 @@ pub fn check_page_limit(limit: u32) -> Result<u32, DomainError> {
 }
 
 impl<S: Store> Tally<S> {
-    fn check_window(&self, req: &UsageRequest, now: Timestamp) -> Result<(), UsageError> {
+    pub(crate) fn check_window(&self, req: &UsageRequest, now: Timestamp) -> Result<(), UsageError> {
         let Some(ts) = req.timestamp else { return Ok(()) };
         let earliest = now - self.config.max_event_age;
         let latest = now + Duration::seconds(EVENT_FUTURE_SECONDS_MAX);

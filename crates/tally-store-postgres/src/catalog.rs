@@ -9,7 +9,7 @@ use crate::PgStore;
 use crate::admin::{UPSERT_PASSES_MAX, WHOLE_LIST_LEN_MAX, bump_config_version, insert_audit};
 use crate::rows::{get, map_err};
 
-const METRIC_COLUMNS: &str = "code, name, unit, kind, created_at, updated_at";
+const METRIC_COLUMNS: &str = "code, name, unit, kind, value_property, created_at, updated_at";
 
 fn metric_from_row(row: &PgRow) -> Result<Metric, StoreError> {
     let kind: &str = get(row, "kind")?;
@@ -19,6 +19,7 @@ fn metric_from_row(row: &PgRow) -> Result<Metric, StoreError> {
             name: Name::parse(get(row, "name")?)?,
             unit: get(row, "unit")?,
             kind: kind.parse()?,
+            value_property: get(row, "value_property")?,
         },
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
@@ -51,7 +52,8 @@ impl MetricStore for PgStore {
                         return Ok(PutOutcome::Unchanged(old));
                     }
                     let sql = format!(
-                        "UPDATE tally_metric SET name = $2, unit = $3, kind = $4, updated_at = $5
+                        "UPDATE tally_metric SET name = $2, unit = $3, kind = $4, updated_at = $5,
+                                value_property = $6
                           WHERE code = $1 RETURNING {METRIC_COLUMNS}"
                     );
                     let row = self
@@ -62,6 +64,7 @@ impl MetricStore for PgStore {
                         .bind(spec.unit.as_deref())
                         .bind(spec.kind.as_str())
                         .bind(now)
+                        .bind(spec.value_property.as_deref())
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(map_err)?;
@@ -69,7 +72,7 @@ impl MetricStore for PgStore {
                 }
                 None => {
                     let sql = format!(
-                        "INSERT INTO tally_metric ({METRIC_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $5)
+                        "INSERT INTO tally_metric ({METRIC_COLUMNS}) VALUES ($1, $2, $3, $4, $6, $5, $5)
                          ON CONFLICT (code) DO NOTHING RETURNING {METRIC_COLUMNS}"
                     );
                     let row = self
@@ -80,6 +83,7 @@ impl MetricStore for PgStore {
                         .bind(spec.unit.as_deref())
                         .bind(spec.kind.as_str())
                         .bind(now)
+                        .bind(spec.value_property.as_deref())
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(map_err)?;

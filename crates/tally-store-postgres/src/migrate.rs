@@ -76,6 +76,11 @@ pub const PUBLIC_SET: MigrationSet = MigrationSet {
             name: "webhooks",
             sql: include_str!("../migrations/public/0005_webhooks.sql"),
         },
+        Migration {
+            version: 6,
+            name: "metric_value_property",
+            sql: include_str!("../migrations/public/0006_metric_value_property.sql"),
+        },
     ],
 };
 

@@ -9,15 +9,15 @@ use crate::error::store_error;
 use crate::rows::{insert_audit, instant, micros};
 use crate::{SqliteStore, StatementLog};
 
-const METRIC_COLUMNS: &str = "code, name, unit, kind, created_at, updated_at";
+const METRIC_COLUMNS: &str = "code, name, unit, kind, value_property, created_at, updated_at";
 
-type MetricRow = (String, String, Option<String>, String, i64, i64);
+type MetricRow = (String, String, Option<String>, String, Option<String>, i64, i64);
 
 fn metric(row: MetricRow) -> Result<Metric, StoreError> {
-    let (code, name, unit, kind, created_at, updated_at) = row;
+    let (code, name, unit, kind, value_property, created_at, updated_at) = row;
     Ok(Metric {
         code: MetricCode::parse(&code)?,
-        spec: MetricSpec { name: Name::parse(&name)?, unit, kind: kind.parse()? },
+        spec: MetricSpec { name: Name::parse(&name)?, unit, kind: kind.parse()?, value_property },
         created_at: instant("created_at", created_at)?,
         updated_at: instant("updated_at", updated_at)?,
     })
@@ -53,15 +53,17 @@ async fn put_metric_in_tx(
         None => Metric { code: code.clone(), spec: spec.clone(), created_at: now, updated_at: now },
     };
     let sql = format!(
-        "INSERT INTO tally_metric ({METRIC_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO tally_metric ({METRIC_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (code) DO UPDATE SET name = excluded.name, unit = excluded.unit,
-             kind = excluded.kind, updated_at = excluded.updated_at"
+             kind = excluded.kind, value_property = excluded.value_property,
+             updated_at = excluded.updated_at"
     );
     log.query(sqlx::AssertSqlSafe(sql))
         .bind(metric.code.as_str())
         .bind(metric.spec.name.as_str())
         .bind(metric.spec.unit.as_deref())
         .bind(metric.spec.kind.as_str())
+        .bind(metric.spec.value_property.as_deref())
         .bind(micros(metric.created_at))
         .bind(micros(metric.updated_at))
         .execute(&mut *conn)

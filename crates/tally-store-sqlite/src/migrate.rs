@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0005_catalog_gauges_reservations.sql"),
     },
     Migration { version: 6, name: "webhooks", sql: include_str!("../migrations/0006_webhooks.sql") },
+    Migration {
+        version: 7,
+        name: "metric_value_property",
+        sql: include_str!("../migrations/0007_metric_value_property.sql"),
+    },
 ];
 
 const _: () = {

@@ -353,7 +353,8 @@ fn resolve(
 }
 
 fn replay_or_conflict(req: &UsageRequest, rec: &RecordedEvent) -> Result<UsageOutcome, UsageError> {
-    if req.same_payload(rec) {
+    let dedup = req.idempotency_key.as_ref().is_some_and(IdempotencyKey::replays_any_payload);
+    if dedup || req.same_payload(rec) {
         Ok(UsageOutcome::from_recorded(rec, true))
     } else {
         Err(UsageError::IdempotencyConflict {

@@ -88,7 +88,8 @@ macro_rules! contract_suite {
             concurrent_usage_crossing_a_threshold_writes_exactly_one_delivery,
             a_gauge_oscillating_within_its_rearm_band_fires_once,
             webhooks_fire_only_for_crossings_after_registration_and_on_commits,
-            deliveries_are_claimed_once_retried_failed_and_redelivered
+            deliveries_are_claimed_once_retried_failed_and_redelivered,
+            a_dedup_key_of_the_compatibility_routes_replays_whatever_the_payload
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1527,8 +1528,14 @@ pub async fn metric_catalog_declares_changes_and_lists_metrics<S: Store>(store: 
         name: Name::parse("Seats").unwrap(),
         unit: Some("seat".to_owned()),
         kind: MetricKind::Gauge,
+        value_property: None,
     };
-    let calls = MetricSpec { name: Name::parse("API calls").unwrap(), unit: None, kind: MetricKind::Counter };
+    let calls = MetricSpec {
+        name: Name::parse("API calls").unwrap(),
+        unit: None,
+        kind: MetricKind::Counter,
+        value_property: Some("/usage/calls".to_owned()),
+    };
     let a = audit(AuditAction::MetricPut, None);
     let created = store.put_metric(&metric("seats"), &seats, now(), &a).await.unwrap();
     assert!(created.is_created());
@@ -1551,12 +1558,18 @@ pub async fn metric_catalog_declares_changes_and_lists_metrics<S: Store>(store: 
         .unwrap();
 
     assert_eq!(store.find_metric(&metric("seats")).await.unwrap().map(|m| m.spec), Some(renamed));
+    assert_eq!(store.find_metric(&metric("api_calls")).await.unwrap().map(|m| m.spec), Some(calls.clone()));
+    // value_property alone is a change, and clearing it too.
+    let counted = MetricSpec { value_property: None, ..calls };
+    let again =
+        store.put_metric(&metric("api_calls"), &counted, later, &audit(AuditAction::MetricPut, None)).await;
+    assert!(matches!(again.unwrap(), PutOutcome::Updated(m) if m.spec.value_property.is_none()));
     assert_eq!(store.find_metric(&metric("ghost")).await.unwrap(), None);
     let codes: Vec<String> = store.list_metrics().await.unwrap().iter().map(|m| m.code.to_string()).collect();
     assert_eq!(codes, ["api_calls", "seats"]);
-    // Three changes, three audit entries: the put that changed nothing wrote none.
+    // Four changes, four audit entries: the put that changed nothing wrote none.
     let entries = store.list_audit(None, None, 100).await.unwrap();
-    assert_eq!(entries.iter().filter(|e| e.action == "metric.put").count(), 3);
+    assert_eq!(entries.iter().filter(|e| e.action == "metric.put").count(), 4);
 }
 
 pub async fn a_gauge_goes_up_and_down_never_below_zero_and_never_resets<S: Store>(store: S) {
@@ -2083,4 +2096,22 @@ pub async fn deliveries_are_claimed_once_retried_failed_and_redelivered<S: Store
     register(&store, "ops", &[10]).await;
     apply_one(&store, req("acme", "api_calls", 1)).await.unwrap();
     assert!(store.list_deliveries(&hook("ops"), None, 10).await.unwrap().is_empty());
+}
+
+pub async fn a_dedup_key_of_the_compatibility_routes_replays_whatever_the_payload<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let first = apply_one(&store, keyed(req("acme", "api_calls", 5), "ce:billing:evt-1")).await.unwrap();
+    let again = apply_one(&store, keyed(req("acme", "api_calls", 7), "ce:billing:evt-1")).await.unwrap();
+    assert_eq!((again.event_id, again.amount, again.replayed), (first.event_id, 5, true));
+    let lago = apply_one(&store, keyed(req("acme", "api_calls", 1), "lago:tx-1")).await.unwrap();
+    let batch =
+        [keyed(req("acme", "api_calls", 2), "lago:tx-1"), keyed(req("acme", "api_calls", 3), "lago:tx-2")];
+    let out = store.apply_usage(&batch, now()).await.unwrap();
+    assert_eq!(out[0].as_ref().unwrap().event_id, lago.event_id);
+    assert!(out[0].as_ref().unwrap().replayed);
+    // Any other key keeps the strict rule: another payload is a conflict.
+    apply_one(&store, keyed(req("acme", "api_calls", 1), "job-1")).await.unwrap();
+    let err = apply_one(&store, keyed(req("acme", "api_calls", 2), "job-1")).await.unwrap_err();
+    assert!(matches!(err, UsageError::IdempotencyConflict { .. }), "{err:?}");
+    assert_eq!(current(&store, "acme", "api_calls").await, Some(5 + 1 + 3 + 1));
 }

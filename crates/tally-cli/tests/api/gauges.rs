@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Auth, Backend, NOW, TestApp, keys, limit, sorted};
 
-const METRIC_MEMBERS: [&str; 7] =
-    ["metric_code", "name", "unit", "kind", "declared", "created_at", "updated_at"];
+const METRIC_MEMBERS: [&str; 8] =
+    ["metric_code", "name", "unit", "kind", "value_property", "declared", "created_at", "updated_at"];
 
 async fn a_metric_is_declared_changed_read_and_listed(backend: Backend) {
     let app = TestApp::spawn_at(backend, NOW).await;

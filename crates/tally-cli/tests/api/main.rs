@@ -9,6 +9,7 @@ mod admin_ui;
 mod auth;
 mod bad_input;
 mod batch;
+mod compat;
 mod concurrency;
 mod errors;
 mod gauges;

@@ -167,6 +167,7 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
         Command::Migrate { .. } | Command::Serve { .. } | Command::Demo { .. } | Command::Bench(_) => {
             unreachable!("handled before a store is opened")
         }
+        Command::Import(cmd) => return crate::import_django::run(&tally, cmd).await,
         Command::Plans(PlansCmd::Apply { file }) => {
             let text =
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod config;
 mod demo;
+mod import_django;
 mod output;
 mod plans_file;
 mod serve;
@@ -209,6 +210,9 @@ pub enum Command {
     /// Load-test a running server over HTTP, then check no HARD limit was overshot and
     /// accepted == recorded (exit 1 if not).
     Bench(bench::BenchArgs),
+    /// Import the data of the system Tally replaces.
+    #[command(subcommand)]
+    Import(import_django::ImportCmd),
 }
 
 #[derive(Subcommand, Debug)]

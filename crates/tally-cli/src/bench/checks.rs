@@ -1,15 +1,12 @@
 //! The correctness checks, through the API: usage read before and after the load, compared with
 //! what the client saw accepted.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
-use hyper::Method;
-use serde::Deserialize;
 use serde_json::{Value, json};
+pub use tally_client::Enforcement;
 
-use super::client::{AdminClient, Endpoint};
 use super::load::Load;
 use super::options::{Mode, Settings};
 use super::setup::ADMIN_CONNECTIONS_MAX;
@@ -25,57 +22,33 @@ pub struct Observed {
     pub enforcement: Enforcement,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Enforcement {
-    Hard,
-    Soft,
-    None,
-}
-
-impl Enforcement {
-    fn as_str(self) -> &'static str {
-        match self {
-            Enforcement::Hard => "hard",
-            Enforcement::Soft => "soft",
-            Enforcement::None => "none",
-        }
+/// The wire name of an enforcement, for the report.
+fn enforcement_name(e: Enforcement) -> &'static str {
+    match e {
+        Enforcement::Hard => "hard",
+        Enforcement::Soft => "soft",
+        Enforcement::None => "none",
+        _ => "unknown",
     }
-}
-
-#[derive(Deserialize)]
-struct UsageAnswer {
-    metrics: Vec<MetricAnswer>,
-}
-
-#[derive(Deserialize)]
-struct MetricAnswer {
-    metric_code: String,
-    current_usage: i64,
-    limit: Option<i64>,
-    enforcement: Enforcement,
 }
 
 /// Reads `GET /v1/tenants/{id}/usage` of the given tenants; the answer is indexed by pair
 /// (`tenant × metrics + metric`), `None` for tenants not read.
 pub async fn read_usage(
     settings: &Settings,
-    endpoint: &Arc<Endpoint>,
+    admin: &tally_client::Client,
     tenants: &[u32],
 ) -> anyhow::Result<Vec<Option<Observed>>> {
     let metrics = settings.metrics as usize;
     let next = AtomicUsize::new(0);
     let workers = (0..settings.connections.min(ADMIN_CONNECTIONS_MAX)).map(|_| async {
-        let mut client = AdminClient::new(endpoint.clone());
         let mut read = Vec::new();
         loop {
             let Some(&tenant) = tenants.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 return Ok::<_, anyhow::Error>(read);
             };
             let id = settings.tenant_id(tenant);
-            let body = client.call_ok(Method::GET, &format!("/v1/tenants/{id}/usage"), None).await?;
-            let answer: UsageAnswer =
-                serde_json::from_slice(&body).with_context(|| format!("reading the usage of {id}"))?;
+            let answer = admin.usage(&id).await.with_context(|| format!("reading the usage of {id}"))?;
             let mut row = vec![None; metrics];
             for m in answer.metrics {
                 if let Some(index) = m.metric_code.strip_prefix('m').and_then(|n| n.parse::<usize>().ok())
@@ -220,7 +193,7 @@ pub fn evaluate(
             let min_refused = pair.min_refused.load(Ordering::Relaxed);
             let recorded = a.usage.saturating_sub(b.usage);
             let detail = json!({
-                "enforcement": a.enforcement.as_str(), "limit": a.limit, "usage_before": b.usage,
+                "enforcement": enforcement_name(a.enforcement), "limit": a.limit, "usage_before": b.usage,
                 "usage_after": a.usage, "recorded": recorded, "accepted_amount": accepted,
                 "accepted_events": pair.accepted_events.load(Ordering::Relaxed), "unknown_amount": unknown,
             });
@@ -271,6 +244,8 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::bench::client::Endpoint;
     use crate::bench::options::BenchArgs;
     use crate::bench::workload::Workload;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -22,8 +22,6 @@ use super::options::Target;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long opening a connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts of one setup or check request (they are idempotent: PUT and GET).
-pub const ADMIN_ATTEMPTS_MAX: u32 = 5;
 /// Pause before reconnecting after a failure.
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -136,74 +134,5 @@ impl Conn {
         }
         // The connection ended: the answer is complete if it was read before, else an error.
         exchange.await
-    }
-}
-
-/// A connection for setup and checks: reconnects and retries (the requests are idempotent).
-pub struct AdminClient {
-    endpoint: std::sync::Arc<Endpoint>,
-    conn: Option<Conn>,
-}
-
-impl AdminClient {
-    pub fn new(endpoint: std::sync::Arc<Endpoint>) -> AdminClient {
-        AdminClient { endpoint, conn: None }
-    }
-
-    /// Sends an idempotent request, retrying on connection errors and 503.
-    pub async fn call(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
-        let uri = self.endpoint.uri(path)?;
-        let body = body.map(Bytes::from).unwrap_or_default();
-        let mut last_error = String::new();
-        for attempt in 0..ADMIN_ATTEMPTS_MAX {
-            if attempt > 0 {
-                tokio::time::sleep(RECONNECT_PAUSE).await;
-            }
-            let mut conn = match self.conn.take() {
-                Some(c) if !c.is_closed() => c,
-                _ => match self.endpoint.connect().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        last_error = format!("{e:#}");
-                        continue;
-                    }
-                },
-            };
-            let req = self.endpoint.request(method.clone(), uri.clone(), body.clone());
-            match tokio::time::timeout(REQUEST_TIMEOUT, conn.send(req)).await {
-                Ok(Ok((status, answer))) => {
-                    if !conn.is_closed() {
-                        self.conn = Some(conn);
-                    }
-                    if status == StatusCode::SERVICE_UNAVAILABLE {
-                        last_error = format!("503: {}", String::from_utf8_lossy(&answer));
-                        continue;
-                    }
-                    return Ok((status, answer));
-                }
-                Ok(Err(e)) => last_error = e.message,
-                Err(_) => last_error = format!("no answer within {REQUEST_TIMEOUT:?}"),
-            }
-        }
-        bail!("{method} {path}: {last_error} (after {ADMIN_ATTEMPTS_MAX} attempts)")
-    }
-
-    /// Sends a request and fails unless the status is 2xx.
-    pub async fn call_ok(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-    ) -> anyhow::Result<Bytes> {
-        let (status, answer) = self.call(method.clone(), path, body).await?;
-        if !status.is_success() {
-            bail!("{method} {path}: {status}: {}", String::from_utf8_lossy(&answer).trim());
-        }
-        Ok(answer)
     }
 }

@@ -328,6 +328,7 @@ impl Load {
                 }
                 Ok(Err(e)) => {
                     stats.conn_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e.message, maybe_sent = e.maybe_sent, "a bench request got no answer");
                     e.maybe_sent
                 }
                 Err(_) => {

@@ -30,6 +30,9 @@ use load::Load;
 use options::{Mode, Settings, StopRule, value_name};
 use workload::Workload;
 
+/// Attempts of one setup or check call (PUTs and GETs: safe to resend).
+const ADMIN_ATTEMPTS_MAX: u32 = 5;
+
 /// Length of the random part of idempotency keys (hex digits), fresh on every invocation.
 const KEY_PREFIX_RANDOM_LEN: usize = 12;
 
@@ -37,16 +40,28 @@ const KEY_PREFIX_RANDOM_LEN: usize = 12;
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(&args)?;
     let endpoint = Arc::new(Endpoint::resolve(&settings.target, &settings.admin_key).await?);
+    // Setup and checks go through tally-client; the load itself through the lean hyper
+    // connections of `client.rs`, one request in flight each.
+    let admin = tally_client::Client::builder(format!(
+        "http://{}{}",
+        settings.target.authority, settings.target.base_path
+    ))
+    .api_key(settings.admin_key.clone())
+    .retry(tally_client::RetryPolicy {
+        max_attempts: ADMIN_ATTEMPTS_MAX,
+        ..tally_client::RetryPolicy::default()
+    })
+    .build()
+    .context("building the admin client")?;
     eprintln!("{}", banner(&settings));
 
     let setup_started = Instant::now();
     if !settings.no_setup {
-        setup::create(&settings, &endpoint).await.context("setting up the plan and tenants")?;
+        setup::create(&settings, &admin).await.context("setting up the plan and tenants")?;
     }
     let all_tenants: Vec<u32> = (0..settings.tenants).collect();
-    let before = checks::read_usage(&settings, &endpoint, &all_tenants)
-        .await
-        .context("reading usage before the load")?;
+    let before =
+        checks::read_usage(&settings, &admin, &all_tenants).await.context("reading usage before the load")?;
     let setup_s = setup_started.elapsed().as_secs_f64();
     eprintln!(
         "setup: plan {}, {} tenants {} in {setup_s:.2} s",
@@ -61,8 +76,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     run_load(&load, settings.client_threads).await?;
 
     let used = checks::tenants_used(&load);
-    let after =
-        checks::read_usage(&settings, &endpoint, &used).await.context("reading usage after the load")?;
+    let after = checks::read_usage(&settings, &admin, &used).await.context("reading usage after the load")?;
     let check_report = checks::evaluate(&load, &before, &after, &used);
     let figures = report::Figures::of(&load, setup_s);
     if settings.json {

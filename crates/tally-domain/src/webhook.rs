@@ -187,6 +187,20 @@ pub struct WebhookSpec {
 }
 
 impl WebhookSpec {
+    /// Checks each part (`WebhookUrl::parse`, `check_thresholds`, `check_events`): the one way
+    /// a spec is built, from a request or from a stored row.
+    pub fn new(
+        url: &str,
+        thresholds: &[i64],
+        events: &[WebhookEventType],
+    ) -> Result<WebhookSpec, DomainError> {
+        Ok(WebhookSpec {
+            url: WebhookUrl::parse(url)?,
+            thresholds: check_thresholds(thresholds)?,
+            events: check_events(events)?,
+        })
+    }
+
     /// Whether it wants deliveries of this type.
     pub fn wants(&self, t: WebhookEventType) -> bool {
         self.events.contains(&t)

@@ -20,7 +20,7 @@ use tally_domain::limits::{
 };
 use tally_domain::{
     AuditAction, AuditEntry, Delivery, DeliveryStatus, Webhook, WebhookEventType, WebhookId, WebhookSecret,
-    WebhookSpec, WebhookUrl,
+    WebhookSpec,
 };
 use tally_store::{PutOutcome, Store};
 use uuid::Uuid;
@@ -108,11 +108,7 @@ impl<S: Store> Tally<S> {
         input: WebhookInput,
         key_id: Option<Uuid>,
     ) -> Result<WebhookPut, ServiceError> {
-        let spec = WebhookSpec {
-            url: WebhookUrl::parse(&input.url)?,
-            thresholds: tally_domain::webhook::check_thresholds(&input.thresholds)?,
-            events: tally_domain::webhook::check_events(&input.events)?,
-        };
+        let spec = WebhookSpec::new(&input.url, &input.thresholds, &input.events)?;
         let given = input.secret.as_deref().map(WebhookSecret::parse).transpose()?;
         let existing = self.store.find_webhook(id).await?;
         if existing.is_none() && self.store.list_webhooks().await?.len() >= WEBHOOKS_LEN_MAX {

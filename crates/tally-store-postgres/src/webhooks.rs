@@ -16,10 +16,9 @@ use std::collections::HashMap;
 
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection};
-use tally_domain::webhook::{check_events, check_thresholds};
 use tally_domain::{
     AuditEntry, Delivery, MetricCode, TenantId, Timestamp, Webhook, WebhookEventType, WebhookId,
-    WebhookSecret, WebhookSpec, WebhookUrl,
+    WebhookSecret, WebhookSpec,
 };
 use tally_store::{
     FireKey, FireStates, PutOutcome, StoreError, WebhookRule, WebhookStore, webhook_after_put,
@@ -47,11 +46,7 @@ fn spec(url: &str, thresholds: Vec<i32>, events: Vec<String>) -> Result<WebhookS
     let thresholds: Vec<i64> = thresholds.into_iter().map(i64::from).collect();
     let events =
         events.iter().map(|e| e.parse::<WebhookEventType>()).collect::<Result<Vec<WebhookEventType>, _>>()?;
-    Ok(WebhookSpec {
-        url: WebhookUrl::parse(url)?,
-        thresholds: check_thresholds(&thresholds)?,
-        events: check_events(&events)?,
-    })
+    Ok(WebhookSpec::new(url, &thresholds, &events)?)
 }
 
 fn thresholds_param(spec: &WebhookSpec) -> Vec<i32> {

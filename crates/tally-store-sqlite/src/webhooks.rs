@@ -10,10 +10,9 @@ use std::collections::HashMap;
 
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tally_domain::webhook::{check_events, check_thresholds};
 use tally_domain::{
     AuditEntry, Delivery, MetricCode, TenantId, Timestamp, Webhook, WebhookEventType, WebhookId,
-    WebhookSecret, WebhookSpec, WebhookUrl,
+    WebhookSecret, WebhookSpec,
 };
 use tally_store::{
     FireKey, FireStates, PutOutcome, StoreError, WebhookRule, WebhookStore, webhook_after_put,
@@ -47,11 +46,7 @@ fn spec(url: &str, thresholds: &str, events: &str) -> Result<WebhookSpec, StoreE
         .map_err(|e| StoreError::Corrupt(format!("tally_webhook.thresholds is not a JSON array: {e}")))?;
     let events: Vec<WebhookEventType> = serde_json::from_str(events)
         .map_err(|e| StoreError::Corrupt(format!("tally_webhook.events is not a JSON array: {e}")))?;
-    Ok(WebhookSpec {
-        url: WebhookUrl::parse(url)?,
-        thresholds: check_thresholds(&thresholds)?,
-        events: check_events(&events)?,
-    })
+    Ok(WebhookSpec::new(url, &thresholds, &events)?)
 }
 
 fn thresholds_json(spec: &WebhookSpec) -> Result<String, StoreError> {

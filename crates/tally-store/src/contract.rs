@@ -12,7 +12,7 @@ use tally_domain::{
     PlanSpec, QuotaLimit, RecordedEvent, ReservationStatus, ReserveRequest, TenantId, Timestamp, Ttl,
     UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
 };
-use tally_domain::{DeliveryStatus, WebhookEventType, WebhookId, WebhookSecret, WebhookSpec, WebhookUrl};
+use tally_domain::{DeliveryStatus, WebhookEventType, WebhookId, WebhookSecret, WebhookSpec};
 use uuid::Uuid;
 
 use crate::{
@@ -1849,11 +1849,7 @@ pub async fn a_reservation_on_a_gauge_holds_room_under_its_limit<S: Store>(store
 // Threshold webhooks
 
 fn webhook_spec(url: &str, thresholds: &[i64], events: &[WebhookEventType]) -> WebhookSpec {
-    WebhookSpec {
-        url: WebhookUrl::parse(url).unwrap(),
-        thresholds: tally_domain::webhook::check_thresholds(thresholds).unwrap(),
-        events: events.to_vec(),
-    }
+    WebhookSpec::new(url, thresholds, events).unwrap()
 }
 
 fn secret(s: &str) -> WebhookSecret {

@@ -6,10 +6,9 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Duration;
-use tally_domain::webhook::check_thresholds;
 use tally_domain::{
     AuditAction, LimitEnforcement, PeriodKind, UsageError, WebhookEventType, WebhookId, WebhookSecret,
-    WebhookSpec, WebhookUrl,
+    WebhookSpec,
 };
 use tally_store::contract::{apply_one, audit, limit, now, req, setup};
 use tally_store::{AuditStore, UsageApplier, WebhookStore};
@@ -94,11 +93,10 @@ async fn racing_claims_take_each_due_delivery_exactly_once() {
     const TENANTS: usize = 6;
     const WORKERS: usize = 8;
     let store = PgStore::open_test(Tenancy::Shared).await;
-    let spec = WebhookSpec {
-        url: WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap(),
-        thresholds: check_thresholds(&[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]).unwrap(),
-        events: vec![WebhookEventType::ThresholdCrossed],
-    };
+    let thresholds = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
+    let spec =
+        WebhookSpec::new("http://127.0.0.1:9/hook", &thresholds, &[WebhookEventType::ThresholdCrossed])
+            .unwrap();
     let secret = WebhookSecret::parse("whsec_0123456789abcdef").unwrap();
     let a = audit(AuditAction::WebhookPut, None);
     store.put_webhook(&WebhookId::parse("ops").unwrap(), &spec, &secret, true, now(), &a).await.unwrap();

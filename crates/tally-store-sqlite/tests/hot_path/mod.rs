@@ -4,10 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use chrono::Duration;
-use tally_domain::webhook::check_thresholds;
 use tally_domain::{
     ApiKey, AuditAction, KeyScope, LimitEnforcement, Name, PeriodKind, UsageError, WebhookEventType,
-    WebhookId, WebhookSecret, WebhookSpec, WebhookUrl,
+    WebhookId, WebhookSecret, WebhookSpec,
 };
 use tally_store::contract::{apply_one, audit, keyed, limit, metric, now, plan_code, req, spec, tenant};
 use tally_store::{ConfigVersion, EventCursor, EventQuery, Store};
@@ -253,11 +252,7 @@ async fn configure<S: Store>(store: &S) -> String {
     };
     store.insert_key(&key, &audit(AuditAction::KeyCreate, None)).await.unwrap();
     // Low thresholds, so that the load fires some (and refusals fire `usage.limit_refused`).
-    let hook = WebhookSpec {
-        url: WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap(),
-        thresholds: check_thresholds(&[1, 50, 100]).unwrap(),
-        events: WebhookEventType::ALL.to_vec(),
-    };
+    let hook = WebhookSpec::new("http://127.0.0.1:9/hook", &[1, 50, 100], &WebhookEventType::ALL).unwrap();
     let secret = WebhookSecret::parse("whsec_0123456789abcdef").unwrap();
     let wa = audit(AuditAction::WebhookPut, None);
     store.put_webhook(&WebhookId::parse("ops").unwrap(), &hook, &secret, true, now(), &wa).await.unwrap();

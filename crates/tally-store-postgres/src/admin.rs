@@ -33,6 +33,53 @@ pub(crate) const WHOLE_LIST_LEN_MAX: i64 = 10_000;
 /// concurrent first writer created meanwhile.
 pub(crate) const UPSERT_PASSES_MAX: usize = 2;
 
+/// What one pass of `upsert_config` found and did.
+pub(crate) enum UpsertPass<T> {
+    /// The stored row already says this: the transaction is rolled back, nothing is audited.
+    Unchanged(T),
+    /// Updated or inserted; the audit entry and the configuration version follow.
+    Written(PutOutcome<T>),
+    /// The insert met a row a concurrent put created after the lock found none: lock it and
+    /// compare again.
+    Raced,
+}
+
+/// The shape of every configuration put (plans, metrics, webhooks): in one transaction, lock
+/// the row (`SELECT ... FOR UPDATE`) and compare, then update it or insert it (`ON CONFLICT
+/// DO NOTHING`), in at most `UPSERT_PASSES_MAX` passes; a write is audited and bumps the
+/// configuration version in the same transaction. `$pass` is one lock-compare-write on
+/// `$conn`, answering an `UpsertPass` (`return` leaves the pass). A macro rather than a
+/// function taking an async closure, whose future could not be named `Send` for the store
+/// traits.
+macro_rules! upsert_config {
+    ($store:expr, $audit:expr, |$conn:ident| $pass:block) => {{
+        let store = $store;
+        let mut tx = store.log.begin(store.pool(), "BEGIN").await.map_err($crate::rows::map_err)?;
+        let mut outcome = Err(tally_store::StoreError::Retry);
+        for _ in 0..$crate::admin::UPSERT_PASSES_MAX {
+            let $conn: &mut sqlx::PgConnection = &mut tx;
+            let pass: Result<$crate::admin::UpsertPass<_>, tally_store::StoreError> = async { $pass }.await;
+            match pass? {
+                $crate::admin::UpsertPass::Unchanged(current) => {
+                    store.log.rollback(tx).await.map_err($crate::rows::map_err)?;
+                    outcome = Ok(tally_store::PutOutcome::Unchanged(current));
+                    break;
+                }
+                $crate::admin::UpsertPass::Raced => {}
+                $crate::admin::UpsertPass::Written(written) => {
+                    $crate::admin::insert_audit(&store.log, &mut tx, $audit).await?;
+                    $crate::admin::bump_config_version(&store.log, &mut tx).await?;
+                    store.log.commit(tx).await.map_err($crate::rows::map_err)?;
+                    outcome = Ok(written);
+                    break;
+                }
+            }
+        }
+        outcome
+    }};
+}
+pub(crate) use upsert_config;
+
 /// Writes `audit` in the caller's transaction. An entry whose id is taken already (the
 /// same `AuditEntry` passed to a second mutation) is written again under a fresh v7 id:
 /// every change keeps its own line in the log.
@@ -133,68 +180,50 @@ impl PlanStore for PgStore {
         now: Timestamp,
         audit: &AuditEntry,
     ) -> Result<PutOutcome<Plan>, StoreError> {
-        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
-        for _ in 0..UPSERT_PASSES_MAX {
+        upsert_config!(self, audit, |conn| {
             let sql = format!("SELECT {PLAN_COLUMNS} FROM tally_plan WHERE code = $1 FOR UPDATE");
             let existing = self
                 .log
                 .query(AssertSqlSafe(sql))
                 .bind(code.as_str())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            let (plan, created) = match existing {
-                Some(row) => {
-                    let old = plan_from_row(&row)?;
-                    if old.matches(spec) {
-                        self.log.rollback(tx).await.map_err(map_err)?;
-                        return Ok(PutOutcome::Unchanged(old));
-                    }
-                    let sql = format!(
-                        "UPDATE tally_plan SET name = $2, limits = $3, version = version + 1, updated_at = $4
-                          WHERE code = $1 RETURNING {PLAN_COLUMNS}"
-                    );
-                    let row = self
-                        .log
-                        .query(AssertSqlSafe(sql))
-                        .bind(code.as_str())
-                        .bind(spec.name.as_str())
-                        .bind(Json(&spec.limits))
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    (plan_from_row(&row)?, false)
-                }
-                None => {
-                    let sql = format!(
-                        "INSERT INTO tally_plan (code, name, limits, version, created_at, updated_at)
-                         VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (code) DO NOTHING RETURNING {PLAN_COLUMNS}"
-                    );
-                    let row = self
-                        .log
-                        .query(AssertSqlSafe(sql))
-                        .bind(code.as_str())
-                        .bind(spec.name.as_str())
-                        .bind(Json(&spec.limits))
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    match row {
-                        Some(row) => (plan_from_row(&row)?, true),
-                        // A concurrent put created it meanwhile: lock it and compare.
-                        None => continue,
-                    }
-                }
+            let existing = existing.as_ref().map(plan_from_row).transpose()?;
+            if let Some(old) = existing.as_ref().filter(|old| old.matches(spec)) {
+                return Ok(UpsertPass::Unchanged(old.clone()));
+            }
+            // The same values either way: update the locked row, or insert a new one.
+            let sql = if existing.is_some() {
+                format!(
+                    "UPDATE tally_plan SET name = $2, limits = $3, version = version + 1, updated_at = $4
+                      WHERE code = $1 RETURNING {PLAN_COLUMNS}"
+                )
+            } else {
+                format!(
+                    "INSERT INTO tally_plan (code, name, limits, version, created_at, updated_at)
+                     VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (code) DO NOTHING RETURNING {PLAN_COLUMNS}"
+                )
             };
-            insert_plan_version(&self.log, &mut tx, &plan).await?;
-            insert_audit(&self.log, &mut tx, audit).await?;
-            bump_config_version(&self.log, &mut tx).await?;
-            self.log.commit(tx).await.map_err(map_err)?;
-            return Ok(if created { PutOutcome::Created(plan) } else { PutOutcome::Updated(plan) });
-        }
-        Err(StoreError::Retry)
+            let row = self
+                .log
+                .query(AssertSqlSafe(sql))
+                .bind(code.as_str())
+                .bind(spec.name.as_str())
+                .bind(Json(&spec.limits))
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            let Some(row) = row else { return Ok(UpsertPass::Raced) };
+            let plan = plan_from_row(&row)?;
+            insert_plan_version(&self.log, conn, &plan).await?;
+            Ok(UpsertPass::Written(if existing.is_some() {
+                PutOutcome::Updated(plan)
+            } else {
+                PutOutcome::Created(plan)
+            }))
+        })
     }
 
     async fn find_plan(&self, code: &PlanCode) -> Result<Option<Plan>, StoreError> {

@@ -6,7 +6,7 @@ use tally_domain::{AuditEntry, Metric, MetricCode, MetricSpec, Name, Timestamp};
 use tally_store::{MetricStore, PutOutcome, StoreError};
 
 use crate::PgStore;
-use crate::admin::{UPSERT_PASSES_MAX, WHOLE_LIST_LEN_MAX, bump_config_version, insert_audit};
+use crate::admin::{UpsertPass, WHOLE_LIST_LEN_MAX, upsert_config};
 use crate::rows::{get, map_err};
 
 const METRIC_COLUMNS: &str = "code, name, unit, kind, value_property, created_at, updated_at";
@@ -34,72 +34,49 @@ impl MetricStore for PgStore {
         now: Timestamp,
         audit: &AuditEntry,
     ) -> Result<PutOutcome<Metric>, StoreError> {
-        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
-        for _ in 0..UPSERT_PASSES_MAX {
+        upsert_config!(self, audit, |conn| {
             let sql = format!("SELECT {METRIC_COLUMNS} FROM tally_metric WHERE code = $1 FOR UPDATE");
             let existing = self
                 .log
                 .query(AssertSqlSafe(sql))
                 .bind(code.as_str())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            let (metric, created) = match existing {
-                Some(row) => {
-                    let old = metric_from_row(&row)?;
-                    if &old.spec == spec {
-                        self.log.rollback(tx).await.map_err(map_err)?;
-                        return Ok(PutOutcome::Unchanged(old));
-                    }
-                    let sql = format!(
-                        "UPDATE tally_metric SET name = $2, unit = $3, kind = $4, updated_at = $5,
-                                value_property = $6
-                          WHERE code = $1 RETURNING {METRIC_COLUMNS}"
-                    );
-                    let row = self
-                        .log
-                        .query(AssertSqlSafe(sql))
-                        .bind(code.as_str())
-                        .bind(spec.name.as_str())
-                        .bind(spec.unit.as_deref())
-                        .bind(spec.kind.as_str())
-                        .bind(now)
-                        .bind(spec.value_property.as_deref())
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    (metric_from_row(&row)?, false)
-                }
-                None => {
-                    let sql = format!(
-                        "INSERT INTO tally_metric ({METRIC_COLUMNS}) VALUES ($1, $2, $3, $4, $6, $5, $5)
-                         ON CONFLICT (code) DO NOTHING RETURNING {METRIC_COLUMNS}"
-                    );
-                    let row = self
-                        .log
-                        .query(AssertSqlSafe(sql))
-                        .bind(code.as_str())
-                        .bind(spec.name.as_str())
-                        .bind(spec.unit.as_deref())
-                        .bind(spec.kind.as_str())
-                        .bind(now)
-                        .bind(spec.value_property.as_deref())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    match row {
-                        Some(row) => (metric_from_row(&row)?, true),
-                        // A concurrent put created it meanwhile: lock it and compare.
-                        None => continue,
-                    }
-                }
+            let existing = existing.as_ref().map(metric_from_row).transpose()?;
+            if let Some(old) = existing.as_ref().filter(|old| &old.spec == spec) {
+                return Ok(UpsertPass::Unchanged(old.clone()));
+            }
+            // The same values either way: update the locked row, or insert a new one.
+            let sql = if existing.is_some() {
+                format!(
+                    "UPDATE tally_metric SET name = $2, unit = $3, kind = $4, updated_at = $5, value_property = $6
+                      WHERE code = $1 RETURNING {METRIC_COLUMNS}"
+                )
+            } else {
+                format!(
+                    "INSERT INTO tally_metric ({METRIC_COLUMNS}) VALUES ($1, $2, $3, $4, $6, $5, $5)
+                     ON CONFLICT (code) DO NOTHING RETURNING {METRIC_COLUMNS}"
+                )
             };
-            insert_audit(&self.log, &mut tx, audit).await?;
-            bump_config_version(&self.log, &mut tx).await?;
-            self.log.commit(tx).await.map_err(map_err)?;
-            return Ok(if created { PutOutcome::Created(metric) } else { PutOutcome::Updated(metric) });
-        }
-        Err(StoreError::Retry)
+            let row = self
+                .log
+                .query(AssertSqlSafe(sql))
+                .bind(code.as_str())
+                .bind(spec.name.as_str())
+                .bind(spec.unit.as_deref())
+                .bind(spec.kind.as_str())
+                .bind(now)
+                .bind(spec.value_property.as_deref())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(match (row, existing) {
+                (Some(row), Some(_)) => UpsertPass::Written(PutOutcome::Updated(metric_from_row(&row)?)),
+                (Some(row), None) => UpsertPass::Written(PutOutcome::Created(metric_from_row(&row)?)),
+                (None, _) => UpsertPass::Raced,
+            })
+        })
     }
 
     async fn find_metric(&self, code: &MetricCode) -> Result<Option<Metric>, StoreError> {

@@ -25,7 +25,7 @@ use tally_store::{
 };
 use uuid::Uuid;
 
-use crate::admin::{UPSERT_PASSES_MAX, WHOLE_LIST_LEN_MAX, bump_config_version, insert_audit};
+use crate::admin::{UpsertPass, WHOLE_LIST_LEN_MAX, bump_config_version, insert_audit, upsert_config};
 use crate::rows::{get, map_err};
 use crate::usage::list_limit;
 use crate::{PgStore, StatementLog};
@@ -120,76 +120,59 @@ impl WebhookStore for PgStore {
         now: Timestamp,
         audit: &AuditEntry,
     ) -> Result<PutOutcome<Webhook>, StoreError> {
-        let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
-        for _ in 0..UPSERT_PASSES_MAX {
+        upsert_config!(self, audit, |conn| {
             let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM tally_webhook WHERE id = $1 FOR UPDATE");
             let existing = self
                 .log
                 .query(AssertSqlSafe(sql))
                 .bind(id.as_str())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(map_err)?;
             let existing = existing.as_ref().map(|row| webhook_from_row(row, "")).transpose()?;
-            let outcome = webhook_after_put(existing.as_ref(), id, spec, secret, replace_secret, now);
-            match &outcome {
-                PutOutcome::Unchanged(_) => {
-                    self.log.rollback(tx).await.map_err(map_err)?;
-                    return Ok(outcome);
-                }
-                PutOutcome::Updated(w) => {
-                    self.log
-                        .query(
-                            "UPDATE tally_webhook SET url = $2, thresholds = $3, events = $4, secret = $5,
-                                    updated_at = $6
-                              WHERE id = $1",
-                        )
-                        .bind(w.id.as_str())
-                        .bind(w.spec.url.as_str())
-                        .bind(thresholds_param(&w.spec))
-                        .bind(events_param(&w.spec))
-                        .bind(w.secret.expose())
-                        .bind(w.updated_at)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                }
-                PutOutcome::Created(w) => {
-                    let sql = format!(
-                        "INSERT INTO tally_webhook ({WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
-                         ON CONFLICT (id) DO NOTHING"
-                    );
-                    let done = self
-                        .log
-                        .query(AssertSqlSafe(sql))
-                        .bind(w.id.as_str())
-                        .bind(w.spec.url.as_str())
-                        .bind(thresholds_param(&w.spec))
-                        .bind(events_param(&w.spec))
-                        .bind(w.secret.expose())
-                        .bind(w.created_at)
-                        .bind(w.updated_at)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    if done.rows_affected() == 0 {
-                        // A concurrent put created it meanwhile: lock it and compare.
-                        continue;
-                    }
-                    self.log
-                        .query(DELETE_HISTORY_SQL)
-                        .bind(id.as_str())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                }
+            let (w, created) =
+                match webhook_after_put(existing.as_ref(), id, spec, secret, replace_secret, now) {
+                    PutOutcome::Unchanged(w) => return Ok(UpsertPass::Unchanged(w)),
+                    PutOutcome::Updated(w) => (w, false),
+                    PutOutcome::Created(w) => (w, true),
+                };
+            // The same values either way: update the locked row, or insert a new one.
+            let sql = if created {
+                format!(
+                    "INSERT INTO tally_webhook ({WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)
+                     ON CONFLICT (id) DO NOTHING"
+                )
+            } else {
+                "UPDATE tally_webhook SET url = $2, thresholds = $3, events = $4, secret = $5, updated_at = $6
+                  WHERE id = $1"
+                    .to_owned()
+            };
+            let done = self
+                .log
+                .query(AssertSqlSafe(sql))
+                .bind(w.id.as_str())
+                .bind(w.spec.url.as_str())
+                .bind(thresholds_param(&w.spec))
+                .bind(events_param(&w.spec))
+                .bind(w.secret.expose())
+                .bind(w.updated_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if done.rows_affected() == 0 {
+                return Ok(UpsertPass::Raced);
             }
-            insert_audit(&self.log, &mut tx, audit).await?;
-            bump_config_version(&self.log, &mut tx).await?;
-            self.log.commit(tx).await.map_err(map_err)?;
-            return Ok(outcome);
-        }
-        Err(StoreError::Retry)
+            if !created {
+                return Ok(UpsertPass::Written(PutOutcome::Updated(w)));
+            }
+            self.log
+                .query(DELETE_HISTORY_SQL)
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(UpsertPass::Written(PutOutcome::Created(w)))
+        })
     }
 
     async fn find_webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {

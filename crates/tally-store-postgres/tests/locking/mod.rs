@@ -1,6 +1,6 @@
 //! Record locking under concurrency, beyond the contract: batches of several records,
 //! most of them in cold periods, raced by many writers in both tenancies; and webhook
-//! deliveries claimed by racing workers.
+//! deliveries claimed by racing workers; racing puts of one new plan, metric or webhook.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -130,4 +130,74 @@ async fn racing_claims_take_each_due_delivery_exactly_once() {
     let distinct: HashSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), all.len(), "a delivery was claimed twice");
     assert_eq!(all.len(), TENANTS * 10, "every due delivery was claimed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_puts_of_one_new_plan_metric_or_webhook_create_it_once() {
+    const PUTS: usize = 16;
+    let store = PgStore::open_test(Tenancy::Shared).await;
+    let plan = tally_domain::PlanSpec::new(
+        tally_domain::Name::parse("Pro").unwrap(),
+        vec![limit("m", Some(100), LimitEnforcement::Hard, PeriodKind::Month)],
+    )
+    .unwrap();
+    let metric = tally_domain::MetricSpec {
+        name: tally_domain::Name::parse("Tokens").unwrap(),
+        unit: None,
+        kind: tally_domain::MetricKind::Counter,
+        value_property: Some("/tokens".to_owned()),
+    };
+    let hook = WebhookSpec::new("http://127.0.0.1:9/hook", &[80], &WebhookEventType::ALL).unwrap();
+    let secret = WebhookSecret::parse("whsec_0123456789abcdef").unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..PUTS {
+        let (store, plan, metric, hook, secret) =
+            (store.clone(), plan.clone(), metric.clone(), hook.clone(), secret.clone());
+        handles.push(tokio::spawn(async move {
+            use tally_store::{MetricStore, PlanStore};
+            let p = store
+                .put_plan(
+                    &tally_domain::PlanCode::parse("pro").unwrap(),
+                    &plan,
+                    now(),
+                    &audit(AuditAction::PlanPut, None),
+                )
+                .await
+                .unwrap();
+            let m = store
+                .put_metric(
+                    &tally_domain::MetricCode::parse("tokens").unwrap(),
+                    &metric,
+                    now(),
+                    &audit(AuditAction::MetricPut, None),
+                )
+                .await
+                .unwrap();
+            let w = store
+                .put_webhook(
+                    &WebhookId::parse("ops").unwrap(),
+                    &hook,
+                    &secret,
+                    false,
+                    now(),
+                    &audit(AuditAction::WebhookPut, None),
+                )
+                .await
+                .unwrap();
+            [p.is_created(), m.is_created(), w.is_created()]
+        }));
+    }
+    let mut created = [0; 3];
+    for h in handles {
+        for (n, c) in created.iter_mut().zip(h.await.unwrap()) {
+            *n += usize::from(c);
+        }
+    }
+    // Each was created by exactly one put; the others found it (after losing the insert, some
+    // locked it on their second pass) and changed nothing, so one audit entry each.
+    assert_eq!(created, [1, 1, 1]);
+    let entries = store.list_audit(None, None, 1_000).await.unwrap();
+    for action in ["plan.put", "metric.put", "webhook.put"] {
+        assert_eq!(entries.iter().filter(|e| e.action == action).count(), 1, "{action}");
+    }
 }

@@ -47,8 +47,9 @@ struct Incoming {
     metric: MetricCode,
     key: IdempotencyKey,
     timestamp: Option<Timestamp>,
-    /// `data` (CloudEvents) or `properties` (Lago): the metadata, and where the amount is.
-    payload: Map<String, Value>,
+    /// `data` (CloudEvents) or `properties` (Lago), always an object: the metadata, where
+    /// the amount is, and Lago's echo.
+    payload: Value,
     /// Lago's members to echo back.
     lago: Option<LagoEcho>,
 }
@@ -57,7 +58,6 @@ struct LagoEcho {
     transaction_id: String,
     external_subscription_id: String,
     external_customer_id: Option<String>,
-    properties: Value,
 }
 
 fn content_type(req: &Request) -> String {
@@ -113,14 +113,10 @@ fn optional_string<'a>(
     }
 }
 
-fn object_member(
-    obj: &Map<String, Value>,
-    name: &str,
-    idx: Option<usize>,
-) -> Result<Map<String, Value>, ApiError> {
+fn object_member(obj: &Map<String, Value>, name: &str, idx: Option<usize>) -> Result<Value, ApiError> {
     match obj.get(name) {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(m)) => Ok(m.clone()),
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
         Some(_) => Err(ApiError::invalid(format!("{}: must be a JSON object", at(idx, name)))),
     }
 }
@@ -195,7 +191,6 @@ fn lago_event(v: &Value, idx: Option<usize>) -> Result<Incoming, ApiError> {
             transaction_id: transaction_id.to_owned(),
             external_subscription_id: subscription.unwrap_or(who).to_owned(),
             external_customer_id: customer.map(str::to_owned),
-            properties: Value::Object(payload.clone()),
         }),
         payload,
     })
@@ -203,9 +198,8 @@ fn lago_event(v: &Value, idx: Option<usize>) -> Result<Incoming, ApiError> {
 
 /// The amount at `pointer` in an event's payload: an integer, a number without a fraction,
 /// or a string holding one.
-fn amount_at(payload: &Map<String, Value>, pointer: &str, idx: Option<usize>) -> Result<i64, ApiError> {
-    let whole = Value::Object(payload.clone());
-    let found = whole.pointer(pointer).ok_or_else(|| {
+fn amount_at(payload: &Value, pointer: &str, idx: Option<usize>) -> Result<i64, ApiError> {
+    let found = payload.pointer(pointer).ok_or_else(|| {
         ApiError::invalid(format!(
             "{}: holds no value at {pointer} (the metric's value_property)",
             at(idx, "data")
@@ -316,7 +310,7 @@ async fn to_requests<S: Store>(
                 at(idx, "data")
             )));
         }
-        let metadata = Metadata::new(Value::Object(e.payload.clone())).map_err(|err| domain(idx, err))?;
+        let metadata = Metadata::new(e.payload.clone()).map_err(|err| domain(idx, err))?;
         out.push(UsageRequest {
             tenant_id: e.tenant.clone(),
             metric_code: e.metric.clone(),
@@ -354,7 +348,7 @@ fn lago_view(e: &Incoming, outcome: &UsageOutcome, now: Timestamp) -> Value {
         "code": e.metric.as_str(),
         "timestamp": format_rfc3339(e.timestamp.unwrap_or(now)),
         "precise_total_amount_cents": Value::Null,
-        "properties": echo.map_or(Value::Null, |l| l.properties.clone()),
+        "properties": e.payload,
         "created_at": format_rfc3339(now),
     })
 }

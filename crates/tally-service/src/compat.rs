@@ -301,12 +301,12 @@ impl<S: Store> Tally<S> {
         let billing =
             PeriodKind::Month.containing(now, entitlement.subscription.anchor).map_err(ServiceError::from)?;
         let usage = self.usage(tenant).await?;
+        // Names from the catalog, read once; an undeclared metric is named by its code.
+        let names: HashMap<MetricCode, String> =
+            self.store.list_metrics().await?.into_iter().map(|m| (m.code, m.spec.name.to_string())).collect();
         let mut charges = Vec::with_capacity(usage.metrics.len());
         for m in &usage.metrics {
-            let name = match self.store.find_metric(&m.metric_code).await? {
-                Some(found) => found.spec.name.to_string(),
-                None => m.metric_code.to_string(),
-            };
+            let name = names.get(&m.metric_code).cloned().unwrap_or_else(|| m.metric_code.to_string());
             let events_count = self.count_events(tenant, &m.metric_code, m.period.bounds()).await?;
             charges.push(ChargeUsage {
                 metric_code: m.metric_code.clone(),

@@ -154,6 +154,7 @@ async fn lago_events_echo_back_with_the_customer_as_tenant(backend: Backend) {
     let b = app.post("/api/v1/events/batch", &batch).await.ok(200);
     assert_eq!(b["events"].as_array().unwrap().len(), 2);
     assert_eq!(app.current_usage("beta", "tokens").await, 19);
+    app.put("/v1/metrics/tokens", &json!({"name": "Tokens", "value_property": "/tokens"})).await.ok(200);
     let usage = app.get("/api/v1/customers/beta/current_usage?external_subscription_id=beta").await.ok(200);
     let u = &usage["customer_usage"];
     let tokens = u["charges_usage"]
@@ -167,6 +168,17 @@ async fn lago_events_echo_back_with_the_customer_as_tenant(backend: Backend) {
         (&json!("19"), &json!(3), &json!(0))
     );
     assert_eq!(tokens["billable_metric"]["aggregation_type"], "sum_agg");
+    // Names come from the catalog; an undeclared metric is named by its code.
+    let calls = u["charges_usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["billable_metric"]["code"] == "api_calls")
+        .unwrap();
+    assert_eq!(
+        (&tokens["billable_metric"]["name"], &calls["billable_metric"]["name"]),
+        (&json!("Tokens"), &json!("api_calls"))
+    );
     assert_eq!(
         (&u["amount_cents"], &u["total_amount_cents"], &u["taxes_amount_cents"]),
         (&json!(0), &json!(0), &json!(0))

@@ -19,12 +19,15 @@ pub use error::DomainError;
 pub use ids::{Amount, IdempotencyKey, Metadata, MetricCode, Name, PlanCode, TenantId, WebhookId};
 pub use metric::{Metric, MetricKind, MetricSpec};
 pub use period::{Period, PeriodKind};
-pub use quota::{Entitlement, LimitEnforcement, Override, Plan, PlanSpec, QuotaLimit, Subscription, Tenant};
+pub use quota::{
+    Entitlement, EntitlementLookup, LimitEnforcement, Override, Plan, PlanSpec, QuotaLimit, Subscription,
+    Tenant,
+};
 pub use reservation::{CommitRequest, Reservation, ReservationStatus, ReserveOutcome, ReserveRequest, Ttl};
 pub use time::Timestamp;
 pub use usage::{
-    Change, EventReceipt, RecordedEvent, UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
-    decide, decide_with_reserved,
+    Change, EventReceipt, RecordKey, RecordedEvent, UsageError, UsageEvent, UsageOutcome, UsageRecord,
+    UsageRequest, decide, decide_with_reserved,
 };
 pub use webhook::{
     Delivery, DeliveryData, DeliveryStatus, RetryPolicy, Webhook, WebhookEventType, WebhookSecret,

@@ -227,6 +227,17 @@ impl Entitlement {
     }
 }
 
+/// A tenant's entitlement as found in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntitlementLookup {
+    /// No such tenant.
+    TenantMissing,
+    /// The tenant exists with no subscription.
+    NoSubscription,
+    /// The tenant's subscription, plan and overrides, resolved.
+    Found(Entitlement),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

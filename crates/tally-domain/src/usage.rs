@@ -75,6 +75,17 @@ pub fn checked_usage(metric: &MetricCode, current: i64, amount: i64) -> Result<i
     })
 }
 
+/// A usage record's identity: one tenant, metric and period.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey {
+    /// Whose.
+    pub tenant_id: TenantId,
+    /// Of what.
+    pub metric_code: MetricCode,
+    /// Which period.
+    pub period: Period,
+}
+
 /// An immutable fact: some usage happened. Never updated, never deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {

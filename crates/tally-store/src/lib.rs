@@ -1,30 +1,33 @@
-//! Repository traits, `StoreError`, the apply-usage algorithm that every adapter runs inside
-//! its own transaction, and the contract suite that every adapter passes (feature `contract`).
+//! The store port: repository traits, `StoreError`, the configuration cache, and the write
+//! side every adapter shares (`write`: the group-commit queue, the writers and the one
+//! transaction runner that carries out `tally_engine`'s decisions through an adapter's
+//! `WriteTx`).
 #![warn(missing_docs)]
 
-pub mod apply;
+pub mod cache;
 pub mod error;
-pub mod outbox;
-pub mod reserve;
+mod shared;
 pub mod traits;
 pub mod types;
+pub mod write;
 
-#[cfg(feature = "contract")]
-pub mod contract;
-
-pub use apply::{LockedRecord, RecordUpdate, UsageTx, apply_in_tx, reset_audit};
+pub use cache::ConfigCache;
 pub use error::StoreError;
-pub use outbox::{FireKey, FireStates, Signal, WebhookRule, outbox_in_tx, webhook_after_put};
-pub use reserve::{ReservationTx, commit_in_tx, release_in_tx, reserve_in_tx};
+pub use shared::{reset_audit, webhook_after_put};
+pub use tally_engine::{
+    Answer, Ctx, FireKey, FireStates, Loaded, LoadedReservation, LockedRecord, Needs, Plan, RecordState,
+    RecordWrite, Signal, WebhookRule, WriteOp, Writes,
+};
 pub use traits::{
     AdminUiStore, AuditStore, ConfigVersion, EventRecorder, KeyStore, MetricStore, PlanStore,
-    ReservationStore, Store, TenantStore, UsageApplier, UsageRepository, WebhookStore,
+    ReservationStore, Store, TenantStore, UsageRepository, UsageWriter, WebhookStore,
 };
 pub use types::{
     AdminSearch, AdminSession, EntitlementLookup, EventCursor, EventListQuery, EventQuery, EventTotal,
     KeyedEvent, PutOutcome, RecordCursor, RecordKey, RecordListQuery, RecordSort, RecordTotal, ResetFact,
     SchemaReport, SortKey, TimeRange, VerifyInputs,
 };
+pub use write::{Committer, JobQueue, WriteTx, run_batch, write_forever};
 
 use tally_domain::{AuditAction, AuditEntry, MetricCode, TenantId};
 

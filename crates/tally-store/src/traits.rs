@@ -7,13 +7,15 @@
 use std::future::Future;
 
 use tally_domain::{
-    ApiKey, AuditEntry, CommitRequest, MetricCode, MetricCode as Metric, MetricSpec, Name, Override, Period,
-    Plan, PlanCode, PlanSpec, QuotaLimit, RecordedEvent, Reservation, ReserveOutcome, ReserveRequest,
-    Subscription, Tenant, TenantId, Timestamp, UsageError, UsageOutcome, UsageRecord, UsageRequest,
+    ApiKey, AuditEntry, IdempotencyKey, MetricCode, MetricCode as Metric, MetricSpec, Name, Override, Period,
+    Plan, PlanCode, PlanSpec, QuotaLimit, RecordKey, RecordedEvent, Reservation, Subscription, Tenant,
+    TenantId, Timestamp, UsageRecord,
 };
 use tally_domain::{Delivery, Webhook, WebhookId, WebhookSecret, WebhookSpec};
+use tally_engine::{Answer, Ctx, WriteOp};
 use uuid::Uuid;
 
+use crate::cache::ConfigCache;
 use crate::error::StoreError;
 use crate::types::{
     AdminSession, EntitlementLookup, EventListQuery, EventQuery, PutOutcome, RecordListQuery, VerifyInputs,
@@ -21,6 +23,14 @@ use crate::types::{
 
 /// The seed's usage repository: per-period counters.
 pub trait UsageRepository: Send + Sync {
+    /// The counter of `key` (0 when it has no record) and what open reservations hold
+    /// against it at `now`: what `check` decides on, in one read.
+    fn usage_now(
+        &self,
+        key: &RecordKey,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(i64, i64), StoreError>> + Send;
+
     /// Records of `metric` whose `period_start` is in `[from, to)`, newest first, at most `limit`.
     fn list_by_tenant_and_metric(
         &self,
@@ -68,6 +78,12 @@ pub trait EventRecorder: Send + Sync {
     /// idempotency key or id is a `Conflict`.
     fn record(&self, event: &RecordedEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The events stored under these idempotency keys (of any tenants).
+    fn find_events_by_keys(
+        &self,
+        keys: &[(TenantId, IdempotencyKey)],
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
     /// One tenant's events, newest first by `(timestamp, id)`, filtered and keyset-paginated.
     fn get_events_for_metric(
         &self,
@@ -76,17 +92,19 @@ pub trait EventRecorder: Send + Sync {
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 }
 
-/// The one atomic write of the hot path, and the reset beside it.
-pub trait UsageApplier: Send + Sync {
-    /// Applies requests in order, each on its own, in one transaction: for each, finds or
-    /// creates the record of its period, checks the limit read inside this transaction (a
-    /// HARD refusal writes nothing), increments the counter, appends the event, and honours
-    /// the idempotency key. An `Err` means nothing at all was written.
-    fn apply_usage(
+/// The hot path's write side, and the reset beside it.
+pub trait UsageWriter: Send + Sync {
+    /// Decides and writes `ops` (usage, reservations, commits, releases) in arrival order,
+    /// each on its own, in one transaction group-committed with whatever else waits (see
+    /// `crate::write`): for each usage, the idempotency lookup first, then the event window,
+    /// the subscription and the limit (read under the record's lock, counting open holds; a
+    /// HARD refusal writes nothing). One answer per operation, in order; an `Err` means
+    /// nothing of `ops` was written.
+    fn write(
         &self,
-        requests: &[UsageRequest],
-        now: Timestamp,
-    ) -> impl Future<Output = Result<Vec<Result<UsageOutcome, UsageError>>, StoreError>> + Send;
+        ops: Vec<WriteOp>,
+        ctx: Ctx,
+    ) -> impl Future<Output = Result<Vec<Answer>, StoreError>> + Send;
 
     /// Sets the counter of `metric` in `period` to zero (creating a zero record when none
     /// exists) and writes the audit entry `reset` (see `crate::reset_audit`) in the same
@@ -101,32 +119,9 @@ pub trait UsageApplier: Send + Sync {
     ) -> impl Future<Output = Result<UsageRecord, StoreError>> + Send;
 }
 
-/// Reservations: quota held before long work and settled after it. Each operation runs in
-/// one transaction (see `crate::reserve`); `Ok(Err(refusal))` is an answer, `Err` a failure
-/// that wrote nothing.
+/// Reservations: quota held before long work and settled after it. Holding, committing and
+/// releasing are write operations (`UsageWriter::write`); these are the reads and the sweep.
 pub trait ReservationStore: Send + Sync {
-    /// Holds quota against the current period, or refuses as a usage would.
-    fn reserve(
-        &self,
-        req: &ReserveRequest,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<Result<ReserveOutcome, UsageError>, StoreError>> + Send;
-
-    /// Records an open reservation's usage and releases the rest.
-    fn commit_reservation(
-        &self,
-        req: &CommitRequest,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<Result<UsageOutcome, UsageError>, StoreError>> + Send;
-
-    /// Frees a reservation.
-    fn release_reservation(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<Result<(), UsageError>, StoreError>> + Send;
-
     /// The tenant's reservations open at `now`, oldest first (at most
     /// `RESERVATIONS_OPEN_MAX`).
     fn list_open_reservations(
@@ -418,6 +413,9 @@ pub trait ConfigVersion: Send + Sync {
     /// The current version. Every committed change to a plan, tenant, subscription, override
     /// or key increases it (in the same transaction as the change); usage never does.
     fn config_version(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// The store's configuration cache (shared by its clones; see `crate::cache`).
+    fn config_cache(&self) -> &ConfigCache;
 }
 
 /// What the read-only admin UI reads across tenants, and its sign-in state.
@@ -493,7 +491,7 @@ pub trait AdminUiStore: Send + Sync {
 pub trait Store:
     UsageRepository
     + EventRecorder
-    + UsageApplier
+    + UsageWriter
     + PlanStore
     + MetricStore
     + ReservationStore
@@ -511,7 +509,7 @@ pub trait Store:
 impl<S> Store for S where
     S: UsageRepository
         + EventRecorder
-        + UsageApplier
+        + UsageWriter
         + PlanStore
         + MetricStore
         + ReservationStore

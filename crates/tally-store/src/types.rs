@@ -1,8 +1,7 @@
 //! Values that cross the store boundary besides domain types: queries, pages, outcomes.
 
-use tally_domain::{
-    Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageRecord,
-};
+pub use tally_domain::{EntitlementLookup, RecordKey};
+use tally_domain::{IdempotencyKey, MetricCode, RecordedEvent, TenantId, Timestamp, UsageRecord};
 use uuid::Uuid;
 
 /// What a create-or-replace did.
@@ -29,17 +28,6 @@ impl<T> PutOutcome<T> {
     }
 }
 
-/// A tenant's entitlement as found in the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EntitlementLookup {
-    /// No such tenant.
-    TenantMissing,
-    /// The tenant exists with no subscription.
-    NoSubscription,
-    /// The tenant's subscription, plan and overrides, resolved.
-    Found(Entitlement),
-}
-
 /// Where a page of events continues: strictly older than this `(timestamp, id)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventCursor {
@@ -62,17 +50,6 @@ pub struct EventQuery {
     pub limit: u32,
     /// Continue after this event.
     pub after: Option<EventCursor>,
-}
-
-/// A usage record's identity: one tenant, metric and period.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordKey {
-    /// Whose.
-    pub tenant_id: TenantId,
-    /// Of what.
-    pub metric_code: MetricCode,
-    /// Which period.
-    pub period: Period,
 }
 
 /// A usage record's counter, for `tally verify`.

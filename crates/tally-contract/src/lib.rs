@@ -15,10 +15,84 @@ use tally_domain::{
 use tally_domain::{DeliveryStatus, WebhookEventType, WebhookId, WebhookSecret, WebhookSpec};
 use uuid::Uuid;
 
-use crate::{
-    AdminSearch, AdminSession, EntitlementLookup, EventCursor, EventListQuery, EventQuery, PutOutcome,
-    RecordCursor, RecordListQuery, RecordSort, SortKey, Store, StoreError, TimeRange,
+use tally_domain::ReserveOutcome;
+use tally_store::{
+    AdminSearch, AdminSession, Answer, Ctx, EntitlementLookup, EventCursor, EventListQuery, EventQuery,
+    PutOutcome, RecordCursor, RecordListQuery, RecordSort, SortKey, Store, StoreError, TimeRange,
+    UsageWriter, WriteOp,
 };
+
+/// The event-age window of the suite's writes: wide, so that only the cases about the
+/// window meet it.
+pub const CONTRACT_EVENT_AGE: Duration = Duration::days(36_500);
+
+/// The suite's per-operation calls, over `UsageWriter::write`.
+pub trait WriteExt: UsageWriter {
+    /// Usage requests in order, in one write.
+    fn apply_usage(
+        &self,
+        requests: &[UsageRequest],
+        now: Timestamp,
+    ) -> impl std::future::Future<Output = Result<Vec<Result<UsageOutcome, UsageError>>, StoreError>> + Send
+    {
+        let ops = requests.iter().cloned().map(WriteOp::Usage).collect();
+        async move {
+            let answers = self.write(ops, Ctx::new(now, CONTRACT_EVENT_AGE)).await?;
+            Ok(answers.into_iter().map(|a| a.into_usage().expect("a usage answers a usage")).collect())
+        }
+    }
+
+    /// One reservation.
+    fn reserve(
+        &self,
+        req: &ReserveRequest,
+        now: Timestamp,
+    ) -> impl std::future::Future<Output = Result<Result<ReserveOutcome, UsageError>, StoreError>> + Send
+    {
+        let op = WriteOp::Reserve(req.clone());
+        async move {
+            Ok(one(self.write(vec![op], Ctx::new(now, CONTRACT_EVENT_AGE)).await?)
+                .into_reserve()
+                .expect("a reserve answers a reserve"))
+        }
+    }
+
+    /// One commit of a reservation.
+    fn commit_reservation(
+        &self,
+        req: &CommitRequest,
+        now: Timestamp,
+    ) -> impl std::future::Future<Output = Result<Result<UsageOutcome, UsageError>, StoreError>> + Send {
+        let op = WriteOp::Commit(req.clone());
+        async move {
+            Ok(one(self.write(vec![op], Ctx::new(now, CONTRACT_EVENT_AGE)).await?)
+                .into_usage()
+                .expect("a commit answers a usage"))
+        }
+    }
+
+    /// One release of a reservation.
+    fn release_reservation(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        now: Timestamp,
+    ) -> impl std::future::Future<Output = Result<Result<(), UsageError>, StoreError>> + Send {
+        let op = WriteOp::Release { tenant_id: tenant.clone(), reservation_id: id };
+        async move {
+            Ok(one(self.write(vec![op], Ctx::new(now, CONTRACT_EVENT_AGE)).await?)
+                .into_release()
+                .expect("a release answers a release"))
+        }
+    }
+}
+
+impl<S: UsageWriter + ?Sized> WriteExt for S {}
+
+fn one(answers: Vec<Answer>) -> Answer {
+    assert_eq!(answers.len(), 1, "one operation, one answer");
+    answers.into_iter().next().expect("one answer")
+}
 
 /// Instantiates every contract case as a `#[tokio::test]` for the store that `$make` (an
 /// async closure or function returning the store) builds afresh for each case.
@@ -42,6 +116,10 @@ macro_rules! contract_suite {
             unknown_tenant_is_tenant_not_found,
             replay_returns_the_original_answer_and_records_nothing,
             a_reused_key_with_another_payload_is_a_conflict,
+            a_replay_past_the_window_answers_the_original_and_a_new_key_is_out_of_window,
+            a_replay_answers_the_original_after_the_plan_lost_the_metric,
+            usage_now_counts_the_record_and_the_open_holds,
+            find_events_by_keys_returns_the_stored_events_of_each_tenant,
             a_refused_request_consumes_no_key,
             batch_items_apply_in_order_each_on_its_own,
             a_key_repeated_inside_a_batch_replays_the_earlier_item,
@@ -97,7 +175,7 @@ macro_rules! contract_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 let store = ($make)().await;
-                $crate::contract::$case(store).await;
+                $crate::$case(store).await;
             }
         )*
     };
@@ -463,6 +541,76 @@ pub async fn replay_returns_the_original_answer_and_records_nothing<S: Store>(st
     setup(&store, "beta", "pro", vec![hard("api_calls", 100)]).await;
     let other = apply_one(&store, keyed(req("beta", "api_calls", 3), "req-1")).await.unwrap();
     assert!(!other.replayed);
+}
+
+/// The idempotency lookup comes before the event window (API.md, "Order of checks").
+pub async fn a_replay_past_the_window_answers_the_original_and_a_new_key_is_out_of_window<S: Store>(
+    store: S,
+) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let window = Duration::days(35);
+    let stamped = UsageRequest { timestamp: Some(now()), ..keyed(req("acme", "api_calls", 3), "late-1") };
+    let first = store.write(vec![WriteOp::Usage(stamped.clone())], Ctx::new(now(), window)).await.unwrap();
+    let first = one(first).into_usage().unwrap().unwrap();
+    let later = now() + Duration::days(40);
+    let again = store.write(vec![WriteOp::Usage(stamped.clone())], Ctx::new(later, window)).await.unwrap();
+    assert_eq!(one(again).into_usage().unwrap(), Ok(UsageOutcome { replayed: true, ..first }));
+    let fresh = UsageRequest { idempotency_key: Some(IdempotencyKey::parse("late-2").unwrap()), ..stamped };
+    let refused = store.write(vec![WriteOp::Usage(fresh)], Ctx::new(later, window)).await.unwrap();
+    assert!(matches!(one(refused).into_usage().unwrap(), Err(UsageError::EventOutOfWindow { .. })));
+    assert_eq!(all_events(&store, "acme").await.len(), 1);
+}
+
+/// A replay answers the original even when the limit it was decided on is gone.
+pub async fn a_replay_answers_the_original_after_the_plan_lost_the_metric<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let r = keyed(req("acme", "api_calls", 3), "before-change");
+    let first = apply_one(&store, r.clone()).await.unwrap();
+    store
+        .put_plan(
+            &plan_code("pro"),
+            &spec("pro", vec![hard("exports", 5)]),
+            now(),
+            &audit(AuditAction::PlanPut, None),
+        )
+        .await
+        .unwrap();
+    let again = apply_one(&store, r).await.unwrap();
+    assert_eq!(again, UsageOutcome { replayed: true, ..first });
+    let unkeyed = apply_one(&store, req("acme", "api_calls", 1)).await;
+    assert!(matches!(unkeyed, Err(UsageError::QuotaNotFound { .. })), "{unkeyed:?}");
+}
+
+pub async fn usage_now_counts_the_record_and_the_open_holds<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    let key = tally_store::RecordKey {
+        tenant_id: tenant("acme"),
+        metric_code: metric("api_calls"),
+        period: PeriodKind::Month.containing(now(), anchor()).unwrap(),
+    };
+    assert_eq!(store.usage_now(&key, now()).await.unwrap(), (0, 0));
+    apply_one(&store, req("acme", "api_calls", 7)).await.unwrap();
+    store.reserve(&reserve_req("acme", "api_calls", 5, 60), now()).await.unwrap().unwrap();
+    assert_eq!(store.usage_now(&key, now()).await.unwrap(), (7, 5));
+    // A hold past its expiry holds nothing, swept or not.
+    assert_eq!(store.usage_now(&key, now() + Duration::seconds(61)).await.unwrap(), (7, 0));
+}
+
+pub async fn find_events_by_keys_returns_the_stored_events_of_each_tenant<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![hard("api_calls", 100)]).await;
+    setup(&store, "beta", "pro", vec![hard("api_calls", 100)]).await;
+    apply_one(&store, keyed(req("acme", "api_calls", 1), "k1")).await.unwrap();
+    apply_one(&store, keyed(req("beta", "api_calls", 2), "k1")).await.unwrap();
+    let key = |t: &str, k: &str| (tenant(t), IdempotencyKey::parse(k).unwrap());
+    let mut found = store
+        .find_events_by_keys(&[key("acme", "k1"), key("beta", "k1"), key("acme", "missing")])
+        .await
+        .unwrap();
+    found.sort_by(|a, b| a.event.tenant_id.cmp(&b.event.tenant_id));
+    let amounts: Vec<(String, i64)> =
+        found.iter().map(|e| (e.event.tenant_id.to_string(), e.event.amount)).collect();
+    assert_eq!(amounts, vec![("acme".to_owned(), 1), ("beta".to_owned(), 2)]);
+    assert!(store.find_events_by_keys(&[]).await.unwrap().is_empty());
 }
 
 pub async fn a_reused_key_with_another_payload_is_a_conflict<S: Store>(store: S) {

@@ -726,6 +726,10 @@ impl ConfigVersion for SqliteStore {
             .await
             .map_err(store_error)
     }
+
+    fn config_cache(&self) -> &tally_store::ConfigCache {
+        &self.cache
+    }
 }
 
 async fn verify_inputs(log: &StatementLog, conn: &mut SqliteConnection) -> Result<VerifyInputs, StoreError> {

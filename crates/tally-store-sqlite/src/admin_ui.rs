@@ -414,7 +414,7 @@ impl AdminUiStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use tally_store::contract::{metric, now, tenant};
+    use tally_contract::{metric, now, tenant};
 
     use super::*;
 

@@ -18,6 +18,7 @@ mod rows;
 mod statements;
 mod usage;
 mod webhooks;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +29,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
-use tally_store::{SchemaReport, StoreError};
+use std::convert::Infallible;
+
+use tally_store::{Committer, ConfigCache, SchemaReport, StoreError, write_forever};
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -42,6 +45,10 @@ pub const SQLITE_POOL_CONNECTIONS_MIN: u32 = 4;
 const _: () = assert!(SQLITE_POOL_CONNECTIONS_MIN <= SQLITE_POOL_CONNECTIONS);
 /// How long a statement waits for another process's write lock before it fails busy.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts `open` makes when the file is busy being created by another process.
+pub const SQLITE_OPEN_ATTEMPTS_MAX: u32 = 3;
+/// The pause between two such attempts.
+pub const SQLITE_OPEN_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long a call waits for a free connection of the pool.
 pub const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a write waits for the in-process writer lock.
@@ -51,11 +58,16 @@ pub const SQLITE_WRITER_WAIT_MAX: Duration = Duration::from_secs(30);
 pub(crate) const SQLITE_BIND_PARAMS_MAX: usize = 32_766;
 
 /// A Tally store on one SQLite database file. Cloning is cheap: clones share the pool,
-/// the writer lock and, for `open_temp_file`, the file's lifetime.
+/// the writer lock, the write queue with its writer task, the configuration cache and, for
+/// `open_temp_file`, the file's lifetime. The writer task ends when the last clone is
+/// dropped.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: Arc<Mutex<()>>,
+    /// The hot path's write queue, drained by the one writer task (see `writer`).
+    committer: Committer<Infallible>,
+    cache: Arc<ConfigCache>,
     /// Every statement this store sends goes through it (see `statements`).
     log: StatementLog,
     /// Declared last, so that the pool handle is dropped before the file is removed.
@@ -70,9 +82,23 @@ impl SqliteStore {
     /// see a database of its own.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
         let path = database_path(url)?;
-        let store = SqliteStore::connect(&path, None).await?;
-        store.migrate().await?;
-        Ok(store)
+        let mut attempt = 1;
+        loop {
+            // Two processes creating one new file at once can find it locked while the other
+            // switches it to WAL, a moment the busy timeout does not cover: try again.
+            let opened = async {
+                let store = SqliteStore::connect(&path, None).await?;
+                store.migrate().await?;
+                Ok::<_, StoreError>(store)
+            };
+            match opened.await {
+                Err(StoreError::Unavailable(_)) if attempt < SQLITE_OPEN_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tokio::time::sleep(SQLITE_OPEN_RETRY_PAUSE).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// A fresh, migrated database file under `std::env::temp_dir()` with a unique name. The
@@ -124,12 +150,13 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(store_error)?;
-        Ok(SqliteStore {
-            pool,
-            writer: Arc::new(Mutex::new(())),
-            log: StatementLog::default(),
-            _temp_file: temp_file,
-        })
+        let writer = Arc::new(Mutex::new(()));
+        let log = StatementLog::default();
+        let cache = Arc::new(ConfigCache::default());
+        let (committer, queue) = Committer::new();
+        let task = writer::SqliteWriter::new(pool.clone(), log.clone(), writer.clone());
+        tokio::spawn(write_forever(queue, task, cache.clone()));
+        Ok(SqliteStore { pool, writer, committer, cache, log, _temp_file: temp_file })
     }
 
     /// Takes the in-process writer lock, waiting at most `SQLITE_WRITER_WAIT_MAX`.

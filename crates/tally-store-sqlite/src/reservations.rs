@@ -1,18 +1,13 @@
-//! Reservations on SQLite (`tally_reservation`): the primitives `tally_store::reserve` runs
-//! inside one `BEGIN IMMEDIATE` transaction, and the reads and the sweep beside them.
+//! Reservations on SQLite (`tally_reservation`): the statements the writer runs inside its
+//! `BEGIN IMMEDIATE` transactions, and the reads and the sweep beside them.
 
 use std::collections::HashMap;
 
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tally_domain::limits::RESERVATIONS_OPEN_MAX;
-use tally_domain::{
-    CommitRequest, IdempotencyKey, MetricCode, Period, RecordedEvent, Reservation, ReserveOutcome,
-    ReserveRequest, TenantId, Timestamp, UsageError, UsageOutcome,
-};
-use tally_store::{
-    RecordKey, ReservationStore, ReservationTx, StoreError, commit_in_tx, release_in_tx, reserve_in_tx,
-};
+use tally_domain::{IdempotencyKey, MetricCode, Period, RecordedEvent, Reservation, TenantId, Timestamp};
+use tally_store::{RecordKey, ReservationStore, StoreError};
 use uuid::Uuid;
 
 use crate::error::{store_error, unique_violation};
@@ -82,8 +77,8 @@ pub(crate) async fn reserved_sums(
     Ok(out)
 }
 
-impl ReservationTx for SqliteUsageTx<'_> {
-    async fn find_reservation_by_key(
+impl SqliteUsageTx<'_> {
+    pub(crate) async fn find_reservation_by_key(
         &mut self,
         tenant: &TenantId,
         key: &IdempotencyKey,
@@ -102,7 +97,7 @@ impl ReservationTx for SqliteUsageTx<'_> {
         row.as_ref().map(reservation).transpose()
     }
 
-    async fn lock_reservation(
+    pub(crate) async fn lock_reservation(
         &mut self,
         tenant: &TenantId,
         id: Uuid,
@@ -121,7 +116,7 @@ impl ReservationTx for SqliteUsageTx<'_> {
         row.as_ref().map(reservation).transpose()
     }
 
-    async fn count_open_reservations(
+    pub(crate) async fn count_open_reservations(
         &mut self,
         tenant: &TenantId,
         now: Timestamp,
@@ -138,7 +133,7 @@ impl ReservationTx for SqliteUsageTx<'_> {
             .map_err(store_error)
     }
 
-    async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+    pub(crate) async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO tally_reservation ({RESERVATION_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
@@ -172,7 +167,7 @@ impl ReservationTx for SqliteUsageTx<'_> {
         }
     }
 
-    async fn settle_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+    pub(crate) async fn settle_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
         self.log
             .query(
                 "UPDATE tally_reservation SET status = ?3, settled_at = ?4, committed_event_id = ?5, \
@@ -190,7 +185,7 @@ impl ReservationTx for SqliteUsageTx<'_> {
         Ok(())
     }
 
-    async fn find_event_by_id(
+    pub(crate) async fn find_event_by_id(
         &mut self,
         tenant: &TenantId,
         id: Uuid,
@@ -200,31 +195,6 @@ impl ReservationTx for SqliteUsageTx<'_> {
 }
 
 impl ReservationStore for SqliteStore {
-    async fn reserve(
-        &self,
-        req: &ReserveRequest,
-        now: Timestamp,
-    ) -> Result<Result<ReserveOutcome, UsageError>, StoreError> {
-        crate::usage::in_write_tx!(self, |tx| reserve_in_tx(&mut tx, req, now))
-    }
-
-    async fn commit_reservation(
-        &self,
-        req: &CommitRequest,
-        now: Timestamp,
-    ) -> Result<Result<UsageOutcome, UsageError>, StoreError> {
-        crate::usage::in_write_tx!(self, |tx| commit_in_tx(&mut tx, req, now))
-    }
-
-    async fn release_reservation(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-        now: Timestamp,
-    ) -> Result<Result<(), UsageError>, StoreError> {
-        crate::usage::in_write_tx!(self, |tx| release_in_tx(&mut tx, tenant, id, now))
-    }
-
     async fn list_open_reservations(
         &self,
         tenant: &TenantId,

@@ -1,5 +1,6 @@
-//! Usage on SQLite: the seed's repository and event recorder, and the hot path, which runs
-//! `tally_store::apply_in_tx` inside one `BEGIN IMMEDIATE` transaction through `SqliteUsageTx`.
+//! Usage on SQLite: the seed's repository and event recorder, and the statements of the hot
+//! path, which the writer (`crate::writer`) runs inside one `BEGIN IMMEDIATE` transaction
+//! through `SqliteUsageTx`.
 //!
 //! Every statement of the hot path names its tenants (`tenant_id = ?` or `tenant_id IN
 //! (...)`, also beside the joins on a batch's keys), or inserts rows whose tenants are bound
@@ -10,12 +11,11 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{QueryBuilder, Sqlite};
 use tally_domain::{
-    Delivery, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageError,
-    UsageOutcome, UsageRecord, UsageRequest,
+    Delivery, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageRecord,
 };
 use tally_store::{
-    EntitlementLookup, EventQuery, EventRecorder, FireKey, FireStates, LockedRecord, RecordKey, RecordUpdate,
-    StoreError, UsageApplier, UsageRepository, UsageTx, WebhookRule, apply_in_tx, reset_audit,
+    Answer, Ctx, EntitlementLookup, EventQuery, EventRecorder, FireKey, FireStates, LockedRecord, RecordKey,
+    RecordState, RecordWrite, StoreError, UsageRepository, UsageWriter, WebhookRule, WriteOp, reset_audit,
 };
 use uuid::Uuid;
 
@@ -26,6 +26,25 @@ use crate::rows::{
 use crate::{SqliteStore, StatementLog, admin};
 
 impl UsageRepository for SqliteStore {
+    async fn usage_now(&self, key: &RecordKey, now: Timestamp) -> Result<(i64, i64), StoreError> {
+        // One statement: the counter and the open holds on it, each one index search.
+        self.log
+            .query_as(
+                "SELECT COALESCE((SELECT current_usage FROM quota_usage_record \
+                   WHERE tenant_id = ?1 AND metric_code = ?2 AND period_start = ?3), 0), \
+                 COALESCE((SELECT SUM(amount) FROM tally_reservation INDEXED BY tally_reservation_open_idx \
+                   WHERE tenant_id = ?1 AND metric_code = ?2 AND period_start = ?3 \
+                   AND status = 'open' AND expires_at > ?4), 0)",
+            )
+            .bind(key.tenant_id.as_str())
+            .bind(key.metric_code.as_str())
+            .bind(micros(key.period.start()))
+            .bind(micros(now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+
     async fn list_by_tenant_and_metric(
         &self,
         tenant: &TenantId,
@@ -222,6 +241,17 @@ where
 }
 
 impl EventRecorder for SqliteStore {
+    async fn find_events_by_keys(
+        &self,
+        keys: &[(TenantId, IdempotencyKey)],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        SqliteUsageTx { conn: &mut conn, log: &self.log }.find_events_by_keys(keys).await
+    }
+
     async fn record(&self, event: &RecordedEvent) -> Result<(), StoreError> {
         let _writer = self.lock_writer().await?;
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
@@ -246,52 +276,12 @@ impl EventRecorder for SqliteStore {
 /// under the writer lock, and re-runs it when it lost a race on an idempotency key, at most
 /// `APPLY_RETRY_MAX` times. `Ok` commits, whatever it holds (a refusal is an answer, and
 /// what it wrote stands); `Err` rolls back.
-macro_rules! in_write_tx {
-    ($store:expr, |$tx:ident| $run:expr) => {{
-        let store: &$crate::SqliteStore = $store;
-        let _writer = store.lock_writer().await?;
-        let mut outcome = Err(tally_store::StoreError::Unavailable(format!(
-            "the write transaction lost a race {} times in a row",
-            tally_domain::limits::APPLY_RETRY_MAX + 1
-        )));
-        for attempt in 0..=tally_domain::limits::APPLY_RETRY_MAX {
-            let mut begun = store.begin_immediate().await?;
-            let result = {
-                let mut $tx = $crate::usage::SqliteUsageTx { conn: &mut begun, log: &store.log };
-                $run.await
-            };
-            match result {
-                Ok(answer) => {
-                    store.log.commit(begun).await.map_err($crate::error::store_error)?;
-                    outcome = Ok(answer);
-                    break;
-                }
-                Err(tally_store::StoreError::Retry) => {
-                    $crate::rollback(&store.log, begun).await;
-                    tracing::debug!(attempt, "write transaction lost a race on an idempotency key");
-                }
-                Err(e) => {
-                    $crate::rollback(&store.log, begun).await;
-                    outcome = Err(e);
-                    break;
-                }
-            }
-        }
-        outcome
-    }};
-}
-pub(crate) use in_write_tx;
-
-impl UsageApplier for SqliteStore {
-    async fn apply_usage(
-        &self,
-        requests: &[UsageRequest],
-        now: Timestamp,
-    ) -> Result<Vec<Result<UsageOutcome, UsageError>>, StoreError> {
-        if requests.is_empty() {
+impl UsageWriter for SqliteStore {
+    async fn write(&self, ops: Vec<WriteOp>, ctx: Ctx) -> Result<Vec<Answer>, StoreError> {
+        if ops.is_empty() {
             return Ok(Vec::new());
         }
-        in_write_tx!(self, |tx| apply_in_tx(&mut tx, requests, now))
+        self.committer.submit(ops, ctx).await
     }
 
     async fn reset_usage(
@@ -308,7 +298,7 @@ impl UsageApplier for SqliteStore {
     }
 }
 
-async fn reset_in_tx(
+pub(crate) async fn reset_in_tx(
     log: &StatementLog,
     conn: &mut SqliteConnection,
     tenant: &TenantId,
@@ -415,15 +405,15 @@ const RECORD_UPDATE_BINDS: usize = 4;
 /// Values bound per row when deleting records: the id, and its tenant in the filter.
 const RECORD_DELETE_BINDS: usize = 2;
 
-impl UsageTx for SqliteUsageTx<'_> {
-    async fn load_entitlements(
+impl SqliteUsageTx<'_> {
+    pub(crate) async fn load_entitlements(
         &mut self,
         tenants: &[TenantId],
     ) -> Result<HashMap<TenantId, EntitlementLookup>, StoreError> {
         admin::load_entitlements(self.log, self.conn, tenants).await
     }
 
-    async fn find_events_by_keys(
+    pub(crate) async fn find_events_by_keys(
         &mut self,
         keys: &[(TenantId, IdempotencyKey)],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -445,34 +435,13 @@ impl UsageTx for SqliteUsageTx<'_> {
         Ok(found)
     }
 
-    async fn lock_records(
+    /// The records of `keys` that exist, with their counters; the others are absent. BEGIN
+    /// IMMEDIATE holds the database's write lock, so reading is locking, and no other
+    /// writer can create an absent one before this transaction ends.
+    pub(crate) async fn load_records(
         &mut self,
         keys: &[RecordKey],
-        now: Timestamp,
     ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
-        debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys are given in ascending order");
-        // Every missing record is created with the id proposed here; the write lock taken by
-        // BEGIN IMMEDIATE means that a row carrying its proposed id was created by this
-        // transaction and by no other.
-        let proposed: Vec<(&RecordKey, Uuid)> = keys.iter().map(|k| (k, Uuid::now_v7())).collect();
-        let at = micros(now);
-        for chunk in proposed.chunks(rows_per_statement(NEW_RECORD_BINDS)) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new(concat!("INSERT INTO quota_usage_record (", record_columns!(), ") "));
-            qb.push_values(chunk, |mut b, (key, id)| {
-                b.push_bind(id.to_string())
-                    .push_bind(key.tenant_id.as_str())
-                    .push_bind(key.metric_code.as_str())
-                    .push("0")
-                    .push_bind(micros(key.period.start()))
-                    .push_bind(micros(key.period.end()))
-                    .push_bind(at)
-                    .push_bind(at);
-            });
-            qb.push(" ON CONFLICT (tenant_id, metric_code, period_start) DO NOTHING");
-            self.log.built(&mut qb).persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
-        }
-
         let mut stored: HashMap<(String, String, i64), (String, i64)> = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(rows_per_statement(RECORD_KEY_BINDS)) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
@@ -488,29 +457,57 @@ impl UsageTx for SqliteUsageTx<'_> {
                 stored.insert((tenant_id, metric_code, period_start), (id, current_usage));
             }
         }
-
         let mut locked = HashMap::with_capacity(keys.len());
-        for (key, proposed_id) in proposed {
+        for key in keys {
             let lookup = (
                 key.tenant_id.as_str().to_owned(),
                 key.metric_code.as_str().to_owned(),
                 micros(key.period.start()),
             );
-            let (id, current_usage) = stored.remove(&lookup).ok_or_else(|| {
-                StoreError::Other(format!(
-                    "usage record of {} {} at {} was neither found nor created",
-                    key.tenant_id,
-                    key.metric_code,
-                    key.period.start()
-                ))
-            })?;
-            let id = rows::uuid("quota_usage_record.id", &id)?;
-            locked.insert(key.clone(), LockedRecord { id, current_usage, created: id == proposed_id });
+            let record = match stored.remove(&lookup) {
+                Some((id, current_usage)) => LockedRecord {
+                    id: rows::uuid("quota_usage_record.id", &id)?,
+                    current_usage,
+                    reserved: 0,
+                    state: RecordState::Existing,
+                },
+                None => LockedRecord::absent(),
+            };
+            locked.insert(key.clone(), record);
         }
         Ok(locked)
     }
 
-    async fn update_records(&mut self, updates: &[RecordUpdate], now: Timestamp) -> Result<(), StoreError> {
+    /// Inserts the absent records among `writes` with their counters.
+    pub(crate) async fn insert_records(
+        &mut self,
+        writes: &[&RecordWrite],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let at = micros(now);
+        for chunk in writes.chunks(rows_per_statement(NEW_RECORD_BINDS)) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new(concat!("INSERT INTO quota_usage_record (", record_columns!(), ") "));
+            qb.push_values(chunk, |mut b, w| {
+                b.push_bind(w.id.to_string())
+                    .push_bind(w.key.tenant_id.as_str())
+                    .push_bind(w.key.metric_code.as_str())
+                    .push_bind(w.current_usage)
+                    .push_bind(micros(w.key.period.start()))
+                    .push_bind(micros(w.key.period.end()))
+                    .push_bind(at)
+                    .push_bind(at);
+            });
+            self.log.built(&mut qb).persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn update_records(
+        &mut self,
+        updates: &[&RecordWrite],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let at = micros(now);
         for chunk in updates.chunks(rows_per_statement(RECORD_UPDATE_BINDS)) {
             let mut qb: QueryBuilder<Sqlite> =
@@ -541,7 +538,7 @@ impl UsageTx for SqliteUsageTx<'_> {
         Ok(())
     }
 
-    async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
+    pub(crate) async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
         for chunk in keys.chunks(rows_per_statement(RECORD_DELETE_BINDS)) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM quota_usage_record WHERE ");
             push_tenants_in(&mut qb, "tenant_id", chunk.iter().map(|(key, _)| &key.tenant_id));
@@ -556,7 +553,7 @@ impl UsageTx for SqliteUsageTx<'_> {
         Ok(())
     }
 
-    async fn reserved_sums(
+    pub(crate) async fn reserved_sums(
         &mut self,
         keys: &[RecordKey],
         now: Timestamp,
@@ -564,7 +561,7 @@ impl UsageTx for SqliteUsageTx<'_> {
         crate::reservations::reserved_sums(self.log, self.conn, keys, now).await
     }
 
-    async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+    pub(crate) async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
         match rows::insert_events(self.log, self.conn, events).await {
             Ok(()) => Ok(()),
             Err(e) if unique_violation(&e).as_deref() == Some(EVENT_IDEMPOTENCY_CONSTRAINT) => {
@@ -574,15 +571,27 @@ impl UsageTx for SqliteUsageTx<'_> {
         }
     }
 
-    async fn load_webhook_rules(&mut self) -> Result<Vec<WebhookRule>, StoreError> {
+    pub(crate) async fn load_webhook_rules(&mut self) -> Result<Vec<WebhookRule>, StoreError> {
         crate::webhooks::load_webhook_rules(self.log, self.conn).await
     }
 
-    async fn load_fire_states(&mut self, keys: &[FireKey]) -> Result<FireStates, StoreError> {
-        crate::webhooks::load_fire_states(self.log, self.conn, keys).await
+    /// `tally_config_version` as this transaction sees it.
+    pub(crate) async fn config_version(&mut self) -> Result<i64, StoreError> {
+        self.log
+            .query_scalar("SELECT version FROM tally_config_version WHERE id = 1")
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(store_error)
     }
 
-    async fn write_outbox(
+    pub(crate) async fn load_fire_states_of_records(
+        &mut self,
+        keys: &[RecordKey],
+    ) -> Result<FireStates, StoreError> {
+        crate::webhooks::load_fire_states_of_records(self.log, self.conn, keys).await
+    }
+
+    pub(crate) async fn write_outbox(
         &mut self,
         states: &[(FireKey, bool)],
         deliveries: &[Delivery],
@@ -594,9 +603,9 @@ impl UsageTx for SqliteUsageTx<'_> {
 
 #[cfg(test)]
 mod tests {
+    use tally_contract::{metric, now, tenant};
     use tally_domain::{EventReceipt, LimitEnforcement, Metadata, PeriodKind, UsageEvent};
     use tally_store::EventCursor;
-    use tally_store::contract::{metric, now, tenant};
 
     use super::*;
 
@@ -685,37 +694,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lock_records_creates_what_is_missing_and_says_so_only_for_those() {
+    async fn load_records_reads_what_exists_and_notes_the_rest_absent() {
         let store = SqliteStore::open_temp_file().await.unwrap();
         let mut tx = store.begin_immediate().await.unwrap();
         let first = SqliteUsageTx { conn: &mut tx, log: &store.log }
-            .lock_records(&[record_key("a"), record_key("b")], now())
+            .load_records(&[record_key("a"), record_key("b")])
             .await
             .unwrap();
-        assert!(first.values().all(|l| l.created && l.current_usage == 0), "{first:?}");
+        assert!(first.values().all(|l| l.state == RecordState::Absent && l.current_usage == 0), "{first:?}");
         let a = first[&record_key("a")].id;
-        let update = RecordUpdate { id: a, key: record_key("a"), current_usage: 5 };
-        SqliteUsageTx { conn: &mut tx, log: &store.log }.update_records(&[update], now()).await.unwrap();
+        let write = RecordWrite { id: a, key: record_key("a"), current_usage: 5, insert: true };
+        SqliteUsageTx { conn: &mut tx, log: &store.log }.insert_records(&[&write], now()).await.unwrap();
         tx.commit().await.unwrap();
 
         let mut tx = store.begin_immediate().await.unwrap();
-        let keys = [record_key("a"), record_key("b"), record_key("c")];
-        let second =
-            SqliteUsageTx { conn: &mut tx, log: &store.log }.lock_records(&keys, now()).await.unwrap();
-        assert_eq!(second[&record_key("a")], LockedRecord { id: a, current_usage: 5, created: false });
-        assert!(!second[&record_key("b")].created);
-        assert!(second[&record_key("c")].created);
-        let c = second[&record_key("c")].id;
-        SqliteUsageTx { conn: &mut tx, log: &store.log }
-            .delete_records(&[(record_key("c"), c)])
-            .await
-            .unwrap();
+        let keys = [record_key("a"), record_key("b")];
+        let second = SqliteUsageTx { conn: &mut tx, log: &store.log }.load_records(&keys).await.unwrap();
+        assert_eq!(
+            second[&record_key("a")],
+            LockedRecord { id: a, current_usage: 5, reserved: 0, state: RecordState::Existing }
+        );
+        assert_eq!(second[&record_key("b")].state, RecordState::Absent);
+        let update = RecordWrite { id: a, key: record_key("a"), current_usage: 7, insert: false };
+        SqliteUsageTx { conn: &mut tx, log: &store.log }.update_records(&[&update], now()).await.unwrap();
         tx.commit().await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quota_usage_record")
-            .fetch_one(store.pool())
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT current_usage FROM quota_usage_record")
+            .fetch_all(store.pool())
             .await
             .unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(rows, vec![7]);
     }
 
     fn event(key: Option<&str>) -> RecordedEvent {

@@ -15,7 +15,7 @@ use tally_domain::{
     WebhookSecret, WebhookSpec,
 };
 use tally_store::{
-    FireKey, FireStates, PutOutcome, StoreError, WebhookRule, WebhookStore, webhook_after_put,
+    FireKey, FireStates, PutOutcome, RecordKey, StoreError, WebhookRule, WebhookStore, webhook_after_put,
 };
 use uuid::Uuid;
 
@@ -33,9 +33,6 @@ const DELIVERY_COLUMNS: &str = "id, webhook_id, event_type, tenant_id, metric_co
 
 /// Columns of `tally_webhook_delivery`.
 const DELIVERY_COLUMNS_LEN: usize = 14;
-
-/// Values bound per key when reading threshold states: the key, and its tenant in the filter.
-const FIRE_KEY_BINDS: usize = 7;
 
 /// Values bound per row when writing threshold states.
 const FIRE_STATE_BINDS: usize = 8;
@@ -289,55 +286,28 @@ pub(crate) async fn load_webhook_rules(
         .collect()
 }
 
-/// The states of these keys: a `SELECT` appended to `qb`, one search of the primary key per
-/// key (see `usage::push_events_by_keys`), filtered on the keys' tenants.
-fn push_fire_states_by_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[FireKey]) {
-    qb.push("WITH k (webhook_id, tenant_id, metric_code, period_start, event_type, threshold) AS (");
-    qb.push_values(keys, |mut b, k| {
-        b.push_bind(k.webhook_id.as_str())
-            .push_bind(k.tenant_id.as_str())
-            .push_bind(k.metric_code.as_str())
-            .push_bind(micros(k.period_start))
-            .push_bind(k.event_type.as_str())
-            .push_bind(i64::from(k.threshold));
-    });
-    qb.push(
-        ") SELECT s.webhook_id, s.tenant_id, s.metric_code, s.period_start, s.event_type, s.threshold, s.fired \
-         FROM k CROSS JOIN tally_webhook_state AS s ON s.webhook_id = k.webhook_id \
-         AND s.tenant_id = k.tenant_id AND s.metric_code = k.metric_code AND s.period_start = k.period_start \
-         AND s.event_type = k.event_type AND s.threshold = k.threshold WHERE ",
-    );
-    push_tenants_in(qb, "s.tenant_id", keys.iter().map(|k| &k.tenant_id));
-}
-
-/// A threshold state's key as the database spells it.
-type FireKeyParts = (String, String, String, i64, String, i64);
-
-fn fire_key_parts(k: &FireKey) -> FireKeyParts {
-    (
-        k.webhook_id.as_str().to_owned(),
-        k.tenant_id.as_str().to_owned(),
-        k.metric_code.as_str().to_owned(),
-        micros(k.period_start),
-        k.event_type.as_str().to_owned(),
-        i64::from(k.threshold),
-    )
-}
-
-/// The stored states of `keys` (only those that have a row).
-pub(crate) async fn load_fire_states(
+/// Every stored threshold state of the records of `keys`, of every webhook: one search of
+/// the state table's primary key prefix (webhook, tenant, metric, period) per record and
+/// webhook (`CROSS JOIN` fixes that loop order).
+pub(crate) async fn load_fire_states_of_records(
     log: &StatementLog,
     conn: &mut SqliteConnection,
-    keys: &[FireKey],
+    keys: &[RecordKey],
 ) -> Result<FireStates, StoreError> {
     let mut found = FireStates::new();
-    for chunk in keys.chunks(rows_per_statement(FIRE_KEY_BINDS)) {
+    let by_parts: HashMap<(&str, &str, i64), &RecordKey> = keys
+        .iter()
+        .map(|k| ((k.tenant_id.as_str(), k.metric_code.as_str(), micros(k.period.start())), k))
+        .collect();
+    for chunk in keys.chunks(rows_per_statement(RECORD_STATE_KEY_BINDS)) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
-        push_fire_states_by_keys(&mut qb, chunk);
+        push_fire_states_of_records(&mut qb, chunk);
         let page: Vec<(String, String, String, i64, String, i64, i64)> =
             log.built_as(&mut qb).persistent(false).fetch_all(&mut *conn).await.map_err(store_error)?;
-        let wanted: HashMap<FireKeyParts, &FireKey> = chunk.iter().map(|k| (fire_key_parts(k), k)).collect();
         for (webhook_id, tenant_id, metric_code, period_start, event_type, threshold, fired) in page {
+            let Some(key) = by_parts.get(&(tenant_id.as_str(), metric_code.as_str(), period_start)) else {
+                continue;
+            };
             let fired = match fired {
                 0 => false,
                 1 => true,
@@ -347,14 +317,43 @@ pub(crate) async fn load_fire_states(
                     )));
                 }
             };
-            let parts = (webhook_id, tenant_id, metric_code, period_start, event_type, threshold);
-            if let Some(key) = wanted.get(&parts) {
-                found.insert((*key).clone(), fired);
-            }
+            let threshold = u16::try_from(threshold).map_err(|_| {
+                StoreError::Corrupt(format!("tally_webhook_state.threshold {threshold} is out of range"))
+            })?;
+            let fire_key = FireKey {
+                webhook_id: WebhookId::parse(&webhook_id)?,
+                tenant_id: key.tenant_id.clone(),
+                metric_code: key.metric_code.clone(),
+                period_start: key.period.start(),
+                event_type: event_type.parse()?,
+                threshold,
+            };
+            found.insert(fire_key, fired);
         }
     }
     Ok(found)
 }
+
+/// The threshold states of the records of `keys`, of every webhook: a `SELECT` appended to
+/// `qb`, filtered on the keys' tenants.
+fn push_fire_states_of_records(qb: &mut QueryBuilder<Sqlite>, keys: &[RecordKey]) {
+    qb.push("WITH k (tenant_id, metric_code, period_start) AS (");
+    qb.push_values(keys, |mut b, k| {
+        b.push_bind(k.tenant_id.as_str())
+            .push_bind(k.metric_code.as_str())
+            .push_bind(micros(k.period.start()));
+    });
+    qb.push(
+        ") SELECT s.webhook_id, s.tenant_id, s.metric_code, s.period_start, s.event_type, s.threshold, s.fired \
+         FROM k CROSS JOIN tally_webhook AS w CROSS JOIN tally_webhook_state AS s \
+         ON s.webhook_id = w.id AND s.tenant_id = k.tenant_id \
+         AND s.metric_code = k.metric_code AND s.period_start = k.period_start WHERE ",
+    );
+    push_tenants_in(qb, "s.tenant_id", keys.iter().map(|k| &k.tenant_id));
+}
+
+/// Values bound per record when reading its threshold states: the key, and its tenant.
+const RECORD_STATE_KEY_BINDS: usize = 4;
 
 /// Inserts or updates threshold states, and appends deliveries, with multi-row statements.
 pub(crate) async fn write_outbox(
@@ -519,8 +518,8 @@ impl WebhookStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use tally_contract::{metric, now, tenant};
     use tally_domain::PeriodKind;
-    use tally_store::contract::{metric, now, tenant};
 
     use super::*;
 
@@ -532,20 +531,16 @@ mod tests {
     #[tokio::test]
     async fn state_lookups_search_the_primary_key_and_claims_walk_the_due_index() {
         let store = SqliteStore::open_temp_file().await.unwrap();
-        let start = PeriodKind::Month.containing(now(), now()).unwrap().start();
-        let keys: Vec<FireKey> = [80, 100]
+        let keys: Vec<RecordKey> = ["api_calls", "exports"]
             .into_iter()
-            .map(|threshold| FireKey {
-                webhook_id: WebhookId::parse("ops").unwrap(),
+            .map(|m| RecordKey {
                 tenant_id: tenant("acme"),
-                metric_code: metric("api_calls"),
-                period_start: start,
-                event_type: WebhookEventType::ThresholdCrossed,
-                threshold,
+                metric_code: metric(m),
+                period: PeriodKind::Month.containing(now(), now()).unwrap(),
             })
             .collect();
         let mut qb = QueryBuilder::new("EXPLAIN QUERY PLAN ");
-        push_fire_states_by_keys(&mut qb, &keys);
+        push_fire_states_of_records(&mut qb, &keys);
         let plan = plan_of(&store, qb).await;
         assert!(plan.contains("SEARCH s USING INDEX sqlite_autoindex_tally_webhook_state_1"), "{plan}");
         assert!(!plan.contains("SCAN s"), "{plan}");

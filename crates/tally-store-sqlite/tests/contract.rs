@@ -3,6 +3,6 @@
 mod adapter;
 mod hot_path;
 
-tally_store::contract_suite!(|| async {
+tally_contract::contract_suite!(|| async {
     tally_store_sqlite::SqliteStore::open_temp_file().await.expect("open sqlite")
 });

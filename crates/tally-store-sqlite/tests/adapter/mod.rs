@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tally_contract::{WriteExt, apply_one, limit, metric, now, req, setup, tenant};
 use tally_domain::{LimitEnforcement, Name, PeriodKind, UsageError, UsageRecord};
-use tally_store::contract::{apply_one, limit, metric, now, req, setup, tenant};
 use tally_store::{
-    ConfigVersion, EventQuery, EventRecorder, PlanStore, StoreError, TenantStore, UsageApplier,
-    UsageRepository,
+    ConfigVersion, EventQuery, EventRecorder, PlanStore, StoreError, TenantStore, UsageRepository,
 };
 use tally_store_sqlite::{SQLITE_POOL_CONNECTIONS, SqliteStore};
 use uuid::Uuid;
@@ -362,7 +361,7 @@ async fn rows_changed_behind_tallys_back_are_corrupt_never_a_panic() {
         .execute(pool)
         .await
         .unwrap();
-    assert!(corrupt(store.find_plan(&tally_store::contract::plan_code("pro")).await.map(|_| ())));
+    assert!(corrupt(store.find_plan(&tally_contract::plan_code("pro")).await.map(|_| ())));
     // The hot path reads the same plan: the batch fails as a whole, and writes nothing.
     let err = store.apply_usage(&[req("acme", "api_calls", 1)], now()).await;
     assert!(matches!(err, Err(StoreError::Corrupt(_))), "{err:?}");

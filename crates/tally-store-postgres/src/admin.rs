@@ -728,4 +728,8 @@ impl ConfigVersion for PgStore {
             .await
             .map_err(map_err)
     }
+
+    fn config_cache(&self) -> &tally_store::ConfigCache {
+        &self.cache
+    }
 }

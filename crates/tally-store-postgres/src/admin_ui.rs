@@ -466,8 +466,8 @@ impl AdminUiStore for PgStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use tally_contract::{admin_events, admin_records, metric, now, tenant};
     use tally_store::RecordCursor;
-    use tally_store::contract::{admin_events, admin_records, metric, now, tenant};
 
     use super::*;
 

@@ -42,6 +42,7 @@ mod scope;
 mod statements;
 mod usage;
 mod webhooks;
+mod writer;
 
 use std::fmt;
 use std::str::FromStr;
@@ -50,7 +51,13 @@ use std::time::Duration;
 use futures::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
-use tally_store::{SchemaReport, StoreError};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use tally_store::write::GROUP_COMMIT_WRITERS_DEFAULT;
+use tally_store::{Committer, ConfigCache, SchemaReport, StoreError, write_forever};
+
+use crate::writer::{PgWriter, ScopeMap};
 use uuid::Uuid;
 
 pub use migrate::{Migration, MigrationSet, PUBLIC_SET, TENANT_SET};
@@ -135,6 +142,8 @@ pub struct PgConfig {
     pub base_schema: String,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// Writer tasks draining the group-commit queue, each with one transaction at a time.
+    pub writers: usize,
 }
 
 impl PgConfig {
@@ -145,6 +154,7 @@ impl PgConfig {
             tenancy,
             base_schema: DEFAULT_BASE_SCHEMA.to_owned(),
             max_connections: PG_POOL_CONNECTIONS,
+            writers: GROUP_COMMIT_WRITERS_DEFAULT,
         }
     }
 }
@@ -157,14 +167,21 @@ impl fmt::Debug for PgConfig {
             .field("tenancy", &self.tenancy)
             .field("base_schema", &self.base_schema)
             .field("max_connections", &self.max_connections)
+            .field("writers", &self.writers)
             .finish()
     }
 }
 
-/// The PostgreSQL store. Cloning is cheap: clones share one pool.
+/// The PostgreSQL store. Cloning is cheap: clones share one pool, the write queue with its
+/// writer tasks (which end when the last clone is dropped) and the configuration cache.
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The hot path's write queue (see `writer`).
+    committer: Committer<Infallible>,
+    cache: Arc<ConfigCache>,
+    /// Each tenant's schema, once seen (schema tenancy).
+    scopes: ScopeMap,
     /// One connection of its own (opened on first use) for `config_version`, which every
     /// server polls several times a second: it never queues behind the hot path's
     /// transactions for a pooled connection.
@@ -207,12 +224,23 @@ impl PgStore {
             .await
             .map_err(|_| StoreError::Unavailable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
             .map_err(rows::map_err)?;
+        let log = StatementLog::default();
+        let cache = Arc::new(ConfigCache::default());
+        let scopes = ScopeMap::default();
+        let (committer, queue) = Committer::new();
+        for _ in 0..config.writers.max(1) {
+            let writer = PgWriter::new(pool.clone(), log.clone(), config.tenancy, scopes.clone());
+            tokio::spawn(write_forever(queue.clone(), writer, cache.clone()));
+        }
         let store = PgStore {
             pool,
+            committer,
+            cache,
+            scopes,
             version_pool,
             tenancy: config.tenancy,
             base_schema: config.base_schema,
-            log: StatementLog::default(),
+            log,
         };
         if let Some(stored) = migrate::stored_tenancy(&store.log, &store.pool).await? {
             check_tenancy(stored.as_str(), store.tenancy)?;

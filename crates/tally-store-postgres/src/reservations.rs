@@ -1,5 +1,5 @@
 //! Reservations on PostgreSQL (`tally_reservation`, in the base schema in both tenancies):
-//! the primitives `tally_store::reserve` runs inside one READ COMMITTED transaction, and the
+//! the statements the writer runs inside its READ COMMITTED transactions, and the
 //! reads and the sweep beside them. Every statement names its tenant.
 
 use std::collections::HashMap;
@@ -7,14 +7,8 @@ use std::collections::HashMap;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection};
 use tally_domain::limits::RESERVATIONS_OPEN_MAX;
-use tally_domain::{
-    CommitRequest, IdempotencyKey, MetricCode, Period, RecordedEvent, Reservation, ReserveOutcome,
-    ReserveRequest, TenantId, Timestamp, UsageError, UsageOutcome,
-};
-use tally_store::{
-    RecordKey, ReservationStore, ReservationTx, StoreError, UsageTx, commit_in_tx, release_in_tx,
-    reserve_in_tx,
-};
+use tally_domain::{IdempotencyKey, MetricCode, Period, RecordedEvent, Reservation, TenantId, Timestamp};
+use tally_store::{RecordKey, ReservationStore, StoreError};
 use uuid::Uuid;
 
 use crate::rows::{get, map_err};
@@ -84,8 +78,8 @@ pub(crate) async fn reserved_sums(
     Ok(out)
 }
 
-impl ReservationTx for PgUsageTx<'_> {
-    async fn find_reservation_by_key(
+impl PgUsageTx {
+    pub(crate) async fn find_reservation_by_key(
         &mut self,
         tenant: &TenantId,
         key: &IdempotencyKey,
@@ -104,7 +98,7 @@ impl ReservationTx for PgUsageTx<'_> {
         row.as_ref().map(reservation).transpose()
     }
 
-    async fn lock_reservation(
+    pub(crate) async fn lock_reservation(
         &mut self,
         tenant: &TenantId,
         id: Uuid,
@@ -123,7 +117,7 @@ impl ReservationTx for PgUsageTx<'_> {
         row.as_ref().map(reservation).transpose()
     }
 
-    async fn count_open_reservations(
+    pub(crate) async fn count_open_reservations(
         &mut self,
         tenant: &TenantId,
         now: Timestamp,
@@ -139,7 +133,7 @@ impl ReservationTx for PgUsageTx<'_> {
             .map_err(map_err)
     }
 
-    async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+    pub(crate) async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO tally_reservation ({RESERVATION_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
@@ -172,7 +166,7 @@ impl ReservationTx for PgUsageTx<'_> {
         if row.is_none() { Err(StoreError::Retry) } else { Ok(()) }
     }
 
-    async fn settle_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+    pub(crate) async fn settle_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
         self.log
             .query(
                 "UPDATE tally_reservation SET status = $3, settled_at = $4, committed_event_id = $5,
@@ -191,7 +185,7 @@ impl ReservationTx for PgUsageTx<'_> {
         Ok(())
     }
 
-    async fn find_event_by_id(
+    pub(crate) async fn find_event_by_id(
         &mut self,
         tenant: &TenantId,
         id: Uuid,
@@ -201,36 +195,11 @@ impl ReservationTx for PgUsageTx<'_> {
             self.load_entitlements(std::slice::from_ref(tenant)).await?;
         }
         let Some(scope) = self.scope(tenant) else { return Ok(None) };
-        crate::rows::event_by_id(self.log, &mut *self.tx, &scope, tenant, id).await
+        crate::rows::event_by_id(&self.log, &mut *self.tx, &scope, tenant, id).await
     }
 }
 
 impl ReservationStore for PgStore {
-    async fn reserve(
-        &self,
-        req: &ReserveRequest,
-        now: Timestamp,
-    ) -> Result<Result<ReserveOutcome, UsageError>, StoreError> {
-        crate::usage::in_write_tx!(self, |tx| reserve_in_tx(&mut tx, req, now))
-    }
-
-    async fn commit_reservation(
-        &self,
-        req: &CommitRequest,
-        now: Timestamp,
-    ) -> Result<Result<UsageOutcome, UsageError>, StoreError> {
-        crate::usage::in_write_tx!(self, |tx| commit_in_tx(&mut tx, req, now))
-    }
-
-    async fn release_reservation(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-        now: Timestamp,
-    ) -> Result<Result<(), UsageError>, StoreError> {
-        crate::usage::in_write_tx!(self, |tx| release_in_tx(&mut tx, tenant, id, now))
-    }
-
     async fn list_open_reservations(
         &self,
         tenant: &TenantId,

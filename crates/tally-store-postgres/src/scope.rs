@@ -69,7 +69,8 @@ pub(crate) fn internal_id_to_db(internal_id: u64) -> i64 {
 
 impl PgStore {
     /// Where `tenant`'s quota tables live; `None` when, in schema tenancy, there is no such
-    /// tenant (and so no schema). Shared tenancy asks the database nothing.
+    /// tenant (and so no schema). Shared tenancy asks the database nothing, and schema
+    /// tenancy asks once per tenant (a tenant's internal id never changes).
     pub(crate) async fn scope_of<'e>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -77,6 +78,9 @@ impl PgStore {
     ) -> Result<Option<Scope>, StoreError> {
         if self.tenancy == Tenancy::Shared {
             return Ok(Some(Scope::Base));
+        }
+        if let Some(scope) = self.scopes.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
+            return Ok(Some(scope.clone()));
         }
         let row = self
             .log
@@ -87,7 +91,11 @@ impl PgStore {
             .map_err(map_err)?;
         match row {
             None => Ok(None),
-            Some(row) => Ok(Some(Scope::of_internal_id(internal_id_from_db(get(&row, "internal_id")?)))),
+            Some(row) => {
+                let scope = Scope::of_internal_id(internal_id_from_db(get(&row, "internal_id")?));
+                self.scopes.write().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), scope.clone());
+                Ok(Some(scope))
+            }
         }
     }
 }

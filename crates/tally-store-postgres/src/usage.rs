@@ -1,6 +1,6 @@
-//! The hot path (`apply_usage`: the shared algorithm over `UsageTx`, every primitive a fixed
-//! number of round trips per schema whatever the batch length), the reset beside it, the
-//! seed's record and event repositories, and the inputs of `tally verify`.
+//! The statements of the hot path (run by `crate::writer` inside its transactions, each a
+//! fixed number of round trips per schema whatever the batch length), the reset beside it,
+//! the seed's record and event repositories, and the inputs of `tally verify`.
 //!
 //! Every statement on the quota tables filters on its tenants (`tenant_id = $n` or
 //! `tenant_id = ANY($n)`), or inserts rows whose tenants are bound values, so the tables can
@@ -22,12 +22,12 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
 use tally_domain::limits::PAGE_LEN_MAX;
 use tally_domain::{
     Delivery, Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp,
-    UsageError, UsageOutcome, UsageRecord, UsageRequest,
+    UsageRecord,
 };
 use tally_store::{
-    EntitlementLookup, EventQuery, EventRecorder, EventTotal, FireKey, FireStates, LockedRecord, RecordKey,
-    RecordTotal, RecordUpdate, StoreError, UsageApplier, UsageRepository, UsageTx, VerifyInputs, WebhookRule,
-    apply_in_tx, reset_audit, reset_fact,
+    Answer, Ctx, EntitlementLookup, EventQuery, EventRecorder, EventTotal, FireKey, FireStates, LockedRecord,
+    RecordKey, RecordState, RecordTotal, RecordWrite, StoreError, UsageRepository, UsageWriter, VerifyInputs,
+    WebhookRule, WriteOp, reset_audit, reset_fact,
 };
 use uuid::Uuid;
 
@@ -100,10 +100,10 @@ pub(crate) async fn load_entitlements(
     Ok(found)
 }
 
-/// One `apply_usage` transaction, as the shared algorithm sees it.
-pub(crate) struct PgUsageTx<'s> {
+/// One write transaction of the hot path (see `crate::writer`), with the statements it runs.
+pub(crate) struct PgUsageTx {
     pub(crate) tx: Transaction<'static, Postgres>,
-    pub(crate) log: &'s StatementLog,
+    pub(crate) log: StatementLog,
     pub(crate) tenancy: Tenancy,
     /// The schema of every tenant `load_entitlements` found (schema tenancy).
     pub(crate) scopes: HashMap<TenantId, Scope>,
@@ -159,7 +159,11 @@ fn settle(
                 parts.0, parts.1, parts.2
             ))
         })?;
-        locked.insert(key.clone(), LockedRecord { id: row.id, current_usage: row.current_usage, created });
+        let state = if created { RecordState::Created } else { RecordState::Existing };
+        locked.insert(
+            key.clone(),
+            LockedRecord { id: row.id, current_usage: row.current_usage, reserved: 0, state },
+        );
     }
     Ok(())
 }
@@ -173,7 +177,7 @@ enum Unknown {
     Fail,
 }
 
-impl PgUsageTx<'_> {
+impl PgUsageTx {
     /// Where `tenant`'s quota tables live, once `load_entitlements` found it (schema tenancy).
     pub(crate) fn scope(&self, tenant: &TenantId) -> Option<Scope> {
         match self.tenancy {
@@ -277,12 +281,12 @@ impl PgUsageTx<'_> {
     }
 }
 
-impl UsageTx for PgUsageTx<'_> {
-    async fn load_entitlements(
+impl PgUsageTx {
+    pub(crate) async fn load_entitlements(
         &mut self,
         tenants: &[TenantId],
     ) -> Result<HashMap<TenantId, EntitlementLookup>, StoreError> {
-        let found = load_entitlements(self.log, &mut self.tx, tenants).await?;
+        let found = load_entitlements(&self.log, &mut self.tx, tenants).await?;
         let mut lookups = HashMap::with_capacity(tenants.len());
         for tenant in tenants {
             match found.get(tenant) {
@@ -300,7 +304,7 @@ impl UsageTx for PgUsageTx<'_> {
         Ok(lookups)
     }
 
-    async fn find_events_by_keys(
+    pub(crate) async fn find_events_by_keys(
         &mut self,
         keys: &[(TenantId, IdempotencyKey)],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -344,10 +348,14 @@ impl UsageTx for PgUsageTx<'_> {
 
     /// See the module's documentation: lock what exists, create what is missing, lock what
     /// was created meanwhile; one to three statements per schema.
-    async fn lock_records(
+    ///
+    /// `holding`: the transaction already holds record locks (a `load_more`), so not even
+    /// step 1 may wait.
+    pub(crate) async fn lock_records(
         &mut self,
         keys: &[RecordKey],
         now: Timestamp,
+        holding: bool,
     ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
         let mut locked = HashMap::with_capacity(keys.len());
         for (scope, group) in self.by_scope(keys.iter().map(|k| (&k.tenant_id, k)), Unknown::Fail)? {
@@ -356,8 +364,9 @@ impl UsageTx for PgUsageTx<'_> {
 
             // 1. Lock the records that exist, in key order: usually all of them, and locking
             //    writes no new row version.
-            let existing = self.lock_existing(&scope, &group, LockWait::Block).await?;
-            let mut holds_any = !existing.is_empty();
+            let first_wait = if holding { LockWait::NoWait } else { LockWait::Block };
+            let existing = self.lock_existing(&scope, &group, first_wait).await?;
+            let mut holds_any = holding || !existing.is_empty();
             settle(&mut wanted, &mut locked, existing, false)?;
             if wanted.is_empty() {
                 continue;
@@ -393,7 +402,11 @@ impl UsageTx for PgUsageTx<'_> {
         Ok(locked)
     }
 
-    async fn update_records(&mut self, updates: &[RecordUpdate], now: Timestamp) -> Result<(), StoreError> {
+    pub(crate) async fn update_records(
+        &mut self,
+        updates: &[&RecordWrite],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         for (scope, group) in self.by_scope(updates.iter().map(|u| (&u.key.tenant_id, u)), Unknown::Fail)? {
             let sql = format!(
                 "UPDATE {records} AS r SET current_usage = u.current_usage, updated_at = $3
@@ -425,7 +438,7 @@ impl UsageTx for PgUsageTx<'_> {
         Ok(())
     }
 
-    async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
+    pub(crate) async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
         for (scope, group) in
             self.by_scope(keys.iter().map(|(k, id)| (&k.tenant_id, (k, *id))), Unknown::Fail)?
         {
@@ -446,15 +459,15 @@ impl UsageTx for PgUsageTx<'_> {
         Ok(())
     }
 
-    async fn reserved_sums(
+    pub(crate) async fn reserved_sums(
         &mut self,
         keys: &[RecordKey],
         now: Timestamp,
     ) -> Result<HashMap<RecordKey, i64>, StoreError> {
-        crate::reservations::reserved_sums(self.log, &mut self.tx, keys, now).await
+        crate::reservations::reserved_sums(&self.log, &mut self.tx, keys, now).await
     }
 
-    async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+    pub(crate) async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
         for (scope, group) in self.by_scope(events.iter().map(|e| (&e.event.tenant_id, e)), Unknown::Fail)? {
             let sql = format!(
                 "INSERT INTO {events} ({EVENT_COLUMNS})
@@ -507,68 +520,42 @@ impl UsageTx for PgUsageTx<'_> {
         Ok(())
     }
 
-    async fn load_webhook_rules(&mut self) -> Result<Vec<WebhookRule>, StoreError> {
-        crate::webhooks::load_webhook_rules(self.log, &mut self.tx).await
+    pub(crate) async fn load_webhook_rules(&mut self) -> Result<Vec<WebhookRule>, StoreError> {
+        crate::webhooks::load_webhook_rules(&self.log, &mut self.tx).await
     }
 
-    async fn load_fire_states(&mut self, keys: &[FireKey]) -> Result<FireStates, StoreError> {
-        crate::webhooks::load_fire_states(self.log, &mut self.tx, keys).await
+    pub(crate) async fn load_fire_states_of_records(
+        &mut self,
+        keys: &[RecordKey],
+    ) -> Result<FireStates, StoreError> {
+        crate::webhooks::load_fire_states_of_records(&self.log, &mut self.tx, keys).await
     }
 
-    async fn write_outbox(
+    /// `tally_config_version` as this transaction sees it.
+    pub(crate) async fn config_version(&mut self) -> Result<i64, StoreError> {
+        self.log
+            .query_scalar("SELECT version FROM tally_config_version WHERE id = 1")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)
+    }
+
+    pub(crate) async fn write_outbox(
         &mut self,
         states: &[(FireKey, bool)],
         deliveries: &[Delivery],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        crate::webhooks::write_outbox(self.log, &mut self.tx, states, deliveries, now).await
+        crate::webhooks::write_outbox(&self.log, &mut self.tx, states, deliveries, now).await
     }
 }
 
-/// Runs one write of the shared algorithms (`$run`, an expression over the `PgUsageTx` named
-/// `$tx`: `apply_in_tx`, `reserve_in_tx`, ...) in a READ COMMITTED transaction, and re-runs it
-/// when it lost a race (an idempotency key taken meanwhile, or a record lock it would not
-/// wait for), at most `APPLY_RETRY_MAX` times. `Ok` commits, whatever it holds (a refusal is
-/// an answer, and what it wrote stands); `Err` rolls back.
-macro_rules! in_write_tx {
-    ($store:expr, |$tx:ident| $run:expr) => {{
-        let store: &$crate::PgStore = $store;
-        let mut outcome = Err(tally_store::StoreError::Retry);
-        for attempt in 0..=tally_domain::limits::APPLY_RETRY_MAX {
-            let begun = store.log.begin(store.pool(), $crate::usage::BEGIN_READ_COMMITTED).await.map_err($crate::rows::map_err)?;
-            let mut $tx = $crate::usage::PgUsageTx { tx: begun, log: &store.log, tenancy: store.tenancy(), scopes: std::collections::HashMap::new() };
-            let result = match $run.await {
-                Ok(answer) => store.log.commit($tx.tx).await.map_err($crate::rows::map_err).map(|()| answer),
-                Err(e) => {
-                    if let Err(rollback) = store.log.rollback($tx.tx).await {
-                        tracing::debug!(error = %rollback, "rollback of a failed write transaction failed");
-                    }
-                    Err(e)
-                }
-            };
-            match result {
-                Err(tally_store::StoreError::Retry) => tracing::debug!(attempt, "write transaction lost a race; re-running it"),
-                other => {
-                    outcome = other;
-                    break;
-                }
-            }
-        }
-        outcome
-    }};
-}
-pub(crate) use in_write_tx;
-
-impl UsageApplier for PgStore {
-    async fn apply_usage(
-        &self,
-        requests: &[UsageRequest],
-        now: Timestamp,
-    ) -> Result<Vec<Result<UsageOutcome, UsageError>>, StoreError> {
-        if requests.is_empty() {
+impl UsageWriter for PgStore {
+    async fn write(&self, ops: Vec<WriteOp>, ctx: Ctx) -> Result<Vec<Answer>, StoreError> {
+        if ops.is_empty() {
             return Ok(Vec::new());
         }
-        in_write_tx!(self, |tx| apply_in_tx(&mut tx, requests, now))
+        self.committer.submit(ops, ctx).await
     }
 
     async fn reset_usage(
@@ -642,6 +629,34 @@ fn first_record(tenant: &TenantId, rows: &[PgRow]) -> Result<UsageRecord, StoreE
 }
 
 impl UsageRepository for PgStore {
+    async fn usage_now(&self, key: &RecordKey, now: Timestamp) -> Result<(i64, i64), StoreError> {
+        let Some(scope) = self.scope_of(self.pool(), &key.tenant_id).await? else {
+            return Ok((0, 0));
+        };
+        // One statement (`bench/check.sql` runs the same one): the counter and the open holds.
+        let sql = format!(
+            "SELECT COALESCE((SELECT current_usage FROM {records}
+                               WHERE tenant_id = $1 AND metric_code = $2 AND period_start = $3), 0)::bigint AS usage,
+                    COALESCE((SELECT SUM(amount) FROM tally_reservation
+                               WHERE tenant_id = $1 AND metric_code = $2 AND period_start = $3
+                                 AND status = 'open' AND expires_at > $4), 0)::bigint AS reserved",
+            records = scope.records()
+        );
+        let row = self
+            .log
+            .query(AssertSqlSafe(sql))
+            .bind(key.tenant_id.as_str())
+            .bind(key.metric_code.as_str())
+            .bind(key.period.start())
+            .bind(now)
+            .fetch_one(self.pool())
+            .await
+            .map_err(map_err)?;
+        let usage: i64 = get(&row, "usage")?;
+        let reserved: i64 = get(&row, "reserved")?;
+        Ok((usage, reserved))
+    }
+
     async fn list_by_tenant_and_metric(
         &self,
         tenant: &TenantId,
@@ -801,6 +816,29 @@ impl UsageRepository for PgStore {
 }
 
 impl EventRecorder for PgStore {
+    async fn find_events_by_keys(
+        &self,
+        keys: &[(TenantId, IdempotencyKey)],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self.log.begin(self.pool(), BEGIN_READ_COMMITTED).await.map_err(map_err)?;
+        let mut reader =
+            PgUsageTx { tx, log: self.log.clone(), tenancy: self.tenancy(), scopes: HashMap::new() };
+        let mut tenants: Vec<&TenantId> = keys.iter().map(|(t, _)| t).collect();
+        tenants.sort();
+        tenants.dedup();
+        for tenant in tenants {
+            if let Some(scope) = self.scope_of(&mut *reader.tx, tenant).await? {
+                reader.scopes.insert(tenant.clone(), scope);
+            }
+        }
+        let found = reader.find_events_by_keys(keys).await;
+        let _ = self.log.rollback(reader.tx).await;
+        found
+    }
+
     async fn record(&self, recorded: &RecordedEvent) -> Result<(), StoreError> {
         let (event, receipt) = (&recorded.event, &recorded.receipt);
         let tenant = &event.tenant_id;
@@ -943,8 +981,8 @@ pub(crate) async fn verify_inputs(store: &PgStore) -> Result<VerifyInputs, Store
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use tally_contract::{metric, now, tenant};
     use tally_domain::PeriodKind;
-    use tally_store::contract::{metric, now, tenant};
 
     use super::*;
 
@@ -956,12 +994,12 @@ mod tests {
         }
     }
 
-    async fn begin(store: &PgStore) -> PgUsageTx<'_> {
+    async fn begin(store: &PgStore) -> PgUsageTx {
         let tx = store.pool().begin_with(BEGIN_READ_COMMITTED).await.unwrap();
-        PgUsageTx { tx, log: &store.log, tenancy: store.tenancy(), scopes: HashMap::new() }
+        PgUsageTx { tx, log: store.log.clone(), tenancy: store.tenancy(), scopes: HashMap::new() }
     }
 
-    async fn ctid(store: &PgStore, tx: Option<&mut PgUsageTx<'_>>, m: &str) -> String {
+    async fn ctid(store: &PgStore, tx: Option<&mut PgUsageTx>, m: &str) -> String {
         let q =
             sqlx::query_scalar("SELECT ctid::text FROM quota_usage_record WHERE metric_code = $1").bind(m);
         match tx {
@@ -974,20 +1012,25 @@ mod tests {
     async fn locking_creates_only_the_missing_records_and_rewrites_no_existing_one() {
         let store = PgStore::open_test(Tenancy::Shared).await;
         let mut first = begin(&store).await;
-        let locked = first.lock_records(&[key("a"), key("b")], now()).await.unwrap();
-        assert!(locked.values().all(|l| l.created && l.current_usage == 0), "{locked:?}");
+        let locked = first.lock_records(&[key("a"), key("b")], now(), false).await.unwrap();
+        assert!(
+            locked.values().all(|l| l.state == RecordState::Created && l.current_usage == 0),
+            "{locked:?}"
+        );
         let a = locked[&key("a")].id;
-        first
-            .update_records(&[RecordUpdate { id: a, key: key("a"), current_usage: 5 }], now())
-            .await
-            .unwrap();
+        let write = RecordWrite { id: a, key: key("a"), current_usage: 5, insert: false };
+        first.update_records(&[&write], now()).await.unwrap();
         first.tx.commit().await.unwrap();
         let before = (ctid(&store, None, "a").await, ctid(&store, None, "b").await);
 
         let mut second = begin(&store).await;
-        let locked = second.lock_records(&[key("a"), key("b"), key("c")], now()).await.unwrap();
-        assert_eq!(locked[&key("a")], LockedRecord { id: a, current_usage: 5, created: false });
-        assert!(!locked[&key("b")].created && locked[&key("c")].created, "{locked:?}");
+        let locked = second.lock_records(&[key("a"), key("b"), key("c")], now(), false).await.unwrap();
+        assert_eq!(
+            locked[&key("a")],
+            LockedRecord { id: a, current_usage: 5, reserved: 0, state: RecordState::Existing }
+        );
+        assert_eq!(locked[&key("b")].state, RecordState::Existing, "{locked:?}");
+        assert_eq!(locked[&key("c")].state, RecordState::Created, "{locked:?}");
         // Locked, not rewritten: the existing rows are the same row versions.
         let during = (ctid(&store, Some(&mut second), "a").await, ctid(&store, Some(&mut second), "b").await);
         assert_eq!(during, before);
@@ -1005,10 +1048,10 @@ mod tests {
     async fn a_lock_that_must_not_wait_is_a_retry_when_the_row_is_taken() {
         let store = PgStore::open_test(Tenancy::Shared).await;
         let mut holder = begin(&store).await;
-        holder.lock_records(&[key("a")], now()).await.unwrap();
+        holder.lock_records(&[key("a")], now(), false).await.unwrap();
         holder.tx.commit().await.unwrap();
         let mut holder = begin(&store).await;
-        holder.lock_records(&[key("a")], now()).await.unwrap();
+        holder.lock_records(&[key("a")], now(), false).await.unwrap();
 
         let mut other = begin(&store).await;
         let err = other.lock_existing(&Scope::Base, &[&key("a")], LockWait::NoWait).await;

@@ -21,7 +21,7 @@ use tally_domain::{
     WebhookSecret, WebhookSpec,
 };
 use tally_store::{
-    FireKey, FireStates, PutOutcome, StoreError, WebhookRule, WebhookStore, webhook_after_put,
+    FireKey, FireStates, PutOutcome, RecordKey, StoreError, WebhookRule, WebhookStore, webhook_after_put,
 };
 use uuid::Uuid;
 
@@ -360,60 +360,50 @@ pub(crate) async fn load_webhook_rules(
         .collect()
 }
 
-/// A threshold state's key as the database spells it.
-type FireKeyParts = (String, String, String, Timestamp, String, i32);
-
-fn fire_key_parts(k: &FireKey) -> FireKeyParts {
-    (
-        k.webhook_id.as_str().to_owned(),
-        k.tenant_id.as_str().to_owned(),
-        k.metric_code.as_str().to_owned(),
-        k.period_start,
-        k.event_type.as_str().to_owned(),
-        i32::from(k.threshold),
-    )
-}
-
-/// The stored states of `keys` (only those that have a row): one probe of the primary key
-/// per key, filtered on the keys' tenants.
-pub(crate) async fn load_fire_states(
+/// Every stored threshold state of the records of `keys`, of every webhook: one probe of the
+/// primary key's prefix (webhook, tenant, metric, period start) per record and webhook.
+pub(crate) async fn load_fire_states_of_records(
     log: &StatementLog,
     conn: &mut PgConnection,
-    keys: &[FireKey],
+    keys: &[RecordKey],
 ) -> Result<FireStates, StoreError> {
     let rows = log
         .query(
             "SELECT s.webhook_id, s.tenant_id, s.metric_code, s.period_start, s.event_type, s.threshold, s.fired
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::integer[])
-                    AS k(webhook_id, tenant_id, metric_code, period_start, event_type, threshold)
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(tenant_id, metric_code, period_start)
+               CROSS JOIN tally_webhook AS w
                JOIN tally_webhook_state AS s
-                 ON s.webhook_id = k.webhook_id AND s.tenant_id = k.tenant_id AND s.metric_code = k.metric_code
-                AND s.period_start = k.period_start AND s.event_type = k.event_type AND s.threshold = k.threshold
-              WHERE s.tenant_id = ANY($2)",
+                 ON s.webhook_id = w.id AND s.tenant_id = k.tenant_id AND s.metric_code = k.metric_code
+                AND s.period_start = k.period_start
+              WHERE s.tenant_id = ANY($1)",
         )
-        .bind(keys.iter().map(|k| k.webhook_id.as_str()).collect::<Vec<&str>>())
         .bind(keys.iter().map(|k| k.tenant_id.as_str()).collect::<Vec<&str>>())
         .bind(keys.iter().map(|k| k.metric_code.as_str()).collect::<Vec<&str>>())
-        .bind(keys.iter().map(|k| k.period_start).collect::<Vec<Timestamp>>())
-        .bind(keys.iter().map(|k| k.event_type.as_str()).collect::<Vec<&str>>())
-        .bind(keys.iter().map(|k| i32::from(k.threshold)).collect::<Vec<i32>>())
+        .bind(keys.iter().map(|k| k.period.start()).collect::<Vec<Timestamp>>())
         .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?;
-    let wanted: HashMap<FireKeyParts, &FireKey> = keys.iter().map(|k| (fire_key_parts(k), k)).collect();
+    let by_parts: HashMap<(&str, &str, Timestamp), &RecordKey> =
+        keys.iter().map(|k| ((k.tenant_id.as_str(), k.metric_code.as_str(), k.period.start()), k)).collect();
     let mut found = FireStates::with_capacity(rows.len());
     for row in &rows {
-        let parts: FireKeyParts = (
-            get(row, "webhook_id")?,
-            get(row, "tenant_id")?,
-            get(row, "metric_code")?,
-            get(row, "period_start")?,
-            get(row, "event_type")?,
-            get(row, "threshold")?,
-        );
-        if let Some(key) = wanted.get(&parts) {
-            found.insert((*key).clone(), get(row, "fired")?);
-        }
+        let parts: (&str, &str, Timestamp) =
+            (get(row, "tenant_id")?, get(row, "metric_code")?, get(row, "period_start")?);
+        let Some(key) = by_parts.get(&parts) else { continue };
+        let event_type: &str = get(row, "event_type")?;
+        let threshold: i32 = get(row, "threshold")?;
+        let threshold = u16::try_from(threshold).map_err(|_| {
+            StoreError::Corrupt(format!("tally_webhook_state.threshold {threshold} is out of range"))
+        })?;
+        let fire_key = FireKey {
+            webhook_id: WebhookId::parse(get(row, "webhook_id")?)?,
+            tenant_id: key.tenant_id.clone(),
+            metric_code: key.metric_code.clone(),
+            period_start: key.period.start(),
+            event_type: event_type.parse()?,
+            threshold,
+        };
+        found.insert(fire_key, get(row, "fired")?);
     }
     Ok(found)
 }

@@ -2,13 +2,13 @@
 //! tests of migrations and tenancy.
 
 mod shared {
-    tally_store::contract_suite!(|| tally_store_postgres::PgStore::open_test(
+    tally_contract::contract_suite!(|| tally_store_postgres::PgStore::open_test(
         tally_store_postgres::Tenancy::Shared
     ));
 }
 
 mod schema {
-    tally_store::contract_suite!(|| tally_store_postgres::PgStore::open_test(
+    tally_contract::contract_suite!(|| tally_store_postgres::PgStore::open_test(
         tally_store_postgres::Tenancy::Schema
     ));
 }

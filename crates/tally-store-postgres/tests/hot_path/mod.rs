@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 use chrono::Duration;
+use tally_contract::{WriteExt, apply_one, audit, keyed, limit, metric, now, plan_code, req, spec, tenant};
 use tally_domain::{
     ApiKey, AuditAction, KeyScope, LimitEnforcement, Name, PeriodKind, UsageError, WebhookEventType,
     WebhookId, WebhookSecret, WebhookSpec,
 };
-use tally_store::contract::{apply_one, audit, keyed, limit, metric, now, plan_code, req, spec, tenant};
 use tally_store::{ConfigVersion, EventCursor, EventQuery, Store};
 use tally_store_postgres::{PgStore, Tenancy};
 use uuid::Uuid;

@@ -6,12 +6,12 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Duration;
+use tally_contract::{WriteExt, apply_one, audit, limit, now, req, setup};
 use tally_domain::{
     AuditAction, LimitEnforcement, PeriodKind, UsageError, WebhookEventType, WebhookId, WebhookSecret,
     WebhookSpec,
 };
-use tally_store::contract::{apply_one, audit, limit, now, req, setup};
-use tally_store::{AuditStore, UsageApplier, WebhookStore};
+use tally_store::{AuditStore, WebhookStore};
 use tally_store_postgres::{PgStore, Tenancy};
 
 const TASKS: u64 = 16;

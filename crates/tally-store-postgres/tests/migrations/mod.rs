@@ -4,11 +4,10 @@
 use std::time::{Duration, Instant};
 
 use sqlx::AssertSqlSafe;
+use tally_contract::{self as contract, WriteExt, apply_one, keyed, now, req, setup};
 use tally_domain::{Name, PlanCode, TenantId};
-use tally_store::contract::{self, apply_one, keyed, now, req, setup};
 use tally_store::{
-    AuditStore, ConfigVersion, PlanStore, SchemaReport, StoreError, TenantStore, UsageApplier,
-    UsageRepository,
+    AuditStore, ConfigVersion, PlanStore, SchemaReport, StoreError, TenantStore, UsageRepository, UsageWriter,
 };
 use tally_store_postgres::{CONNECT_TIMEOUT, PUBLIC_SET, PgConfig, PgStore, TENANT_SET, Tenancy};
 use uuid::Uuid;

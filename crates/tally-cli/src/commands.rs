@@ -466,13 +466,12 @@ async fn serve(
     config: ServiceConfig,
     demo: bool,
 ) -> anyhow::Result<ExitCode> {
-    let backend = open_backend(global, true).await?;
+    let backend = crate::open_backend_with(global, true, server.writers).await?;
     let url = crate::redact_url(global.database_url());
     match backend {
         Backend::Sqlite(s) => {
             let version = s.schema_version().await.context("reading the schema version")?;
-            let writers = server.writers.map_or(1, usize::from);
-            serve_with(s, server, config, demo, format!("sqlite {url}"), version, writers).await
+            serve_with(s, server, config, demo, format!("sqlite {url}"), version).await
         }
         Backend::Postgres(s) => {
             if !no_migrate {
@@ -488,16 +487,7 @@ async fn serve(
                 bail!("the database at {url} is not migrated: run `tally migrate` or drop --no-migrate");
             }
             let name = format!("postgres {url} ({} tenancy)", global.tenancy);
-            serve_with(
-                s,
-                server,
-                config,
-                demo,
-                name,
-                version,
-                tally_service::group::GROUP_COMMIT_WRITERS_DEFAULT,
-            )
-            .await
+            serve_with(s, server, config, demo, name, version).await
         }
     }
 }
@@ -509,7 +499,6 @@ async fn serve_with<S: Store>(
     demo: bool,
     store_name: String,
     schema_version: i64,
-    writers: usize,
 ) -> anyhow::Result<ExitCode> {
     let tally = Tally::with_clock(store.clone(), Arc::new(SystemClock), config.clone());
     let listener = crate::serve::bind(&server.listen).await?;
@@ -540,7 +529,6 @@ async fn serve_with<S: Store>(
         config,
         store_name,
         schema_version,
-        writers,
     };
     crate::serve::run_server(store, listener, opts).await?;
     Ok(ExitCode::SUCCESS)

@@ -5,10 +5,10 @@ use chrono::{Duration, Months};
 use tally_domain::limits::EVENT_BATCH_LEN_MAX;
 use tally_domain::{
     Amount, Change, KeyScope, LimitEnforcement, Metadata, MetricCode, Name, PeriodKind, PlanCode, PlanSpec,
-    QuotaLimit, TenantId, Timestamp, UsageRequest,
+    QuotaLimit, TenantId, Timestamp, UsageError, UsageRequest,
 };
 use tally_service::Tally;
-use tally_store::Store;
+use tally_store::{Ctx, Store, WriteOp};
 
 /// Tenants the demo creates.
 pub const DEMO_TENANTS: usize = 51;
@@ -176,9 +176,18 @@ pub async fn seed<S: Store>(tally: &Tally<S>) -> anyhow::Result<TenantId> {
     // its past timestamp); refusals by HARD limits are part of a realistic history and are
     // simply not recorded.
     pending.sort_by_key(|(at, _)| *at);
-    let requests: Vec<UsageRequest> = pending.into_iter().map(|(_, r)| r).collect();
-    for chunk in requests.chunks(EVENT_BATCH_LEN_MAX) {
-        tally.store().apply_usage(chunk, now).await?;
+    // The history is backfilled on purpose, so its window reaches back to its first event.
+    let oldest = pending.first().map_or(now, |(at, _)| *at);
+    let ctx = Ctx::new(now, (now - oldest) + Duration::days(1));
+    let ops: Vec<WriteOp> = pending.into_iter().map(|(_, r)| WriteOp::Usage(r)).collect();
+    for chunk in ops.chunks(EVENT_BATCH_LEN_MAX) {
+        for answer in tally.store().write(chunk.to_vec(), ctx).await? {
+            if let Some(Err(e)) = answer.into_usage()
+                && !matches!(e, UsageError::QuotaExceeded { .. })
+            {
+                anyhow::bail!("recording the demo history: {e}");
+            }
+        }
     }
     Ok(first)
 }

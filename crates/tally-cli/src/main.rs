@@ -80,8 +80,8 @@ pub struct ServerArgs {
     /// When set, `/metrics` needs `Authorization: Bearer <token>`.
     #[arg(long, env = "TALLY_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
-    /// Concurrent group-commit transactions (default: 1 on SQLite, whose writes serialize
-    /// anyway; 2 on PostgreSQL). Fewer writers make bigger batches.
+    /// Concurrent group-commit transactions on PostgreSQL (default 2). SQLite has one writer
+    /// whatever this says: its writes serialize anyway. Fewer writers make bigger batches.
     #[arg(long, env = "TALLY_WRITERS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub writers: Option<u16>,
     /// Mark the admin UI's cookies `Secure` (set it when the UI is reached over HTTPS).
@@ -295,11 +295,24 @@ pub fn redact_url(url: &str) -> String {
 /// Opens the store named by `--database-url`. SQLite is created and migrated on open;
 /// PostgreSQL is only connected (and must have been migrated, unless `for_migrate`).
 pub async fn open_backend(global: &Global, for_migrate: bool) -> anyhow::Result<Backend> {
+    open_backend_with(global, for_migrate, None).await
+}
+
+/// `open_backend`, with `writers` PostgreSQL writer tasks (default
+/// `GROUP_COMMIT_WRITERS_DEFAULT`); SQLite always has its one writer.
+pub async fn open_backend_with(
+    global: &Global,
+    for_migrate: bool,
+    writers: Option<u16>,
+) -> anyhow::Result<Backend> {
     let url = global.database_url();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let tenancy: Tenancy = global.tenancy.parse().map_err(|e| anyhow::anyhow!("--tenancy: {e}"))?;
         let mut config = PgConfig::new(url, tenancy);
         config.base_schema = global.pg_schema.clone();
+        if let Some(n) = writers {
+            config.writers = usize::from(n);
+        }
         let store = PgStore::connect(config)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;

@@ -26,8 +26,6 @@ pub struct ServeOptions {
     pub config: ServiceConfig,
     pub store_name: String,
     pub schema_version: i64,
-    /// Concurrent group-commit transactions: 1 for SQLite's single writer.
-    pub writers: usize,
 }
 
 /// Installs the log subscriber: text or JSON lines on stderr, filtered by `RUST_LOG` (default info).
@@ -96,9 +94,7 @@ pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
 
 /// Serves until a signal, then drains for at most `SHUTDOWN_GRACE`.
 pub async fn run_server<S: Store>(store: S, listener: TcpListener, opts: ServeOptions) -> anyhow::Result<()> {
-    let tally = Tally::with_clock(store, Arc::new(SystemClock), opts.config)
-        .with_caches()
-        .with_group_commit(opts.writers);
+    let tally = Tally::with_clock(store, Arc::new(SystemClock), opts.config);
     let state = AppState::new(tally)
         .with_admin_key(opts.admin_key.as_deref())
         .with_metrics_token(opts.metrics_token.as_deref())

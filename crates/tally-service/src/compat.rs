@@ -2,7 +2,7 @@
 //! validated whole first, an entitlement's value, a meter query summed from the event trail,
 //! and a tenant's current usage. The wire shapes are tally-http's; this is the logic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{Datelike, Duration, TimeZone, Utc};
 use tally_domain::limits::PAGE_LEN_MAX;
@@ -10,7 +10,7 @@ use tally_domain::{
     DomainError, LimitEnforcement, MetricCode, MetricKind, PeriodKind, TenantId, Timestamp, UsageError,
     UsageOutcome, UsageRequest,
 };
-use tally_store::{EventCursor, EventQuery, Store};
+use tally_store::{EventCursor, EventQuery, Store, WriteOp};
 
 use crate::{ServiceError, Tally};
 
@@ -156,8 +156,27 @@ impl<S: Store> Tally<S> {
         requests: Vec<UsageRequest>,
     ) -> Result<Vec<Result<UsageOutcome, ServiceError>>, ServiceError> {
         let now = self.now();
+        let ctx = tally_store::Ctx::new(now, self.config().max_event_age);
+        // A replay answers the original whatever changed since (API.md, "Order of checks"):
+        // events already stored under their keys skip the validation.
+        let keys: Vec<(TenantId, tally_domain::IdempotencyKey)> = requests
+            .iter()
+            .filter_map(|r| r.idempotency_key.clone().map(|k| (r.tenant_id.clone(), k)))
+            .collect();
+        let stored: HashSet<(TenantId, tally_domain::IdempotencyKey)> = self
+            .store
+            .find_events_by_keys(&keys)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.event.idempotency_key.map(|k| (e.event.tenant_id, k)))
+            .collect();
         let mut seen: HashMap<TenantId, tally_domain::Entitlement> = HashMap::new();
         for (idx, r) in requests.iter().enumerate() {
+            if let Some(key) = &r.idempotency_key
+                && stored.contains(&(r.tenant_id.clone(), key.clone()))
+            {
+                continue;
+            }
             let entitlement = match seen.get(&r.tenant_id) {
                 Some(e) => e.clone(),
                 None => {
@@ -169,7 +188,7 @@ impl<S: Store> Tally<S> {
             if entitlement.limit_for(&r.metric_code).is_none() {
                 return Err(UsageError::QuotaNotFound { metric: r.metric_code.clone() }.into());
             }
-            self.check_window(r, now).map_err(|e| match e {
+            ctx.check_window(r.timestamp).map_err(|e| match e {
                 UsageError::EventOutOfWindow { .. } => ServiceError::Usage(e),
                 other => ServiceError::Invalid(DomainError::invalid("events", format!("[{idx}]: {other}"))),
             })?;
@@ -177,8 +196,15 @@ impl<S: Store> Tally<S> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let applied = self.store.apply_usage(&requests, now).await?;
-        Ok(applied.into_iter().map(|r| r.map_err(ServiceError::from)).collect())
+        let ops = requests.into_iter().map(WriteOp::Usage).collect();
+        let applied = self.store.write(ops, ctx).await?;
+        Ok(applied
+            .into_iter()
+            .map(|a| match a.into_usage() {
+                Some(r) => r.map_err(ServiceError::from),
+                None => Err(ServiceError::Internal("store answered a usage with another answer".to_owned())),
+            })
+            .collect())
     }
 
     /// The value of the tenant's entitlement to `metric` at `at` (now when `None`): usage in

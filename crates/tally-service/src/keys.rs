@@ -103,10 +103,7 @@ impl<S: Store> Tally<S> {
     /// The live key a presented secret belongs to, if any.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<ApiKey>, ServiceError> {
         let presented = hash_key(secret);
-        let found = match &self.cache {
-            Some(cache) => cache.key_by_hash(&self.store, &presented).await?,
-            None => self.store.find_key_by_hash(&presented).await?,
-        };
+        let found = self.store.config_cache().key_by_hash(&self.store, &presented).await?;
         let Some(key) = found else { return Ok(None) };
         // The look-up went by hash; compare again in constant time so that no timing of
         // ours depends on how much of a guess was right.

@@ -1,16 +1,16 @@
 //! Tally's use cases over any store: record, check, usage, history, events, reset, plans,
 //! tenants, subscriptions, overrides, keys, audit and verify. Time comes from an injectable
-//! `Clock`; the store is a generic parameter, so there is no `dyn` on the hot path.
+//! `Clock`; the store is a generic parameter, so there is no `dyn` on the hot path. Writes
+//! go through the store's group-commit queue (`UsageWriter::write`), and configuration is
+//! read through the store's cache (`ConfigVersion::config_cache`).
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod admin_ui;
-pub mod cache;
 pub mod catalog;
 pub mod clock;
 pub mod compat;
 pub mod error;
-pub mod group;
 pub mod keys;
 pub mod reservations;
 pub mod usage;
@@ -50,19 +50,11 @@ pub struct Tally<S: Store> {
     store: S,
     clock: Arc<dyn Clock>,
     config: ServiceConfig,
-    committer: Option<Arc<group::GroupCommitter>>,
-    cache: Option<Arc<cache::ConfigCache>>,
 }
 
 impl<S: Store> Clone for Tally<S> {
     fn clone(&self) -> Self {
-        Tally {
-            store: self.store.clone(),
-            clock: self.clock.clone(),
-            config: self.config.clone(),
-            committer: self.committer.clone(),
-            cache: self.cache.clone(),
-        }
+        Tally { store: self.store.clone(), clock: self.clock.clone(), config: self.config.clone() }
     }
 }
 
@@ -74,31 +66,18 @@ impl<S: Store> Tally<S> {
 
     /// Use cases over `store` with the given clock and settings.
     pub fn with_clock(store: S, clock: Arc<dyn Clock>, config: ServiceConfig) -> Tally<S> {
-        Tally { store, clock, config, committer: None, cache: None }
+        Tally { store, clock, config }
     }
 
-    /// Coalesces concurrent `record` calls into one transaction per round trip, with
-    /// `writers` concurrent transactions (1 for SQLite's single writer). Starts tasks on the
-    /// current tokio runtime.
-    pub fn with_group_commit(mut self, writers: usize) -> Tally<S> {
-        self.committer =
-            Some(Arc::new(group::GroupCommitter::start(self.store.clone(), self.clock.clone(), writers)));
-        self
-    }
-
-    /// Caches keys, entitlements and tenants, revalidated against the store's configuration
-    /// version (see `cache`).
-    pub fn with_caches(mut self) -> Tally<S> {
-        self.cache = Some(Arc::new(cache::ConfigCache::default()));
-        self
-    }
-
-    /// Drops this instance's cached configuration after a change made through it (other
-    /// instances notice through the store's configuration version).
+    /// Drops the store's cached configuration after a change made through this instance
+    /// (other instances notice through the store's configuration version).
     pub(crate) fn invalidate(&self) {
-        if let Some(cache) = &self.cache {
-            cache.clear();
-        }
+        self.store.config_cache().clear();
+    }
+
+    /// The event-time window and instant of one write.
+    pub(crate) fn write_ctx(&self) -> tally_store::Ctx {
+        tally_store::Ctx::new(self.now(), self.config.max_event_age)
     }
 
     /// The store.

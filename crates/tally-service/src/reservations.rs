@@ -5,25 +5,39 @@ use std::time::Duration;
 
 use tally_domain::limits::{RESERVATION_SWEEP_BATCH_LEN, RESERVATION_SWEEP_INTERVAL_MS};
 use tally_domain::{CommitRequest, Reservation, ReserveOutcome, ReserveRequest, TenantId, UsageOutcome};
-use tally_store::Store;
+use tally_store::{Answer, Store, WriteOp};
 use uuid::Uuid;
 
 use crate::{ServiceError, Tally};
 
+fn wrong_answer(what: &str) -> ServiceError {
+    ServiceError::Internal(format!("store answered a {what} with another kind of answer"))
+}
+
 impl<S: Store> Tally<S> {
     /// Holds quota against the current period; HARD refuses as it would the usage itself.
     pub async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, ServiceError> {
-        Ok(self.store.reserve(req, self.now()).await??)
+        let answer = self.write_one(WriteOp::Reserve(req.clone())).await?;
+        Ok(answer.into_reserve().ok_or_else(|| wrong_answer("reservation"))??)
     }
 
     /// Records what an open reservation used and releases the rest.
     pub async fn commit_reservation(&self, req: &CommitRequest) -> Result<UsageOutcome, ServiceError> {
-        Ok(self.store.commit_reservation(req, self.now()).await??)
+        let answer = self.write_one(WriteOp::Commit(req.clone())).await?;
+        Ok(answer.into_usage().ok_or_else(|| wrong_answer("commit"))??)
     }
 
     /// Frees a reservation.
     pub async fn release_reservation(&self, tenant: &TenantId, id: Uuid) -> Result<(), ServiceError> {
-        Ok(self.store.release_reservation(tenant, id, self.now()).await??)
+        let op = WriteOp::Release { tenant_id: tenant.clone(), reservation_id: id };
+        let answer = self.write_one(op).await?;
+        Ok(answer.into_release().ok_or_else(|| wrong_answer("release"))??)
+    }
+
+    /// One write operation, group-committed with whatever else waits.
+    async fn write_one(&self, op: WriteOp) -> Result<Answer, ServiceError> {
+        let answers = self.store.write(vec![op], self.write_ctx()).await?;
+        answers.into_iter().next().ok_or_else(|| ServiceError::Internal("store answered nothing".to_owned()))
     }
 
     /// The tenant's open reservations, oldest first.

@@ -1,12 +1,13 @@
 //! Usage use cases: record (single and batch), check, current usage, history, events, reset.
 
-use chrono::Duration;
-use tally_domain::limits::{EVENT_BATCH_LEN_MAX, EVENT_FUTURE_SECONDS_MAX, PAGE_LEN_MAX};
+use tally_domain::limits::{EVENT_BATCH_LEN_MAX, PAGE_LEN_MAX};
 use tally_domain::{
     Change, DomainError, LimitEnforcement, MetricCode, Period, PeriodKind, PlanCode, RecordedEvent, TenantId,
     Timestamp, UsageError, UsageOutcome, UsageRecord, UsageRequest, decide_with_reserved,
 };
-use tally_store::{EntitlementLookup, EventCursor, EventQuery, Store, StoreError};
+use tally_store::{
+    Answer, EntitlementLookup, EventCursor, EventQuery, RecordKey, Store, StoreError, WriteOp,
+};
 use uuid::Uuid;
 
 use crate::{ServiceError, Tally};
@@ -116,35 +117,19 @@ pub fn check_page_limit(limit: u32) -> Result<u32, DomainError> {
 }
 
 impl<S: Store> Tally<S> {
-    pub(crate) fn check_window(&self, req: &UsageRequest, now: Timestamp) -> Result<(), UsageError> {
-        let Some(ts) = req.timestamp else { return Ok(()) };
-        let earliest = now - self.config.max_event_age;
-        let latest = now + Duration::seconds(EVENT_FUTURE_SECONDS_MAX);
-        if ts < earliest || ts > latest {
-            return Err(UsageError::EventOutOfWindow { timestamp: ts, earliest, latest });
-        }
-        Ok(())
-    }
-
-    /// Records one usage event.
-    #[tracing::instrument(skip_all, fields(tenant = %req.tenant_id, metric = %req.metric_code))]
+    /// Records one usage event: a replay of its idempotency key answers the original, then
+    /// the event window, the subscription and the limit decide (in the store's writer).
     pub async fn record(&self, req: UsageRequest) -> Result<UsageOutcome, ServiceError> {
-        let now = self.now();
-        self.check_window(&req, now)?;
-        if let Some(committer) = &self.committer {
-            return committer.submit(req).await;
-        }
-        let mut out = self.store.apply_usage(std::slice::from_ref(&req), now).await?;
-        match out.pop() {
+        let answers = self.store.write(vec![WriteOp::Usage(req)], self.write_ctx()).await?;
+        match answers.into_iter().next().and_then(Answer::into_usage) {
             Some(result) => result.map_err(ServiceError::from),
-            None => Err(ServiceError::Internal("store answered no result".to_owned())),
+            None => Err(ServiceError::Internal("store answered no usage".to_owned())),
         }
     }
 
     /// Records up to `EVENT_BATCH_LEN_MAX` events of `tenant` in order, each on its own.
     /// Items that failed validation before reaching here are passed as `Err` and answered
     /// in place.
-    #[tracing::instrument(skip_all, fields(tenant = %tenant, n_events = items.len()))]
     pub async fn record_batch(
         &self,
         tenant: &TenantId,
@@ -158,7 +143,6 @@ impl<S: Store> Tally<S> {
         }
         // An unknown tenant fails the whole request, as it does for a single event.
         self.require_tenant(tenant).await?;
-        let now = self.now();
         let mut answers: Vec<Option<Result<UsageOutcome, ServiceError>>> = Vec::with_capacity(items.len());
         let mut valid = Vec::with_capacity(items.len());
         for item in items {
@@ -170,8 +154,7 @@ impl<S: Store> Tally<S> {
                     )
                     .into());
                 }
-                self.check_window(&r, now)?;
-                Ok(r)
+                Ok(WriteOp::Usage(r))
             }) {
                 Ok(r) => {
                     valid.push(r);
@@ -183,15 +166,15 @@ impl<S: Store> Tally<S> {
         let mut applied = if valid.is_empty() {
             Vec::new().into_iter()
         } else {
-            self.store.apply_usage(&valid, now).await?.into_iter()
+            self.store.write(valid, self.write_ctx()).await?.into_iter()
         };
         Ok(answers
             .into_iter()
             .map(|a| match a {
                 Some(done) => done,
-                None => match applied.next() {
+                None => match applied.next().and_then(Answer::into_usage) {
                     Some(r) => r.map_err(ServiceError::from),
-                    None => Err(ServiceError::Internal("store answered too few results".to_owned())),
+                    None => Err(ServiceError::Internal("store answered too few usages".to_owned())),
                 },
             })
             .collect())
@@ -212,9 +195,8 @@ impl<S: Store> Tally<S> {
             .ok_or_else(|| UsageError::QuotaNotFound { metric: metric.clone() })?
             .clone();
         let period = limit.period.containing(now, entitlement.subscription.anchor)?;
-        let current = self.usage_in(tenant, metric, period).await?;
-        let reserved =
-            self.reserved_in(tenant, now).await?.get(&(metric.clone(), period.start())).copied().unwrap_or(0);
+        let key = RecordKey { tenant_id: tenant.clone(), metric_code: metric.clone(), period };
+        let (current, reserved) = self.store.usage_now(&key, now).await?;
         let allowed = match decide_with_reserved(&limit, period, current, reserved, change) {
             Ok(_) => true,
             Err(UsageError::QuotaExceeded { .. } | UsageError::GaugeBelowZero { .. }) => false,
@@ -317,12 +299,9 @@ impl<S: Store> Tally<S> {
 
     /// The tenant's entitlement, or the error that says why there is none.
     pub async fn entitlement(&self, tenant: &TenantId) -> Result<tally_domain::Entitlement, ServiceError> {
-        let lookup = match &self.cache {
-            Some(cache) => cache.entitlement(&self.store, tenant).await?,
-            None => self.store.find_entitlement(tenant).await?,
-        };
-        match lookup {
-            EntitlementLookup::Found(e) => Ok(e),
+        let lookup = self.store.config_cache().entitlement(&self.store, tenant).await?;
+        match &*lookup {
+            EntitlementLookup::Found(e) => Ok(e.clone()),
             EntitlementLookup::NoSubscription => {
                 Err(UsageError::NoSubscription { tenant: tenant.clone() }.into())
             }
@@ -363,7 +342,8 @@ impl<S: Store> Tally<S> {
         tenant: &TenantId,
     ) -> Result<tally_domain::Tenant, ServiceError> {
         self.store
-            .find_tenant(tenant)
+            .config_cache()
+            .tenant(&self.store, tenant)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("tenant {tenant}")))
     }

@@ -1,4 +1,4 @@
-//! The use cases over the in-memory store, with a clock the tests move.
+//! The use cases over an SQLite temp-file store, with a clock the tests move.
 #![allow(clippy::unwrap_used)] // Integration tests: a failed unwrap is a failed test.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tally_domain::{
 use tally_service::usage::EventFilter;
 use tally_service::{ManualClock, ServiceConfig, ServiceError, Tally};
 use tally_store::UsageRepository;
-use tally_store_memory::MemoryStore;
+use tally_store_sqlite::SqliteStore;
 
 fn t(s: &str) -> Timestamp {
     tally_domain::time::parse_rfc3339(s).unwrap()
@@ -36,9 +36,13 @@ fn req(metric: &str, amount: i64) -> UsageRequest {
     }
 }
 
-async fn tally_with(limits: Vec<QuotaLimit>) -> (Tally<MemoryStore>, ManualClock) {
+async fn tally_with(limits: Vec<QuotaLimit>) -> (Tally<SqliteStore>, ManualClock) {
+    tally_on(SqliteStore::open_temp_file().await.unwrap(), limits).await
+}
+
+async fn tally_on(store: SqliteStore, limits: Vec<QuotaLimit>) -> (Tally<SqliteStore>, ManualClock) {
     let clock = ManualClock::new(t("2026-11-29T10:00:00Z"));
-    let tally = Tally::with_clock(MemoryStore::new(), Arc::new(clock.clone()), ServiceConfig::default());
+    let tally = Tally::with_clock(store, Arc::new(clock.clone()), ServiceConfig::default());
     let pro = PlanCode::parse("pro").unwrap();
     tally.put_plan(&pro, &PlanSpec::new(Name::parse("Pro").unwrap(), limits).unwrap(), None).await.unwrap();
     tally.put_tenant(&acme(), &Name::parse("Acme").unwrap()).await.unwrap();
@@ -221,7 +225,6 @@ async fn a_plan_in_use_cannot_be_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_never_overshoots_and_answers_each_caller_its_own_result() {
     let (tally, _clock) = tally_with(vec![hard("api_calls", 500, PeriodKind::Month)]).await;
-    let tally = tally.with_group_commit(2);
     let mut handles = Vec::new();
     for i in 0..64 {
         let tally = tally.clone();
@@ -269,9 +272,15 @@ where
 
 #[tokio::test]
 async fn a_change_made_through_another_instance_is_seen_within_a_second() {
-    let (writer, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
-    // A second instance over the same store, with caches, as a second server would be.
-    let reader = Tally::new(writer.store().clone()).with_caches();
+    // Two stores on one file, each with its own caches, as two processes would be.
+    let dir = std::env::temp_dir().join(format!("tally-service-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tally.sqlite3");
+    let url = file.to_str().unwrap().to_owned();
+    let (writer, _clock) =
+        tally_on(SqliteStore::open(&url).await.unwrap(), vec![hard("api_calls", 10, PeriodKind::Month)])
+            .await;
+    let reader = Tally::new(SqliteStore::open(&url).await.unwrap());
     let (key, secret) = writer.create_key(KeyScope::Tenant(acme()), None).await.unwrap();
     assert!(reader.authenticate(&secret).await.unwrap().is_some());
     assert_eq!(reader.check(&acme(), &m("api_calls"), Change::Add(10)).await.unwrap().limit, Some(10));
@@ -287,12 +296,13 @@ async fn a_change_made_through_another_instance_is_seen_within_a_second() {
     .await;
     within_a_second("the revoked key", || async { reader.authenticate(&secret).await.unwrap().is_none() })
         .await;
+    drop((writer, reader));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_change_made_through_the_same_instance_is_seen_at_once() {
     let (tally, _clock) = tally_with(vec![hard("api_calls", 10, PeriodKind::Month)]).await;
-    let tally = tally.with_caches();
     let beta = TenantId::parse("beta").unwrap();
     tally.put_tenant(&beta, &Name::parse("Beta").unwrap()).await.unwrap();
     assert!(matches!(

@@ -39,8 +39,7 @@ impl Quotas {
     pub async fn open(url: &str) -> anyhow::Result<Quotas> {
         let store = SqliteStore::open(url).await?;
         // Group commit batches concurrent writes into one transaction, as the server does.
-        let tally =
-            Tally::with_clock(store, Arc::new(SystemClock), ServiceConfig::default()).with_group_commit(1);
+        let tally = Tally::with_clock(store, Arc::new(SystemClock), ServiceConfig::default());
         Ok(Quotas { tally })
     }
 

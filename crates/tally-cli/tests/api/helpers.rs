@@ -249,8 +249,7 @@ impl TestApp {
         let service = match backend {
             Backend::Sqlite => {
                 let store = SqliteStore::open_temp_file().await.expect("open a temporary sqlite store");
-                // As `tally serve` runs it: caches, and group commit with SQLite's one writer.
-                let tally = Tally::with_clock(store, clock_dyn, config).with_caches().with_group_commit(1);
+                let tally = Tally::with_clock(store, clock_dyn, config);
                 let state = AppState::new(tally.clone())
                     .with_admin_key(Some(ADMIN_KEY))
                     .with_webhook_roots(webhook_roots);
@@ -259,9 +258,7 @@ impl TestApp {
             }
             Backend::Postgres => {
                 let store = PgStore::open_test(Tenancy::Shared).await;
-                let tally = Tally::with_clock(store, clock_dyn, config)
-                    .with_caches()
-                    .with_group_commit(tally_service::group::GROUP_COMMIT_WRITERS_DEFAULT);
+                let tally = Tally::with_clock(store, clock_dyn, config);
                 let state = AppState::new(tally.clone())
                     .with_admin_key(Some(ADMIN_KEY))
                     .with_webhook_roots(webhook_roots);
@@ -690,7 +687,7 @@ impl TestApp {
             stopped.await.ok();
         };
         let store = PgStore::open_test(Tenancy::Schema).await;
-        let tally = Tally::with_clock(store, Arc::new(SystemClock), ServiceConfig::default()).with_caches();
+        let tally = Tally::with_clock(store, Arc::new(SystemClock), ServiceConfig::default());
         let state = AppState::new(tally.clone()).with_admin_key(Some(ADMIN_KEY));
         tokio::spawn(tally_http::serve(listener, state, stop));
         TestApp {

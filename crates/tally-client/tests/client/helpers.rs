@@ -52,14 +52,12 @@ impl TestServer {
         TestServer::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap()).await
     }
 
-    /// On this listener, as `tally serve` runs it: caches, group commit with one writer.
+    /// On this listener, as `tally serve` runs it (the store brings its caches and group commit).
     pub async fn start_on(listener: TcpListener) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let store = SqliteStore::open_temp_file().await.unwrap();
-        let tally = Tally::with_clock(store, Arc::new(SystemClock), ServiceConfig::default())
-            .with_caches()
-            .with_group_commit(1);
+        let tally = Tally::with_clock(store, Arc::new(SystemClock), ServiceConfig::default());
         let state = AppState::new(tally).with_admin_key(Some(ADMIN_KEY));
         tokio::spawn(tally_http::serve(listener, state, async move {
             stopped.await.ok();

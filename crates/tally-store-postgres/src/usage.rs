@@ -308,7 +308,32 @@ impl PgUsageTx {
         &mut self,
         keys: &[(TenantId, IdempotencyKey)],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(self.events_by_keys(keys, false).await?.1)
+    }
+
+    /// `tally_config_version` as this transaction sees it, and the events stored under
+    /// `keys`, read by one statement (the first schema's) when there are keys to look up:
+    /// round trip 1 of a write batch, before any lock. (A key taken after this look-up makes
+    /// the batch's insert conflict, and the batch re-runs.)
+    pub(crate) async fn config_version_and_events(
+        &mut self,
+        keys: &[(TenantId, IdempotencyKey)],
+    ) -> Result<(i64, Vec<RecordedEvent>), StoreError> {
+        let (version, events) = self.events_by_keys(keys, true).await?;
+        let version = match version {
+            Some(v) => v,
+            None => self.config_version().await?,
+        };
+        Ok((version, events))
+    }
+
+    async fn events_by_keys(
+        &mut self,
+        keys: &[(TenantId, IdempotencyKey)],
+        with_version: bool,
+    ) -> Result<(Option<i64>, Vec<RecordedEvent>), StoreError> {
         let mut events = Vec::new();
+        let mut version = None;
         for (scope, group) in self.by_scope(keys.iter().map(|(t, k)| (t, (t, k))), Unknown::Skip)? {
             // One probe of quota_usage_event_idem_uq per key, driven by the keys: with only a
             // tenant filter the planner would read every event of the batch's tenants, which
@@ -316,12 +341,24 @@ impl PgUsageTx {
             // each, for a table distributed by tenant; `IS TRUE` keeps it a filter, since as an
             // index condition it would turn each probe into one per tenant (0.22 ms instead of
             // 0.008 ms per key with 50 tenants and 1M events).
-            let sql = format!(
+            let probe = format!(
                 "SELECT {EVENT_COLUMNS} FROM unnest($1::text[], $2::text[]) AS k(t, ik)
                   CROSS JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM {events}
                      WHERE (tenant_id = ANY($3)) IS TRUE AND tenant_id = k.t AND idempotency_key = k.ik) AS e",
                 events = scope.events()
             );
+            let read_version = with_version && version.is_none();
+            let sql = if read_version {
+                // The one-row version table drives the join, so the row comes back even when
+                // no key is taken (with the event's columns NULL).
+                format!(
+                    "SELECT v.version AS config_version, e.* FROM tally_config_version AS v
+                       LEFT JOIN LATERAL ({probe}) AS e ON true
+                      WHERE v.id = 1"
+                )
+            } else {
+                probe
+            };
             let tenants: Vec<&str> = group.iter().map(|(t, _)| t.as_str()).collect();
             let idem: Vec<&str> = group.iter().map(|(_, k)| k.as_str()).collect();
             let mut distinct: Vec<&str> = tenants.clone();
@@ -340,10 +377,16 @@ impl PgUsageTx {
                 .await
                 .map_err(map_err)?;
             for row in &rows {
+                if read_version {
+                    version = Some(get(row, "config_version")?);
+                    if get::<Option<Uuid>>(row, "id")?.is_none() {
+                        continue;
+                    }
+                }
                 events.push(event_from_row(row)?);
             }
         }
-        Ok(events)
+        Ok((version, events))
     }
 
     /// See the module's documentation: lock what exists, create what is missing, lock what
@@ -402,42 +445,6 @@ impl PgUsageTx {
         Ok(locked)
     }
 
-    pub(crate) async fn update_records(
-        &mut self,
-        updates: &[&RecordWrite],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        for (scope, group) in self.by_scope(updates.iter().map(|u| (&u.key.tenant_id, u)), Unknown::Fail)? {
-            let sql = format!(
-                "UPDATE {records} AS r SET current_usage = u.current_usage, updated_at = $3
-                   FROM unnest($1::uuid[], $2::bigint[]) AS u(id, current_usage)
-                  WHERE r.tenant_id = ANY($4) AND r.id = u.id",
-                records = scope.records()
-            );
-            let ids: Vec<Uuid> = group.iter().map(|u| u.id).collect();
-            let usages: Vec<i64> = group.iter().map(|u| u.current_usage).collect();
-            let tenants: Vec<&str> = group.iter().map(|u| u.key.tenant_id.as_str()).collect();
-            let done = self
-                .log
-                .query(AssertSqlSafe(sql))
-                .bind(ids)
-                .bind(usages)
-                .bind(now)
-                .bind(tenants)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
-            if usize::try_from(done.rows_affected()) != Ok(group.len()) {
-                return Err(StoreError::Other(format!(
-                    "updated {} of {} locked records",
-                    done.rows_affected(),
-                    group.len()
-                )));
-            }
-        }
-        Ok(())
-    }
-
     pub(crate) async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
         for (scope, group) in
             self.by_scope(keys.iter().map(|(k, id)| (&k.tenant_id, (k, *id))), Unknown::Fail)?
@@ -467,54 +474,90 @@ impl PgUsageTx {
         crate::reservations::reserved_sums(&self.log, &mut self.tx, keys, now).await
     }
 
-    pub(crate) async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+    /// Appends `events` and sets the counters of `updates` (records this transaction
+    /// locked), in one statement per scope: both are data-modifying parts of one `WITH`, so
+    /// a batch's usage costs one round trip, not two. `Retry` when a concurrent transaction
+    /// took one of the idempotency keys since they were looked up.
+    pub(crate) async fn write_usage(
+        &mut self,
+        events: &[RecordedEvent],
+        updates: &[&RecordWrite],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut scoped: BTreeMap<Scope, (Vec<&RecordedEvent>, Vec<&RecordWrite>)> = BTreeMap::new();
         for (scope, group) in self.by_scope(events.iter().map(|e| (&e.event.tenant_id, e)), Unknown::Fail)? {
+            scoped.entry(scope).or_default().0 = group;
+        }
+        for (scope, group) in self.by_scope(updates.iter().map(|u| (&u.key.tenant_id, *u)), Unknown::Fail)? {
+            scoped.entry(scope).or_default().1 = group;
+        }
+        for (scope, (events, updates)) in scoped {
             let sql = format!(
-                "INSERT INTO {events} ({EVENT_COLUMNS})
-                 SELECT u.id, u.tenant_id, u.metric_code, u.amount, u.metadata::jsonb, u.idempotency_key,
-                        u.ts, u.created_at, u.usage_after, u.limit_at, u.enforcement, u.period_start,
-                        u.period_end, u.timestamp_explicit, u.is_set, u.reserved_at
-                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                               $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bigint[], $11::text[],
-                               $12::timestamptz[], $13::timestamptz[], $14::boolean[], $15::boolean[],
-                               $16::bigint[])
-                        AS u(id, tenant_id, metric_code, amount, metadata, idempotency_key, ts, created_at,
-                             usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit,
-                             is_set, reserved_at)
-                 ON CONFLICT ON CONSTRAINT quota_usage_event_idem_uq DO NOTHING
-                 RETURNING id",
-                events = scope.events()
+                "WITH inserted AS (
+                   INSERT INTO {events_table} ({EVENT_COLUMNS})
+                   SELECT u.id, u.tenant_id, u.metric_code, u.amount, u.metadata::jsonb, u.idempotency_key,
+                          u.ts, u.created_at, u.usage_after, u.limit_at, u.enforcement, u.period_start,
+                          u.period_end, u.timestamp_explicit, u.is_set, u.reserved_at
+                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                                 $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bigint[], $11::text[],
+                                 $12::timestamptz[], $13::timestamptz[], $14::boolean[], $15::boolean[],
+                                 $16::bigint[])
+                          AS u(id, tenant_id, metric_code, amount, metadata, idempotency_key, ts, created_at,
+                               usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit,
+                               is_set, reserved_at)
+                   ON CONFLICT ON CONSTRAINT quota_usage_event_idem_uq DO NOTHING
+                   RETURNING id),
+                 updated AS (
+                   UPDATE {records} AS r SET current_usage = c.current_usage, updated_at = $19
+                     FROM unnest($17::uuid[], $18::bigint[]) AS c(id, current_usage)
+                    WHERE r.tenant_id = ANY($20) AND r.id = c.id
+                   RETURNING r.id)
+                 SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM updated) AS updated",
+                events_table = scope.events(),
+                records = scope.records()
             );
-            let rows = self
+            let row = self
                 .log
                 .query(AssertSqlSafe(sql))
-                .bind(group.iter().map(|e| e.event.id).collect::<Vec<Uuid>>())
-                .bind(group.iter().map(|e| e.event.tenant_id.as_str()).collect::<Vec<&str>>())
-                .bind(group.iter().map(|e| e.event.metric_code.as_str()).collect::<Vec<&str>>())
-                .bind(group.iter().map(|e| e.event.amount).collect::<Vec<i64>>())
-                .bind(group.iter().map(|e| e.event.metadata.to_json_string()).collect::<Vec<String>>())
+                .bind(events.iter().map(|e| e.event.id).collect::<Vec<Uuid>>())
+                .bind(events.iter().map(|e| e.event.tenant_id.as_str()).collect::<Vec<&str>>())
+                .bind(events.iter().map(|e| e.event.metric_code.as_str()).collect::<Vec<&str>>())
+                .bind(events.iter().map(|e| e.event.amount).collect::<Vec<i64>>())
+                .bind(events.iter().map(|e| e.event.metadata.to_json_string()).collect::<Vec<String>>())
                 .bind(
-                    group
+                    events
                         .iter()
                         .map(|e| e.event.idempotency_key.as_ref().map(IdempotencyKey::as_str))
                         .collect::<Vec<Option<&str>>>(),
                 )
-                .bind(group.iter().map(|e| e.event.timestamp).collect::<Vec<Timestamp>>())
-                .bind(group.iter().map(|e| e.event.created_at).collect::<Vec<Timestamp>>())
-                .bind(group.iter().map(|e| e.receipt.usage_after).collect::<Vec<i64>>())
-                .bind(group.iter().map(|e| e.receipt.limit).collect::<Vec<Option<i64>>>())
-                .bind(group.iter().map(|e| e.receipt.enforcement.as_str()).collect::<Vec<&str>>())
-                .bind(group.iter().map(|e| e.receipt.period.start()).collect::<Vec<Timestamp>>())
-                .bind(group.iter().map(|e| e.receipt.period.end()).collect::<Vec<Timestamp>>())
-                .bind(group.iter().map(|e| e.receipt.timestamp_explicit).collect::<Vec<bool>>())
-                .bind(group.iter().map(|e| e.receipt.set).collect::<Vec<bool>>())
-                .bind(group.iter().map(|e| e.receipt.reserved).collect::<Vec<i64>>())
-                .fetch_all(&mut *self.tx)
+                .bind(events.iter().map(|e| e.event.timestamp).collect::<Vec<Timestamp>>())
+                .bind(events.iter().map(|e| e.event.created_at).collect::<Vec<Timestamp>>())
+                .bind(events.iter().map(|e| e.receipt.usage_after).collect::<Vec<i64>>())
+                .bind(events.iter().map(|e| e.receipt.limit).collect::<Vec<Option<i64>>>())
+                .bind(events.iter().map(|e| e.receipt.enforcement.as_str()).collect::<Vec<&str>>())
+                .bind(events.iter().map(|e| e.receipt.period.start()).collect::<Vec<Timestamp>>())
+                .bind(events.iter().map(|e| e.receipt.period.end()).collect::<Vec<Timestamp>>())
+                .bind(events.iter().map(|e| e.receipt.timestamp_explicit).collect::<Vec<bool>>())
+                .bind(events.iter().map(|e| e.receipt.set).collect::<Vec<bool>>())
+                .bind(events.iter().map(|e| e.receipt.reserved).collect::<Vec<i64>>())
+                .bind(updates.iter().map(|u| u.id).collect::<Vec<Uuid>>())
+                .bind(updates.iter().map(|u| u.current_usage).collect::<Vec<i64>>())
+                .bind(now)
+                .bind(updates.iter().map(|u| u.key.tenant_id.as_str()).collect::<Vec<&str>>())
+                .fetch_one(&mut *self.tx)
                 .await
                 .map_err(map_err)?;
-            if rows.len() < group.len() {
+            let inserted: i64 = get(&row, "inserted")?;
+            let updated: i64 = get(&row, "updated")?;
+            if usize::try_from(inserted) != Ok(events.len()) {
                 // A concurrent transaction took one of the idempotency keys since we looked.
                 return Err(StoreError::Retry);
+            }
+            if usize::try_from(updated) != Ok(updates.len()) {
+                return Err(StoreError::Other(format!(
+                    "updated {updated} of {} locked records",
+                    updates.len()
+                )));
             }
         }
         Ok(())
@@ -1019,7 +1062,7 @@ mod tests {
         );
         let a = locked[&key("a")].id;
         let write = RecordWrite { id: a, key: key("a"), current_usage: 5, insert: false };
-        first.update_records(&[&write], now()).await.unwrap();
+        first.write_usage(&[], &[&write], now()).await.unwrap();
         first.tx.commit().await.unwrap();
         let before = (ctid(&store, None, "a").await, ctid(&store, None, "b").await);
 

@@ -106,6 +106,7 @@ impl PgWriter {
         now: Timestamp,
         loaded: &mut Loaded,
         holding: bool,
+        lookup_keys: bool,
     ) -> Result<(), StoreError> {
         let tenants = needs.tenants();
         self.scope_tenants(&tenants).await?;
@@ -155,14 +156,14 @@ impl PgWriter {
                 if all.is_empty() { FireStates::new() } else { tx.load_fire_states_of_records(&all).await? };
             loaded.fire_states = Some(states);
         }
-        let event_keys: Vec<(TenantId, IdempotencyKey)> =
-            needs.event_keys.iter().filter(|k| !loaded.events.contains_key(*k)).cloned().collect();
+        let event_keys: Vec<(TenantId, IdempotencyKey)> = if lookup_keys {
+            needs.event_keys.iter().filter(|k| !loaded.events.contains_key(*k)).cloned().collect()
+        } else {
+            Vec::new()
+        };
         if !event_keys.is_empty() {
-            for event in tx.find_events_by_keys(&event_keys).await? {
-                if let Some(key) = event.event.idempotency_key.clone() {
-                    loaded.events.insert((event.event.tenant_id.clone(), key), event);
-                }
-            }
+            let events = tx.find_events_by_keys(&event_keys).await?;
+            insert_events(loaded, events);
         }
         for (tenant, key) in &needs.reservation_keys {
             let pair = (tenant.clone(), key.clone());
@@ -184,15 +185,12 @@ impl PgWriter {
 
     async fn write_all(&mut self, writes: &Writes, now: Timestamp) -> Result<(), StoreError> {
         let tx = self.tx()?;
-        if !writes.events.is_empty() {
-            tx.insert_events(&writes.events).await?;
-        }
         let updates: Vec<&RecordWrite> = writes.records.iter().collect();
         if updates.iter().any(|w| w.insert) {
             return Err(StoreError::Other("a PostgreSQL batch never holds an absent record".to_owned()));
         }
-        if !updates.is_empty() {
-            tx.update_records(&updates, now).await?;
+        if !writes.events.is_empty() || !updates.is_empty() {
+            tx.write_usage(&writes.events, &updates, now).await?;
         }
         if !writes.delete_records.is_empty() {
             tx.delete_records(&writes.delete_records).await?;
@@ -274,8 +272,13 @@ impl WriteTx for PgWriter {
             Some(PgUsageTx { tx, log: self.log.clone(), tenancy: self.tenancy, scopes: HashMap::new() });
         let mut loaded = Loaded::default();
         let outcome = async {
-            loaded.config_version = self.tx()?.config_version().await?;
-            self.load(needs, now, &mut loaded, false).await
+            // Round trip 1 reads the version and the taken keys together; the keys need no
+            // lock (see `config_version_and_events`).
+            self.scope_tenants(&needs.tenants()).await?;
+            let (version, events) = self.tx()?.config_version_and_events(&needs.event_keys).await?;
+            loaded.config_version = version;
+            insert_events(&mut loaded, events);
+            self.load(needs, now, &mut loaded, false, false).await
         }
         .await;
         match outcome {
@@ -293,7 +296,7 @@ impl WriteTx for PgWriter {
         now: Timestamp,
         loaded: &mut Loaded,
     ) -> Result<(), StoreError> {
-        self.load(needs, now, loaded, true).await
+        self.load(needs, now, loaded, true, true).await
     }
 
     async fn commit(&mut self, writes: &Writes, now: Timestamp) -> Result<(), StoreError> {
@@ -303,5 +306,14 @@ impl WriteTx for PgWriter {
 
     async fn rollback(&mut self) {
         let _ = self.finish(Err(StoreError::Retry)).await;
+    }
+}
+
+/// Files events found under their idempotency keys.
+fn insert_events(loaded: &mut Loaded, events: Vec<tally_domain::RecordedEvent>) {
+    for event in events {
+        if let Some(key) = event.event.idempotency_key.clone() {
+            loaded.events.insert((event.event.tenant_id.clone(), key), event);
+        }
     }
 }

@@ -10,7 +10,7 @@ use tally_domain::{
     ApiKey, AuditAction, KeyScope, LimitEnforcement, Name, PeriodKind, UsageError, WebhookEventType,
     WebhookId, WebhookSecret, WebhookSpec,
 };
-use tally_store::{ConfigVersion, EventCursor, EventQuery, Store};
+use tally_store::{ConfigVersion, EventCursor, EventQuery, Store, UsageRepository};
 use tally_store_postgres::{PgStore, Tenancy};
 use uuid::Uuid;
 
@@ -428,3 +428,41 @@ fn every_statement_goes_through_the_statement_log() {
     }
     assert!(checked >= 5, "read {checked} source files");
 }
+
+// ---------------------------------------------------------------------------------------
+// Round trips
+
+/// Statements (each one round trip) of one warm single write and of one check, pinned: a
+/// change to the hot path that adds a round trip fails here first. Counted on the
+/// statement log, in both tenancies.
+#[tokio::test]
+async fn a_warm_write_and_a_check_make_a_pinned_number_of_round_trips() {
+    for tenancy in [Tenancy::Shared, Tenancy::Schema] {
+        let store = PgStore::open_test(tenancy).await;
+        configure(&store).await;
+        // Warm: the record exists, the caches hold the tenant and its plan.
+        apply_one(&store, keyed(req("acme", "api_calls", 1), "warm-1")).await.unwrap();
+        let log = store.statement_log();
+
+        log.start();
+        apply_one(&store, keyed(req("acme", "api_calls", 1), "warm-2")).await.unwrap();
+        log.stop();
+        let write = log.take();
+        let record = store.get_current_period(&tenant("acme"), &metric("api_calls"), now()).await.unwrap();
+        let key = tally_store::RecordKey {
+            tenant_id: tenant("acme"),
+            metric_code: metric("api_calls"),
+            period: tally_domain::Period::new(record.period_start, record.period_end).unwrap(),
+        };
+        log.start();
+        assert_eq!(store.usage_now(&key, now()).await.unwrap().0, 2);
+        log.stop();
+        let check = log.take();
+        assert_eq!(check.len(), 1, "{tenancy:?}: a check is one statement: {check:#?}");
+        assert_eq!(write.len(), WARM_WRITE_STATEMENTS, "{tenancy:?}: {write:#?}");
+    }
+}
+
+/// BEGIN; the configuration version with the taken keys; the record's lock; its open holds;
+/// its threshold states (a webhook is registered); the event with the counter; COMMIT.
+const WARM_WRITE_STATEMENTS: usize = 7;

@@ -54,24 +54,35 @@ rows = []
 def row(label, store, name, conns, ref_label, ref, target, per_event=False):
     r = tally(store, name, conns)
     if r is None:
-        rows.append(f"| {label} | {store} | {conns} | missing | {ref_label} {fmt(ref)} | n/a | {target} | | | | |")
+        rows.append(f"| {label} | {store} | {conns} | missing | {ref_label} {fmt(ref)} | n/a | n/a | | | {target} | | | | |")
         return
     rate = r.get("events_per_s") if per_event else r.get("requests_per_s")
     p99 = r.get("latency_ms", {}).get("p99")
     checks = r.get("checks", {})
     accepted = r.get("accepted_events")
     sql = r.get("sql_events")
-    same = "yes" if name == "check" and sql == 0 else ("yes" if accepted == sql and r.get("accepted_amount") == r.get("sql_amount") else f"NO ({accepted} vs {sql})")
+    same = "yes" if name in ("check", "healthz") and sql == 0 else ("yes" if accepted == sql and r.get("accepted_amount") == r.get("sql_amount") else f"NO ({accepted} vs {sql})")
     overshoot = "none" if checks.get("no_overshoot") else "OVERSHOOT"
     rss = r.get("peak_rss_mib")
+    cpu = r.get("cpu_us_per_request", {})
+    floor = tally(store, "healthz", conns)
+    floor_rate = floor.get("requests_per_s") if floor else None
+    floor_cpu = (floor.get("cpu_us_per_request") or {}).get("server") if floor else None
+    vs_floor = f"{r.get('requests_per_s') / floor_rate:.2f}x" if floor_rate and r.get("requests_per_s") else "n/a"
+    us = lambda v: f"{v:.1f} µs" if v is not None else "n/a"
+    server_cpu = us(cpu.get("server"))
+    if cpu.get("server") is not None and floor_cpu:
+        server_cpu += f" ({cpu['server'] / floor_cpu:.1f}x)"
+    p99s = f"{p99:.1f} ms" if p99 is not None else "n/a"
+    rsss = f"{rss:.0f} MiB" if rss is not None else "n/a"
     rows.append(
-        f"| {label} | {store} | {conns} | {fmt(rate, '/s')} | {ref_label} {fmt(ref, '/s')} | {ratio(rate, ref)} | {target} "
-        f"| {p99:.1f} ms | {same} | {overshoot} | {rss:.0f} MiB |" if p99 is not None and rss is not None else
-        f"| {label} | {store} | {conns} | {fmt(rate, '/s')} | {ref_label} {fmt(ref, '/s')} | {ratio(rate, ref)} | {target} | n/a | {same} | {overshoot} | n/a |"
+        f"| {label} | {store} | {conns} | {fmt(rate, '/s')} | {ref_label} {fmt(ref, '/s')} | {ratio(rate, ref)} | {vs_floor} "
+        f"| {server_cpu} | {us(cpu.get('postgres'))} | {target} | {p99s} | {same} | {overshoot} | {rsss} |"
     )
 
 
 for store in ("postgres", "sqlite"):
+    row("GET /healthz (floor)", store, "healthz", 64, "pgbench naive", naive[64], "the floor")
     for conns in (8, 64):
         row("single POST", store, "single", conns, "pgbench naive", naive[conns], "≥ 3x (PG, 64), ≥ 15k/s (SQLite)")
     for conns in ((8, 64) if store == "postgres" else (64,)):
@@ -91,8 +102,12 @@ print()
 print(f"Reference (pgbench, same run): naive 8c {fmt(naive[8], '/s')}, naive 64c {fmt(naive[64], '/s')}, hot record 8c {fmt(hot[8], '/s')}, "
       f"hot record 64c {fmt(hot[64], '/s')}, hand-batched n=1000 {fmt(batch_eps, ' events/s')}.")
 print()
-print("| workload | store | conns | Tally | reference | ratio | target | p99 | accepted == SQL rows | HARD overshoot | peak RSS |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("Rates are requests/s (events/s or pairs/s where the label says so); `vs /healthz` is the request rate over the /healthz rate")
+print("of the same store and connections. CPU columns are user+system time per measured request (from /proc, over the measured")
+print("window only): the `tally` process, with its ratio to /healthz's, and all `postgres` processes together.")
+print()
+print("| workload | store | conns | Tally | reference | ratio | vs /healthz | server CPU/req | PostgreSQL CPU/req | target | p99 | accepted == SQL rows | HARD overshoot | peak RSS |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     print(r)
 print()

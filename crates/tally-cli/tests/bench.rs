@@ -278,11 +278,45 @@ async fn check_mode_records_nothing() {
     assert_eq!(server.events_in_db("check").await, (TENANTS * METRICS, TENANTS * METRICS * LIMIT));
 }
 
+/// `--mode healthz` measures the floor: every answer a 200 counted, nothing recorded; and
+/// `--cpu-pid` reports the server's CPU time per measured request (a timed run: the CPU is
+/// read at the start and the end of the measured window).
+#[tokio::test]
+async fn healthz_mode_counts_answers_and_reports_the_servers_cpu() {
+    let server = Server::start();
+    let pid = server.child.id().to_string();
+    let (code, report) = server.bench(&[
+        "--duration",
+        "1",
+        "--mode",
+        "healthz",
+        "--tenants",
+        "20",
+        "--warmup",
+        "0",
+        "--cpu-pid",
+        &pid,
+        "--run-id",
+        "floor",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_checks_pass(&report);
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{report}");
+    assert_eq!(report["status"]["200"].as_u64(), Some(requests), "{report}");
+    assert_eq!(report["accepted_events"], 0);
+    let cpu = report["cpu_us_per_request"]["server"].as_f64().expect("the server's CPU per request");
+    assert!(cpu >= 0.0, "{report}");
+    assert!(report["cpu_us_per_request"]["postgres"].is_null(), "{report}");
+    assert_eq!(server.events_in_db("floor").await, (0, 0));
+}
+
 #[test]
 fn bad_options_exit_2_with_a_reason() {
     for (args, needle) in [
         (&["--batch-size", "0"][..], "--batch-size"),
         (&["--mode", "check", "--batch-size", "5"], "--batch-size"),
+        (&["--mode", "healthz", "--batch-size", "5"], "--batch-size"),
         (&["--mode", "reserve", "--idempotency", "retry"], "retry"),
         (&["--amount", "5..1"], "--amount"),
         (&["--url", "https://example.com"], "https"),

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 pub use tally_client::Enforcement;
 
 use super::load::Load;
-use super::options::{Mode, Settings};
+use super::options::{Mode, Settings, value_name};
 use super::setup::ADMIN_CONNECTIONS_MAX;
 
 /// Failures listed in the report (all are counted).
@@ -213,7 +213,9 @@ pub fn evaluate(
             if recorded < accepted || recorded > accepted.saturating_add(unknown) {
                 report.mismatches += 1;
                 let problem = match (settings.mode, unknown) {
-                    (Mode::Check, _) => format!("check recorded {recorded}: it must record nothing"),
+                    (Mode::Check | Mode::Healthz, _) => {
+                        format!("{} recorded {recorded}: it must record nothing", value_name(&settings.mode))
+                    }
                     (_, 0) => format!("recorded {recorded} != accepted {accepted}"),
                     _ => format!("recorded {recorded} outside accepted {accepted} + lost {unknown}"),
                 };

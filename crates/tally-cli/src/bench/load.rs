@@ -191,12 +191,16 @@ impl Load {
     pub fn new(settings: Settings, endpoint: Arc<Endpoint>, workload: Workload) -> anyhow::Result<Load> {
         let route = match (settings.mode, workload.batched()) {
             (Mode::Check, _) => "/usage/check",
+            (Mode::Healthz, _) => "",
             (Mode::Reserve, _) => "/reservations",
             (Mode::Record, true) => "/usage/batch",
             (Mode::Record, false) => "/usage",
         };
         let uris = (0..settings.tenants)
-            .map(|t| endpoint.uri(&format!("/v1/tenants/{}{route}", settings.tenant_id(t))))
+            .map(|t| match settings.mode {
+                Mode::Healthz => endpoint.uri("/healthz"),
+                _ => endpoint.uri(&format!("/v1/tenants/{}{route}", settings.tenant_id(t))),
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pairs = (0..u64::from(settings.tenants) * u64::from(settings.metrics))
             .map(|_| PairCounters::default())
@@ -227,6 +231,11 @@ impl Load {
             unknown_events: AtomicU64::new(0),
             bad_answers: AtomicU64::new(0),
         })
+    }
+
+    /// When the measured load ends, when it runs for a set time.
+    pub fn measure_end(&self) -> Option<std::time::Instant> {
+        self.measure_end
     }
 
     /// The next request's ticket and whether it is measured, or `None` when the run is over.
@@ -299,14 +308,18 @@ impl Load {
         measured: bool,
     ) -> anyhow::Result<Outcome> {
         let stats = self.stats(measured);
-        let resend_safe = self.settings.keyed() || self.settings.mode == Mode::Check;
+        let resend_safe = self.settings.keyed() || self.settings.mode.records_nothing();
+        let (method, body) = match self.settings.mode {
+            Mode::Healthz => (Method::GET, Bytes::new()),
+            _ => (Method::POST, body.clone()),
+        };
         let mut maybe_applied_before = false;
         for _ in 0..=RESEND_MAX {
             let mut c = match conn.take() {
                 Some(c) if !c.is_closed() => c,
                 _ => self.reconnect(stats).await?,
             };
-            let req = self.endpoint.request(Method::POST, uri.clone(), body.clone());
+            let req = self.endpoint.request(method.clone(), uri.clone(), body.clone());
             let sent_at = Instant::now();
             let result = tokio::time::timeout(REQUEST_TIMEOUT, c.send(req)).await;
             let maybe_sent = match result {
@@ -370,7 +383,7 @@ impl Load {
         let (status, body, maybe_applied_before) = match outcome {
             Outcome::Answer { status, body, maybe_applied_before } => (*status, body, *maybe_applied_before),
             Outcome::Lost => {
-                if self.settings.mode != Mode::Check {
+                if !self.settings.mode.records_nothing() {
                     self.unknown(ticket, 0..self.workload.batch_len());
                 }
                 return;
@@ -402,6 +415,13 @@ impl Load {
                 StatusCode::TOO_MANY_REQUESTS => refused(0),
                 _ => {}
             },
+            (Mode::Healthz, _) => {
+                if status == StatusCode::OK {
+                    stats.events.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.bad_answers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             (Mode::Check, _) => {
                 if status != StatusCode::OK {
                     return;

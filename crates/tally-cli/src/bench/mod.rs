@@ -10,6 +10,7 @@
 
 mod checks;
 mod client;
+mod cpu;
 mod histogram;
 mod load;
 mod options;
@@ -73,12 +74,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let key_prefix = format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..KEY_PREFIX_RANDOM_LEN]);
     let workload = Workload::new(&settings, key_prefix);
     let load = Arc::new(Load::new(settings.clone(), endpoint.clone(), workload)?);
+    let cpu = load.measure_end().map(|end| {
+        tokio::spawn(cpu::sample(settings.cpu_pid, settings.cpu_postgres, load.measure_start, end))
+    });
     run_load(&load, settings.client_threads).await?;
+    let cpu_used = match cpu {
+        Some(task) => task.await.unwrap_or_default(),
+        None => cpu::CpuUsed::default(),
+    };
 
     let used = checks::tenants_used(&load);
     let after = checks::read_usage(&settings, &admin, &used).await.context("reading usage after the load")?;
     let check_report = checks::evaluate(&load, &before, &after, &used);
-    let figures = report::Figures::of(&load, setup_s);
+    let mut figures = report::Figures::of(&load, setup_s);
+    figures.server_cpu_us = cpu::per_request(cpu_used.server_us, figures.requests);
+    figures.postgres_cpu_us = cpu::per_request(cpu_used.postgres_us, figures.requests);
     if settings.json {
         println!("{}", report::to_json(&load, &figures, &check_report));
     } else {
@@ -112,6 +122,7 @@ fn banner(s: &Settings) -> String {
     };
     let route = match (s.mode, s.batch_size) {
         (Mode::Check, _) => "POST usage/check".to_owned(),
+        (Mode::Healthz, _) => "GET /healthz".to_owned(),
         (Mode::Reserve, _) => "POST reservations + POST reservations/{id}/commit".to_owned(),
         (Mode::Record, 1) => "POST usage".to_owned(),
         (Mode::Record, n) => format!("POST usage/batch × {n}"),

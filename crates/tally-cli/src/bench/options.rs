@@ -83,6 +83,16 @@ pub enum Mode {
     /// `POST .../reservations` then, when it was held, `POST .../reservations/{id}/commit` of
     /// all of it: one unit is a reserve+commit pair.
     Reserve,
+    /// `GET /healthz` through the same server, middleware and key: the HTTP stack's floor,
+    /// the denominator of every route's cost. Changes nothing.
+    Healthz,
+}
+
+impl Mode {
+    /// The mode records nothing (its checks expect no usage to move).
+    pub fn records_nothing(self) -> bool {
+        matches!(self, Mode::Check | Mode::Healthz)
+    }
 }
 
 /// Drive a running Tally server over HTTP and check its answers: throughput, latency, and
@@ -147,6 +157,12 @@ pub struct BenchArgs {
     /// --metrics).
     #[arg(long)]
     pub no_setup: bool,
+    /// Report this process's CPU time (user + system) per measured request: the server's pid.
+    #[arg(long, value_name = "PID")]
+    pub cpu_pid: Option<u32>,
+    /// Report the CPU time of every `postgres` process per measured request.
+    #[arg(long)]
+    pub cpu_postgres: bool,
 }
 
 /// The command-line spelling of an option's value (`hard`, `unique`, ...).
@@ -266,6 +282,8 @@ pub struct Settings {
     pub run_id: String,
     pub json: bool,
     pub no_setup: bool,
+    pub cpu_pid: Option<u32>,
+    pub cpu_postgres: bool,
 }
 
 fn seconds(name: &str, value: f64, min_exclusive: bool, max: f64) -> anyhow::Result<Duration> {
@@ -370,6 +388,8 @@ impl Settings {
             run_id,
             json: args.json,
             no_setup: args.no_setup,
+            cpu_pid: args.cpu_pid,
+            cpu_postgres: args.cpu_postgres,
         })
     }
 

@@ -22,6 +22,10 @@ pub struct Figures {
     pub accepted_events: u64,
     pub accepted_amount: i64,
     pub setup_s: f64,
+    /// CPU time per measured request of `--cpu-pid` (the server), in µs.
+    pub server_cpu_us: Option<f64>,
+    /// CPU time per measured request of every `postgres` process (`--cpu-postgres`), in µs.
+    pub postgres_cpu_us: Option<f64>,
 }
 
 const NS_PER_MS: f64 = 1e6;
@@ -56,6 +60,8 @@ impl Figures {
                 .iter()
                 .fold(0i64, |sum, p| sum.saturating_add(p.accepted_amount.load(Ordering::Relaxed))),
             setup_s,
+            server_cpu_us: None,
+            postgres_cpu_us: None,
         }
     }
 }
@@ -91,6 +97,7 @@ pub fn to_json(load: &Load, f: &Figures, checks: &CheckReport) -> Value {
             "status": status_map(w),
         },
         "setup_s": round(f.setup_s, 3),
+        "cpu_us_per_request": {"server": f.server_cpu_us, "postgres": f.postgres_cpu_us},
         "lost_answers": {
             "events": load.unknown_events.load(Ordering::Relaxed),
             "unreadable_200": load.bad_answers.load(Ordering::Relaxed),
@@ -146,6 +153,7 @@ pub fn to_text(load: &Load, f: &Figures, checks: &CheckReport) -> String {
     let mut out = Vec::new();
     let what = match load.settings.mode {
         Mode::Check => "checks",
+        Mode::Healthz => "answers",
         Mode::Reserve => "reserve+commit pairs",
         Mode::Record => "events",
     };
@@ -158,6 +166,14 @@ pub fn to_text(load: &Load, f: &Figures, checks: &CheckReport) -> String {
         f.p50_ms, f.p95_ms, f.p99_ms, f.max_ms, f.mean_ms
     ));
     out.push(format!("status     {}", status_line(m)));
+    if f.server_cpu_us.is_some() || f.postgres_cpu_us.is_some() {
+        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} µs"));
+        out.push(format!(
+            "cpu        per request: server {}  postgres {}",
+            us(f.server_cpu_us),
+            us(f.postgres_cpu_us)
+        ));
+    }
     if load.workload.batched() {
         let items: Vec<String> = m.item_counts().iter().map(|(c, n)| format!("{c}: {n}")).collect();
         out.push(format!("items      {}", items.join("  ")));
@@ -185,7 +201,7 @@ pub fn to_text(load: &Load, f: &Figures, checks: &CheckReport) -> String {
         out.push(format!("replays    {} sent, {failed} failed", load.replays_sent.load(Ordering::Relaxed)));
     }
     let recorded =
-        if load.settings.mode == Mode::Check { "nothing recorded" } else { "accepted == recorded" };
+        if load.settings.mode.records_nothing() { "nothing recorded" } else { "accepted == recorded" };
     out.push(format!(
         "check      {} tenants, {} tenant/metric pairs: no overshoot {}, {recorded} {}, no false refusal {}{}",
         checks.tenants_checked,

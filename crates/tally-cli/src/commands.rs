@@ -458,6 +458,33 @@ fn print_effective_config(global: &Global, server: &crate::ServerArgs, no_migrat
     println!("no_migrate = {no_migrate}");
 }
 
+/// One `tally serve` per SQLite file: its writer task owns the write side of the file (the
+/// CLI's other commands still write to it directly, serialized by SQLite's own lock). A
+/// second server on the same file is refused with one line naming the file (exit 2).
+fn claim_sqlite_write_side(url: &str) -> anyhow::Result<()> {
+    let path = tally_store_sqlite::database_path(url)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .open(&path)
+        .with_context(|| format!("opening {} to claim it", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Locked (`flock`, exclusive) for as long as this process lives, and never closed:
+            // closing any descriptor of a database file drops the POSIX locks SQLite holds on
+            // it through its own. The exit releases it (also a `kill -9`).
+            std::mem::forget(file);
+            Ok(())
+        }
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another `tally serve` is already serving {}: stop it, or give this one another --database-url",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
+        }
+    }
+}
+
 /// `tally serve` and `tally demo`.
 async fn serve(
     global: &Global,
@@ -470,6 +497,7 @@ async fn serve(
     let url = crate::redact_url(global.database_url());
     match backend {
         Backend::Sqlite(s) => {
+            claim_sqlite_write_side(global.database_url())?;
             let version = s.schema_version().await.context("reading the schema version")?;
             serve_with(s, server, config, demo, format!("sqlite {url}"), version).await
         }

@@ -587,3 +587,107 @@ async fn a_restart_delivers_the_pending_webhook_deliveries_on_postgres() {
     ])
     .await;
 }
+
+/// Runs a CLI command on `db_url` to its end: (exit code, stdout, stderr).
+fn cli(db_url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(TALLY)
+        .args(args)
+        .env("TALLY_DATABASE_URL", db_url)
+        .env("TALLY_ADMIN_KEY", ADMIN_KEY)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tally");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One `tally serve` owns an SQLite file's write side: a second is refused at start (exit 2,
+/// one line naming the file), while `tally record` keeps writing to the file directly, during
+/// HTTP load, without overshooting a HARD limit or leaving drift. Once the first server has
+/// stopped, the file can be served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_serve_on_one_sqlite_file_is_refused_and_cli_writes_beside_the_first_never_overshoot() {
+    const LIMIT: i64 = 60;
+    let dir = std::env::temp_dir().join(format!("tally-proc-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tally.db");
+    let db_url = format!("sqlite://{}", file.display());
+    let server = Server::start(&[("TALLY_DATABASE_URL", db_url.as_str())]);
+    let client = reqwest::Client::new();
+    setup(&client, &server.base_url, LIMIT).await;
+
+    let (code, _, stderr) = cli(&db_url, &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 2, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains(&file.display().to_string()), "names the file: {stderr}");
+
+    // HTTP writers and CLI writers on the same metric, together past the limit.
+    let accepted_http = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let (client, base, accepted) = (client.clone(), server.base_url.clone(), accepted_http.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..20 {
+                let body = serde_json::json!({"metric_code": "api_calls", "amount": 1, "idempotency_key": format!("h{worker}-{n}")});
+                let resp = client
+                    .post(format!("{base}/v1/tenants/acme/usage"))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                match resp.status().as_u16() {
+                    200 => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    429 => {}
+                    other => panic!("unexpected {other}: {}", resp.text().await.unwrap()),
+                }
+            }
+        }));
+    }
+    let cli_url = db_url.clone();
+    let cli_task = tokio::task::spawn_blocking(move || {
+        let mut accepted = 0;
+        for n in 0..20 {
+            let key = format!("c-{n}");
+            let (code, out, err) = cli(&cli_url, &["record", "acme", "api_calls", "1", "--key", &key]);
+            match code {
+                0 => accepted += 1,
+                1 => {}
+                _ => panic!("tally record failed ({code}): {out}{err}"),
+            }
+        }
+        accepted
+    });
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted_cli: i64 = cli_task.await.unwrap();
+    let accepted = i64::try_from(accepted_http.load(Ordering::Relaxed)).unwrap() + accepted_cli;
+    assert_eq!(accepted, LIMIT, "100 requests of 1 against {LIMIT}: exactly the limit is accepted");
+    let usage: serde_json::Value = client
+        .get(format!("{}/v1/tenants/acme/usage", server.base_url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let current = usage["metrics"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["metric_code"] == "api_calls"))
+        .map(|m| m["current_usage"].as_i64().unwrap());
+    assert_eq!(current, Some(LIMIT), "{usage}");
+    let (code, out, err) = cli(&db_url, &["verify"]);
+    assert_eq!(code, 0, "verify: {out}{err}");
+
+    assert!(server.terminate().success());
+    let again = Server::start(&[("TALLY_DATABASE_URL", db_url.as_str())]);
+    assert!(again.terminate().success());
+}

@@ -244,7 +244,8 @@ impl Drop for TempFile {
 }
 
 /// The file path in `sqlite://PATH`, `sqlite:PATH` or a bare `PATH`.
-fn database_path(url: &str) -> Result<PathBuf, StoreError> {
+/// The file a `sqlite:` URL (or a bare path) names; an error for in-memory and URI databases.
+pub fn database_path(url: &str) -> Result<PathBuf, StoreError> {
     let stripped = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
     let raw = stripped.unwrap_or(url);
     let invalid = |why: &str| StoreError::Other(format!("sqlite url {url:?}: {why}"));

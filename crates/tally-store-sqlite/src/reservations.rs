@@ -11,7 +11,7 @@ use tally_store::{RecordKey, ReservationStore, StoreError};
 use uuid::Uuid;
 
 use crate::error::{store_error, unique_violation};
-use crate::rows::{self, instant, micros};
+use crate::rows::{self, instant, keep_prepared, micros};
 use crate::usage::{SqliteUsageTx, push_tenants_in};
 use crate::{SqliteStore, StatementLog};
 
@@ -62,8 +62,12 @@ pub(crate) async fn reserved_sums(
     qb.push_bind(micros(now)).push(" AND ");
     push_tenants_in(&mut qb, "tenant_id", keys.iter().map(|k| &k.tenant_id));
     qb.push(" GROUP BY tenant_id, metric_code, period_start");
-    let rows: Vec<(String, String, i64, i64)> =
-        log.built_as(&mut qb).persistent(false).fetch_all(&mut *conn).await.map_err(store_error)?;
+    let rows: Vec<(String, String, i64, i64)> = log
+        .built_as(&mut qb)
+        .persistent(keep_prepared(keys.len()))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
     let mut out = HashMap::new();
     for key in keys {
         let start = micros(key.period.start());

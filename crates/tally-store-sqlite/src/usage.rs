@@ -424,7 +424,7 @@ impl SqliteUsageTx<'_> {
             let page: Vec<EventRow> = self
                 .log
                 .built_as(&mut qb)
-                .persistent(false)
+                .persistent(crate::rows::keep_prepared(chunk.len()))
                 .fetch_all(&mut *self.conn)
                 .await
                 .map_err(store_error)?;
@@ -449,7 +449,7 @@ impl SqliteUsageTx<'_> {
             let page: Vec<(String, String, i64, String, i64)> = self
                 .log
                 .built_as(&mut qb)
-                .persistent(false)
+                .persistent(crate::rows::keep_prepared(chunk.len()))
                 .fetch_all(&mut *self.conn)
                 .await
                 .map_err(store_error)?;
@@ -498,7 +498,12 @@ impl SqliteUsageTx<'_> {
                     .push_bind(at)
                     .push_bind(at);
             });
-            self.log.built(&mut qb).persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+            self.log
+                .built(&mut qb)
+                .persistent(crate::rows::keep_prepared(chunk.len()))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(store_error)?;
         }
         Ok(())
     }
@@ -523,7 +528,7 @@ impl SqliteUsageTx<'_> {
             let done = self
                 .log
                 .built(&mut qb)
-                .persistent(false)
+                .persistent(crate::rows::keep_prepared(chunk.len()))
                 .execute(&mut *self.conn)
                 .await
                 .map_err(store_error)?;
@@ -548,7 +553,12 @@ impl SqliteUsageTx<'_> {
                 ids.push_bind(id.to_string());
             }
             qb.push(")");
-            self.log.built(&mut qb).persistent(false).execute(&mut *self.conn).await.map_err(store_error)?;
+            self.log
+                .built(&mut qb)
+                .persistent(crate::rows::keep_prepared(chunk.len()))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(store_error)?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! `ApiError`: every failure at the HTTP edge as `application/problem+json` (RFC 9457) with
-//! a stable `code` member. 5xx bodies say only what the client may act on; the source chain
-//! goes to the log inside the request span.
+//! a stable `code` member. 5xx bodies say only what the client may act on; the cause travels
+//! with the response as a [`FailureCause`] extension, and the router's `observe` middleware
+//! logs it in the request's one 5xx event.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +28,13 @@ pub struct ApiError {
     pub extra: Map<String, Value>,
     /// Seconds for `Retry-After`, when a retry can succeed later.
     pub retry_after: Option<i64>,
+    /// Why a 5xx happened, for the log only (never in the body).
+    pub cause: Option<Box<str>>,
 }
+
+/// The cause of a 5xx answer, carried on the response to the middleware that logs it.
+#[derive(Debug, Clone)]
+pub struct FailureCause(pub String);
 
 impl ApiError {
     /// A problem with no extra members.
@@ -37,7 +44,15 @@ impl ApiError {
         title: &'static str,
         detail: impl Into<String>,
     ) -> ApiError {
-        ApiError { status, code, title, detail: detail.into(), extra: Map::new(), retry_after: None }
+        ApiError {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            extra: Map::new(),
+            retry_after: None,
+            cause: None,
+        }
     }
     /// 400 `invalid_request`.
     pub fn invalid(detail: impl Into<String>) -> ApiError {
@@ -62,6 +77,11 @@ impl ApiError {
     /// 500 `internal`: the body says nothing more.
     pub fn internal() -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "internal error")
+    }
+    /// The same problem, with the cause the log should show.
+    pub fn because(mut self, cause: impl Into<String>) -> ApiError {
+        self.cause = Some(cause.into().into_boxed_str());
+        self
     }
     fn with(mut self, key: &str, value: Value) -> ApiError {
         self.extra.insert(key.to_owned(), value);
@@ -93,6 +113,9 @@ impl IntoResponse for ApiError {
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
+        if let Some(cause) = self.cause {
+            resp.extensions_mut().insert(FailureCause(cause.into_string()));
+        }
         resp
     }
 }
@@ -123,13 +146,9 @@ impl ApiError {
             ServiceError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             ServiceError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", why),
             ServiceError::Unavailable(why) => {
-                tracing::warn!(error = %why, "store unavailable");
-                ApiError::unavailable("the store is unavailable; retry later")
+                ApiError::unavailable("the store is unavailable; retry later").because(why)
             }
-            ServiceError::Internal(why) => {
-                tracing::error!(error = %why, "internal error");
-                ApiError::internal()
-            }
+            ServiceError::Internal(why) => ApiError::internal().because(why),
         }
     }
 }

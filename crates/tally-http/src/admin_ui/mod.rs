@@ -131,8 +131,9 @@ pub fn service_error_page(e: &ServiceError, op: &Operator) -> Response {
         ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::error!(error = %e, "admin page failed");
-        return view::error_page(status, "something went wrong on our side", Some(&op.signed()));
+        let mut page = view::error_page(status, "something went wrong on our side", Some(&op.signed()));
+        page.extensions_mut().insert(crate::error::FailureCause(e.to_string()));
+        return page;
     }
     view::error_page(status, &e.to_string(), Some(&op.signed()))
 }

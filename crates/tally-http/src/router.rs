@@ -164,36 +164,100 @@ async fn timeout(req: Request, next: Next) -> Response {
 /// method, the route, the request id, the status and the cause (a [`FailureCause`] on the
 /// response), whatever the level.
 async fn observe(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
-    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
+    let request_id = req.headers().get("x-request-id").cloned();
     let started = Instant::now();
     let resp = if tracing::enabled!(tracing::Level::DEBUG) {
-        let span = tracing::debug_span!("request", method = %method, path = %req.uri().path(), request_id = %request_id);
+        let id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        let span =
+            tracing::debug_span!("request", method = %method, path = %req.uri().path(), request_id = %id);
         next.run(req).instrument(span).await
     } else {
         next.run(req).await
     };
+    let route = route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+    let status = resp.status().as_u16();
     if resp.status().is_server_error() {
         let cause = resp.extensions().get::<FailureCause>().map_or("", |c| c.0.as_str());
-        let request_id = request_id.as_str();
-        let status = resp.status().as_u16();
+        let request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
         if status == 500 {
-            tracing::error!(method = %method, route = %route, request_id, status, cause, "request failed");
+            tracing::error!(method = %method, route, request_id, status, cause, "request failed");
         } else {
-            tracing::warn!(method = %method, route = %route, request_id, status, cause, "request failed");
+            tracing::warn!(method = %method, route, request_id, status, cause, "request failed");
         }
     }
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("tally_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("tally_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    let (requests, duration) = route_metrics(route, &method, status);
+    requests.increment(1);
+    duration.record(started.elapsed().as_secs_f64());
     resp
 }
+
+/// The `route` label of requests that matched no route.
+const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// A route's metric handles by method, and its request counters by status.
+type RouteHandles = Vec<(Method, metrics::Histogram, Vec<(u16, metrics::Counter)>)>;
+
+/// Metric handles, resolved once per route, method and status rather than once per request
+/// (building a labelled key and looking it up in the registry cost allocations on every
+/// request). Bounded: routes come from the route table (plus `unmatched`), methods from the
+/// request line (unknown ones share one entry), statuses are 3-digit codes.
+static ROUTE_METRICS: std::sync::LazyLock<
+    std::sync::RwLock<std::collections::HashMap<String, RouteHandles>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn route_metrics(route: &str, method: &Method, status: u16) -> (metrics::Counter, metrics::Histogram) {
+    // Methods outside the standard set are labelled as one, so that a client cannot grow the
+    // map (or the exported series) by inventing methods.
+    let method = if KNOWN_METHODS.contains(method) {
+        method.clone()
+    } else {
+        Method::from_bytes(b"OTHER").unwrap_or(Method::GET)
+    };
+    if let Ok(map) = ROUTE_METRICS.read()
+        && let Some(by_method) = map.get(route)
+        && let Some((_, duration, by_status)) = by_method.iter().find(|(m, _, _)| *m == method)
+        && let Some((_, requests)) = by_status.iter().find(|(s, _)| *s == status)
+    {
+        return (requests.clone(), duration.clone());
+    }
+    let Ok(mut map) = ROUTE_METRICS.write() else {
+        return (metrics::Counter::noop(), metrics::Histogram::noop());
+    };
+    let by_method = map.entry(route.to_owned()).or_default();
+    let index = match by_method.iter().position(|(m, _, _)| *m == method) {
+        Some(i) => i,
+        None => {
+            let duration = metrics::histogram!(
+                "tally_http_request_duration_seconds",
+                "route" => route.to_owned(),
+                "method" => method.as_str().to_owned()
+            );
+            by_method.push((method.clone(), duration, Vec::new()));
+            by_method.len() - 1
+        }
+    };
+    let (_, duration, by_status) = &mut by_method[index];
+    let requests = match by_status.iter().find(|(s, _)| *s == status) {
+        Some((_, c)) => c.clone(),
+        None => {
+            let c = metrics::counter!(
+                "tally_http_requests_total",
+                "route" => route.to_owned(),
+                "method" => method.as_str().to_owned(),
+                "status" => status.to_string()
+            );
+            by_status.push((status, c.clone()));
+            c
+        }
+    };
+    (requests, duration.clone())
+}
+
+/// Methods labelled by name in the request metrics.
+const KNOWN_METHODS: &[Method] =
+    &[Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
 
 #[cfg(test)]
 mod tests {

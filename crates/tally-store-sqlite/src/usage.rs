@@ -20,9 +20,7 @@ use tally_store::{
 use uuid::Uuid;
 
 use crate::error::{EVENT_IDEMPOTENCY_CONSTRAINT, store_error, unique_violation};
-use crate::rows::{
-    self, EventRow, RecordRow, event_columns, insert_audit, micros, record_columns, rows_per_statement,
-};
+use crate::rows::{self, EventRow, RecordRow, event_columns, insert_audit, micros, record_columns};
 use crate::{SqliteStore, StatementLog, admin};
 
 impl UsageRepository for SqliteStore {
@@ -418,7 +416,7 @@ impl SqliteUsageTx<'_> {
         keys: &[(TenantId, IdempotencyKey)],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut found = Vec::new();
-        for chunk in keys.chunks(rows_per_statement(EVENT_KEY_BINDS)) {
+        for chunk in crate::rows::statement_chunks(keys, EVENT_KEY_BINDS) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
             push_events_by_keys(&mut qb, chunk);
             let page: Vec<EventRow> = self
@@ -443,7 +441,7 @@ impl SqliteUsageTx<'_> {
         keys: &[RecordKey],
     ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
         let mut stored: HashMap<(String, String, i64), (String, i64)> = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(rows_per_statement(RECORD_KEY_BINDS)) {
+        for chunk in crate::rows::statement_chunks(keys, RECORD_KEY_BINDS) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
             push_records_by_keys(&mut qb, chunk);
             let page: Vec<(String, String, i64, String, i64)> = self
@@ -485,7 +483,7 @@ impl SqliteUsageTx<'_> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let at = micros(now);
-        for chunk in writes.chunks(rows_per_statement(NEW_RECORD_BINDS)) {
+        for chunk in crate::rows::statement_chunks(writes, NEW_RECORD_BINDS) {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new(concat!("INSERT INTO quota_usage_record (", record_columns!(), ") "));
             qb.push_values(chunk, |mut b, w| {
@@ -514,7 +512,7 @@ impl SqliteUsageTx<'_> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let at = micros(now);
-        for chunk in updates.chunks(rows_per_statement(RECORD_UPDATE_BINDS)) {
+        for chunk in crate::rows::statement_chunks(updates, RECORD_UPDATE_BINDS) {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("WITH v (id, current_usage, updated_at) AS (");
             qb.push_values(chunk, |mut b, u| {
@@ -544,7 +542,7 @@ impl SqliteUsageTx<'_> {
     }
 
     pub(crate) async fn delete_records(&mut self, keys: &[(RecordKey, Uuid)]) -> Result<(), StoreError> {
-        for chunk in keys.chunks(rows_per_statement(RECORD_DELETE_BINDS)) {
+        for chunk in crate::rows::statement_chunks(keys, RECORD_DELETE_BINDS) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM quota_usage_record WHERE ");
             push_tenants_in(&mut qb, "tenant_id", chunk.iter().map(|(key, _)| &key.tenant_id));
             qb.push(" AND id IN (");

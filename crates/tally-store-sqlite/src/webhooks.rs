@@ -299,11 +299,15 @@ pub(crate) async fn load_fire_states_of_records(
         .iter()
         .map(|k| ((k.tenant_id.as_str(), k.metric_code.as_str(), micros(k.period.start())), k))
         .collect();
-    for chunk in keys.chunks(rows_per_statement(RECORD_STATE_KEY_BINDS)) {
+    for chunk in crate::rows::statement_chunks(keys, RECORD_STATE_KEY_BINDS) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
         push_fire_states_of_records(&mut qb, chunk);
-        let page: Vec<(String, String, String, i64, String, i64, i64)> =
-            log.built_as(&mut qb).persistent(false).fetch_all(&mut *conn).await.map_err(store_error)?;
+        let page: Vec<(String, String, String, i64, String, i64, i64)> = log
+            .built_as(&mut qb)
+            .persistent(crate::rows::keep_prepared(chunk.len()))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(store_error)?;
         for (webhook_id, tenant_id, metric_code, period_start, event_type, threshold, fired) in page {
             let Some(key) = by_parts.get(&(tenant_id.as_str(), metric_code.as_str(), period_start)) else {
                 continue;
@@ -364,7 +368,7 @@ pub(crate) async fn write_outbox(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let at = micros(now);
-    for chunk in states.chunks(rows_per_statement(FIRE_STATE_BINDS)) {
+    for chunk in crate::rows::statement_chunks(states, FIRE_STATE_BINDS) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO tally_webhook_state (webhook_id, tenant_id, metric_code, period_start, event_type, \
              threshold, fired, updated_at) ",
@@ -383,9 +387,13 @@ pub(crate) async fn write_outbox(
             " ON CONFLICT (webhook_id, tenant_id, metric_code, period_start, event_type, threshold) \
              DO UPDATE SET fired = excluded.fired, updated_at = excluded.updated_at",
         );
-        log.built(&mut qb).persistent(false).execute(&mut *conn).await.map_err(store_error)?;
+        log.built(&mut qb)
+            .persistent(crate::rows::keep_prepared(chunk.len()))
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
     }
-    for chunk in deliveries.chunks(rows_per_statement(DELIVERY_COLUMNS_LEN)) {
+    for chunk in crate::rows::statement_chunks(deliveries, DELIVERY_COLUMNS_LEN) {
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("INSERT INTO tally_webhook_delivery ({DELIVERY_COLUMNS}) "));
         qb.push_values(chunk, |mut b, d| {
@@ -404,7 +412,11 @@ pub(crate) async fn write_outbox(
                 .push_bind(micros(d.created_at))
                 .push_bind(d.last_attempt_at.map(micros));
         });
-        log.built(&mut qb).persistent(false).execute(&mut *conn).await.map_err(store_error)?;
+        log.built(&mut qb)
+            .persistent(crate::rows::keep_prepared(chunk.len()))
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
     }
     Ok(())
 }

@@ -75,3 +75,35 @@ pub struct Loaded {
     /// `None` when they were not read.
     pub fire_states: Option<FireStates>,
 }
+
+impl Loaded {
+    /// The idempotency keys of `needs` whose events were not looked up yet.
+    pub fn missing_event_keys(&self, needs: &crate::Needs) -> Vec<(TenantId, IdempotencyKey)> {
+        needs.event_keys.iter().filter(|k| !self.events.contains_key(*k)).cloned().collect()
+    }
+
+    /// Files events found under their idempotency keys.
+    pub fn add_events(&mut self, events: Vec<RecordedEvent>) {
+        for event in events {
+            if let Some(key) = event.event.idempotency_key.clone() {
+                self.events.insert((event.event.tenant_id.clone(), key), event);
+            }
+        }
+    }
+
+    /// The reservation idempotency keys of `needs` not looked up yet.
+    pub fn missing_reservation_keys<'n>(
+        &self,
+        needs: &'n crate::Needs,
+    ) -> impl Iterator<Item = &'n (TenantId, IdempotencyKey)> + use<'n, '_> {
+        needs.reservation_keys.iter().filter(|k| !self.reservations_by_key.contains_key(*k))
+    }
+
+    /// The tenants of `needs` whose open reservations were not counted yet.
+    pub fn missing_open_counts<'n>(
+        &self,
+        needs: &'n crate::Needs,
+    ) -> impl Iterator<Item = &'n TenantId> + use<'n, '_> {
+        needs.open_reservations.iter().filter(|t| !self.open_reservations.contains_key(*t))
+    }
+}

@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 
 use sqlx::PgPool;
-use tally_domain::{IdempotencyKey, RecordKey, TenantId, Timestamp};
+use tally_domain::{RecordKey, TenantId, Timestamp};
 use tally_store::{
     EntitlementLookup, FireStates, Loaded, LoadedReservation, Needs, RecordWrite, StoreError, WebhookRule,
     WriteTx, Writes,
@@ -156,29 +156,21 @@ impl PgWriter {
                 if all.is_empty() { FireStates::new() } else { tx.load_fire_states_of_records(&all).await? };
             loaded.fire_states = Some(states);
         }
-        let event_keys: Vec<(TenantId, IdempotencyKey)> = if lookup_keys {
-            needs.event_keys.iter().filter(|k| !loaded.events.contains_key(*k)).cloned().collect()
-        } else {
-            Vec::new()
-        };
+        let event_keys = if lookup_keys { loaded.missing_event_keys(needs) } else { Vec::new() };
         if !event_keys.is_empty() {
             let events = tx.find_events_by_keys(&event_keys).await?;
-            insert_events(loaded, events);
+            loaded.add_events(events);
         }
-        for (tenant, key) in &needs.reservation_keys {
-            let pair = (tenant.clone(), key.clone());
-            if loaded.reservations_by_key.contains_key(&pair) {
-                continue;
-            }
-            if let Some(found) = tx.find_reservation_by_key(tenant, key).await? {
-                loaded.reservations_by_key.insert(pair, found);
+        let keys: Vec<_> = loaded.missing_reservation_keys(needs).cloned().collect();
+        for (tenant, key) in keys {
+            if let Some(found) = tx.find_reservation_by_key(&tenant, &key).await? {
+                loaded.reservations_by_key.insert((tenant, key), found);
             }
         }
-        for tenant in &needs.open_reservations {
-            if !loaded.open_reservations.contains_key(tenant) {
-                let open = tx.count_open_reservations(tenant, now).await?;
-                loaded.open_reservations.insert(tenant.clone(), open);
-            }
+        let tenants: Vec<TenantId> = loaded.missing_open_counts(needs).cloned().collect();
+        for tenant in tenants {
+            let open = tx.count_open_reservations(&tenant, now).await?;
+            loaded.open_reservations.insert(tenant, open);
         }
         Ok(())
     }
@@ -277,7 +269,7 @@ impl WriteTx for PgWriter {
             self.scope_tenants(&needs.tenants()).await?;
             let (version, events) = self.tx()?.config_version_and_events(&needs.event_keys).await?;
             loaded.config_version = version;
-            insert_events(&mut loaded, events);
+            loaded.add_events(events);
             self.load(needs, now, &mut loaded, false, false).await
         }
         .await;
@@ -306,14 +298,5 @@ impl WriteTx for PgWriter {
 
     async fn rollback(&mut self) {
         let _ = self.finish(Err(StoreError::Retry)).await;
-    }
-}
-
-/// Files events found under their idempotency keys.
-fn insert_events(loaded: &mut Loaded, events: Vec<tally_domain::RecordedEvent>) {
-    for event in events {
-        if let Some(key) = event.event.idempotency_key.clone() {
-            loaded.events.insert((event.event.tenant_id.clone(), key), event);
-        }
     }
 }

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use sqlx::{Sqlite, SqlitePool, Transaction};
-use tally_domain::{IdempotencyKey, RecordKey, TenantId, Timestamp};
+use tally_domain::{RecordKey, TenantId, Timestamp};
 use tally_store::{
     EntitlementLookup, FireStates, Loaded, LoadedReservation, Needs, RecordWrite, StoreError, WebhookRule,
     WriteTx, Writes,
@@ -90,29 +90,21 @@ impl SqliteWriter {
             let all: Vec<RecordKey> = loaded.records.keys().cloned().collect();
             loaded.fire_states = Some(tx.load_fire_states_of_records(&all).await?);
         }
-        let event_keys: Vec<(TenantId, IdempotencyKey)> =
-            needs.event_keys.iter().filter(|k| !loaded.events.contains_key(*k)).cloned().collect();
+        let event_keys = loaded.missing_event_keys(needs);
         if !event_keys.is_empty() {
-            for event in tx.find_events_by_keys(&event_keys).await? {
-                if let Some(key) = event.event.idempotency_key.clone() {
-                    loaded.events.insert((event.event.tenant_id.clone(), key), event);
-                }
+            let events = tx.find_events_by_keys(&event_keys).await?;
+            loaded.add_events(events);
+        }
+        let keys: Vec<_> = loaded.missing_reservation_keys(needs).cloned().collect();
+        for (tenant, key) in keys {
+            if let Some(found) = tx.find_reservation_by_key(&tenant, &key).await? {
+                loaded.reservations_by_key.insert((tenant, key), found);
             }
         }
-        for (tenant, key) in &needs.reservation_keys {
-            let pair = (tenant.clone(), key.clone());
-            if loaded.reservations_by_key.contains_key(&pair) {
-                continue;
-            }
-            if let Some(found) = tx.find_reservation_by_key(tenant, key).await? {
-                loaded.reservations_by_key.insert(pair, found);
-            }
-        }
-        for tenant in &needs.open_reservations {
-            if !loaded.open_reservations.contains_key(tenant) {
-                let open = tx.count_open_reservations(tenant, now).await?;
-                loaded.open_reservations.insert(tenant.clone(), open);
-            }
+        let tenants: Vec<TenantId> = loaded.missing_open_counts(needs).cloned().collect();
+        for tenant in tenants {
+            let open = tx.count_open_reservations(&tenant, now).await?;
+            loaded.open_reservations.insert(tenant, open);
         }
         Ok(())
     }

@@ -264,7 +264,23 @@ async fn a_tenant_key_ingests_and_reads_only_its_own_tenant(backend: Backend) {
     app.call(Method::POST, "/api/v1/events", Auth::Anonymous, None).await.problem(401, "unauthorized");
 }
 
+/// A compatibility event's dedup comes before the plan: once recorded, a resend answers as
+/// before even after the plan lost the metric's limit (a new event is then refused).
+async fn a_resent_cloud_event_dedups_after_its_limit_is_gone(backend: Backend) {
+    let app = app(backend).await;
+    let event = ce("gone-1", "acme", "api_calls", json!({}));
+    assert_eq!(post(&app, "/api/v1/events", CE, &event).await.status, 204);
+    app.put_plan("acme_plan", json!([limit("tokens", Some(1000), "soft", "month")])).await;
+
+    assert_eq!(post(&app, "/api/v1/events", CE, &event).await.status, 204, "a resend is a replay");
+    let fresh = post(&app, "/api/v1/events", CE, &ce("gone-2", "acme", "api_calls", json!({}))).await;
+    assert_eq!(fresh.json()["code"], "quota_not_found", "{}", fresh.text);
+    let events = app.all_events("acme").await;
+    assert_eq!(events.iter().filter(|e| e["metric_code"] == "api_calls").count(), 1);
+}
+
 store_tests!(
+    a_resent_cloud_event_dedups_after_its_limit_is_gone,
     cloud_events_answer_204_count_their_value_and_dedup_for_ever,
     a_request_is_validated_whole_before_anything_is_applied,
     refused_events_are_named_by_index_and_a_resend_applies_nothing_twice,

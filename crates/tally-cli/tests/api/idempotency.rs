@@ -219,7 +219,27 @@ async fn a_replay_answers_with_the_limits_and_period_of_the_original(backend: Ba
     assert_eq!(app.all_events("acme").await.len(), 1);
 }
 
+/// The idempotency look-up comes before the event-time window: a retry of an accepted event
+/// whose explicit timestamp has since fallen out of the window answers the original, while
+/// a new key with that timestamp is refused.
+async fn a_retry_after_its_timestamp_left_the_window_still_replays(backend: Backend) {
+    let app = TestApp::spawn_at(backend, NOW).await;
+    app.tenant_on_plan("acme", json!([limit("api_calls", Some(100), "hard", "month")]), Some(ANCHOR)).await;
+    let request =
+        json!({"metric_code": "api_calls", "amount": 2, "idempotency_key": "late", "timestamp": NOW});
+    let original = app.post_usage("acme", &request).await.ok(200);
+
+    app.set_now("2027-01-30T00:00:00Z"); // more than 35 days after NOW
+    let replay = app.post_usage("acme", &request).await.ok(200);
+    assert_eq!(replay, as_replayed(&original));
+    let fresh =
+        json!({"metric_code": "api_calls", "amount": 2, "idempotency_key": "late-2", "timestamp": NOW});
+    app.post_usage("acme", &fresh).await.problem(422, "event_out_of_window");
+    assert_eq!(app.all_events("acme").await.len(), 1);
+}
+
 store_tests!(
+    a_retry_after_its_timestamp_left_the_window_still_replays,
     a_replay_answers_with_the_limits_and_period_of_the_original,
     the_same_key_and_payload_replay_the_original_answer,
     metadata_key_order_and_timestamp_offsets_do_not_change_the_payload,

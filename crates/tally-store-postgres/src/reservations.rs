@@ -98,87 +98,120 @@ impl PgUsageTx {
         row.as_ref().map(reservation).transpose()
     }
 
-    pub(crate) async fn lock_reservation(
+    /// Locks the reservations `wanted` (each asked for by its tenant) in one statement, in id
+    /// order, the one lock order of reservations; one of another tenant is left out.
+    pub(crate) async fn lock_reservations(
         &mut self,
-        tenant: &TenantId,
-        id: Uuid,
-    ) -> Result<Option<Reservation>, StoreError> {
+        wanted: &[(TenantId, Uuid)],
+    ) -> Result<Vec<Reservation>, StoreError> {
         let sql = format!(
-            "SELECT {RESERVATION_COLUMNS} FROM tally_reservation WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+            "SELECT {RESERVATION_COLUMNS} FROM tally_reservation
+              WHERE tenant_id = ANY($1) AND id = ANY($2) ORDER BY id FOR UPDATE"
         );
-        let row = self
+        let rows = self
             .log
             .query(AssertSqlSafe(sql))
-            .bind(tenant.as_str())
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
+            .bind(wanted.iter().map(|(t, _)| t.as_str()).collect::<Vec<&str>>())
+            .bind(wanted.iter().map(|(_, id)| *id).collect::<Vec<Uuid>>())
+            .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        row.as_ref().map(reservation).transpose()
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let r = reservation(row)?;
+            if wanted.iter().any(|(t, id)| *t == r.tenant_id && *id == r.id) {
+                found.push(r);
+            }
+        }
+        Ok(found)
     }
 
-    pub(crate) async fn count_open_reservations(
+    /// How many reservations each of `tenants` holds open at `now` (0 when none), in one
+    /// statement.
+    pub(crate) async fn count_open_reservations_of(
         &mut self,
-        tenant: &TenantId,
+        tenants: &[TenantId],
         now: Timestamp,
-    ) -> Result<i64, StoreError> {
-        self.log
-            .query_scalar::<i64>(
-                "SELECT COUNT(*) FROM tally_reservation WHERE tenant_id = $1 AND status = 'open' AND expires_at > $2",
+    ) -> Result<HashMap<TenantId, i64>, StoreError> {
+        let rows = self
+            .log
+            .query(
+                "SELECT tenant_id, COUNT(*) AS open FROM tally_reservation
+                  WHERE tenant_id = ANY($1) AND status = 'open' AND expires_at > $2
+                  GROUP BY tenant_id",
             )
-            .bind(tenant.as_str())
+            .bind(tenants.iter().map(TenantId::as_str).collect::<Vec<&str>>())
             .bind(now)
-            .fetch_one(&mut *self.tx)
+            .fetch_all(&mut *self.tx)
             .await
-            .map_err(map_err)
+            .map_err(map_err)?;
+        let mut counts: HashMap<TenantId, i64> = tenants.iter().map(|t| (t.clone(), 0)).collect();
+        for row in &rows {
+            let tenant = TenantId::parse(get(row, "tenant_id")?)?;
+            counts.insert(tenant, get(row, "open")?);
+        }
+        Ok(counts)
     }
 
-    pub(crate) async fn insert_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+    /// Inserts `new` reservations in one statement; `Retry` when a concurrent transaction
+    /// took one of their idempotency keys since they were looked up.
+    pub(crate) async fn insert_reservations(&mut self, new: &[Reservation]) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO tally_reservation ({RESERVATION_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],
+                                  $6::timestamptz[], $7::text[], $8::bigint[], $9::timestamptz[],
+                                  $10::timestamptz[], $11::text[], $12::timestamptz[], $13::uuid[],
+                                  $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[])
              ON CONFLICT ON CONSTRAINT tally_reservation_idem_uq DO NOTHING RETURNING id"
         );
-        let row = self
+        let rows = self
             .log
             .query(AssertSqlSafe(sql))
-            .bind(r.id)
-            .bind(r.tenant_id.as_str())
-            .bind(r.metric_code.as_str())
-            .bind(r.amount)
-            .bind(r.period.start())
-            .bind(r.period.end())
-            .bind(r.idempotency_key.as_ref().map(IdempotencyKey::as_str))
-            .bind(r.ttl_seconds)
-            .bind(r.created_at)
-            .bind(r.expires_at)
-            .bind(r.status.as_str())
-            .bind(r.settled_at)
-            .bind(r.committed_event_id)
-            .bind(r.committed_amount)
-            .bind(r.usage_at_creation)
-            .bind(r.reserved_at_creation)
-            .bind(r.limit_at_creation)
-            .fetch_optional(&mut *self.tx)
+            .bind(new.iter().map(|r| r.id).collect::<Vec<Uuid>>())
+            .bind(new.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<&str>>())
+            .bind(new.iter().map(|r| r.metric_code.as_str()).collect::<Vec<&str>>())
+            .bind(new.iter().map(|r| r.amount).collect::<Vec<i64>>())
+            .bind(new.iter().map(|r| r.period.start()).collect::<Vec<Timestamp>>())
+            .bind(new.iter().map(|r| r.period.end()).collect::<Vec<Timestamp>>())
+            .bind(
+                new.iter()
+                    .map(|r| r.idempotency_key.as_ref().map(IdempotencyKey::as_str))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(new.iter().map(|r| r.ttl_seconds).collect::<Vec<i64>>())
+            .bind(new.iter().map(|r| r.created_at).collect::<Vec<Timestamp>>())
+            .bind(new.iter().map(|r| r.expires_at).collect::<Vec<Timestamp>>())
+            .bind(new.iter().map(|r| r.status.as_str()).collect::<Vec<&str>>())
+            .bind(new.iter().map(|r| r.settled_at).collect::<Vec<Option<Timestamp>>>())
+            .bind(new.iter().map(|r| r.committed_event_id).collect::<Vec<Option<Uuid>>>())
+            .bind(new.iter().map(|r| r.committed_amount).collect::<Vec<Option<i64>>>())
+            .bind(new.iter().map(|r| r.usage_at_creation).collect::<Vec<i64>>())
+            .bind(new.iter().map(|r| r.reserved_at_creation).collect::<Vec<i64>>())
+            .bind(new.iter().map(|r| r.limit_at_creation).collect::<Vec<Option<i64>>>())
+            .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        // A concurrent transaction took the idempotency key since we looked: re-run.
-        if row.is_none() { Err(StoreError::Retry) } else { Ok(()) }
+        if rows.len() < new.len() { Err(StoreError::Retry) } else { Ok(()) }
     }
 
-    pub(crate) async fn settle_reservation(&mut self, r: &Reservation) -> Result<(), StoreError> {
+    /// Settles (commits or releases) `settled` reservations, locked by this transaction, in
+    /// one statement.
+    pub(crate) async fn settle_reservations(&mut self, settled: &[Reservation]) -> Result<(), StoreError> {
         self.log
             .query(
-                "UPDATE tally_reservation SET status = $3, settled_at = $4, committed_event_id = $5,
-                        committed_amount = $6
-                  WHERE tenant_id = $1 AND id = $2",
+                "UPDATE tally_reservation AS r
+                    SET status = u.status, settled_at = u.settled_at, committed_event_id = u.committed_event_id,
+                        committed_amount = u.committed_amount
+                   FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[], $6::bigint[])
+                        AS u(tenant_id, id, status, settled_at, committed_event_id, committed_amount)
+                  WHERE r.tenant_id = ANY($1) AND r.tenant_id = u.tenant_id AND r.id = u.id",
             )
-            .bind(r.tenant_id.as_str())
-            .bind(r.id)
-            .bind(r.status.as_str())
-            .bind(r.settled_at)
-            .bind(r.committed_event_id)
-            .bind(r.committed_amount)
+            .bind(settled.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<&str>>())
+            .bind(settled.iter().map(|r| r.id).collect::<Vec<Uuid>>())
+            .bind(settled.iter().map(|r| r.status.as_str()).collect::<Vec<&str>>())
+            .bind(settled.iter().map(|r| r.settled_at).collect::<Vec<Option<Timestamp>>>())
+            .bind(settled.iter().map(|r| r.committed_event_id).collect::<Vec<Option<Uuid>>>())
+            .bind(settled.iter().map(|r| r.committed_amount).collect::<Vec<Option<i64>>>())
             .execute(&mut *self.tx)
             .await
             .map_err(map_err)?;

@@ -113,13 +113,17 @@ impl PgWriter {
         let schema_tenancy = self.tenancy == Tenancy::Schema;
         let tx = self.tx()?;
         let mut keys: BTreeSet<RecordKey> = BTreeSet::new();
-        for (tenant, id) in &needs.reservations {
-            if loaded.reservations.contains_key(id) {
-                continue;
-            }
-            let Some(reservation) = tx.lock_reservation(tenant, *id).await? else { continue };
+        let wanted: Vec<(TenantId, uuid::Uuid)> = needs
+            .reservations
+            .iter()
+            .filter(|(_, id)| !loaded.reservations.contains_key(id))
+            .cloned()
+            .collect();
+        let locked = if wanted.is_empty() { Vec::new() } else { tx.lock_reservations(&wanted).await? };
+        for reservation in locked {
+            // A committed one answers its replay with its commit's event.
             let committed_event = match reservation.committed_event_id {
-                Some(event_id) => tx.find_event_by_id(tenant, event_id).await?,
+                Some(event_id) => tx.find_event_by_id(&reservation.tenant_id, event_id).await?,
                 None => None,
             };
             keys.insert(RecordKey {
@@ -127,7 +131,7 @@ impl PgWriter {
                 metric_code: reservation.metric_code.clone(),
                 period: reservation.period,
             });
-            loaded.reservations.insert(*id, LoadedReservation { reservation, committed_event });
+            loaded.reservations.insert(reservation.id, LoadedReservation { reservation, committed_event });
         }
         keys.extend(needs.records.iter().cloned());
         let keys: Vec<RecordKey> = keys.into_iter().filter(|k| !loaded.records.contains_key(k)).collect();
@@ -168,9 +172,9 @@ impl PgWriter {
             }
         }
         let tenants: Vec<TenantId> = loaded.missing_open_counts(needs).cloned().collect();
-        for tenant in tenants {
-            let open = tx.count_open_reservations(&tenant, now).await?;
-            loaded.open_reservations.insert(tenant, open);
+        if !tenants.is_empty() {
+            let counts = tx.count_open_reservations_of(&tenants, now).await?;
+            loaded.open_reservations.extend(counts);
         }
         Ok(())
     }
@@ -187,11 +191,11 @@ impl PgWriter {
         if !writes.delete_records.is_empty() {
             tx.delete_records(&writes.delete_records).await?;
         }
-        for r in &writes.new_reservations {
-            tx.insert_reservation(r).await?;
+        if !writes.new_reservations.is_empty() {
+            tx.insert_reservations(&writes.new_reservations).await?;
         }
-        for r in &writes.settled_reservations {
-            tx.settle_reservation(r).await?;
+        if !writes.settled_reservations.is_empty() {
+            tx.settle_reservations(&writes.settled_reservations).await?;
         }
         if !writes.fire_states.is_empty() || !writes.deliveries.is_empty() {
             tx.write_outbox(&writes.fire_states, &writes.deliveries, now).await?;

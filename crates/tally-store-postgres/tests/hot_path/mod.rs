@@ -466,3 +466,65 @@ async fn a_warm_write_and_a_check_make_a_pinned_number_of_round_trips() {
 /// BEGIN; the configuration version with the taken keys; the record's lock; its open holds;
 /// its threshold states (a webhook is registered); the event with the counter; COMMIT.
 const WARM_WRITE_STATEMENTS: usize = 7;
+
+/// A batch of reservations, and one of their commits, costs the same statements whatever
+/// its size: the reservations of a batch are looked up, counted, inserted and settled in
+/// bulk, never one statement per reservation.
+#[tokio::test]
+async fn reservation_batches_make_the_same_round_trips_whatever_their_size() {
+    use tally_domain::{Amount, CommitRequest, Metadata, ReserveRequest, Ttl};
+    use tally_store::{Ctx, UsageWriter, WriteOp};
+    let store = PgStore::open_test(Tenancy::Shared).await;
+    configure(&store).await;
+    let ctx = Ctx::new(now(), Duration::days(35));
+    let reserve = |t: &str| {
+        WriteOp::Reserve(ReserveRequest {
+            tenant_id: tenant(t),
+            metric_code: metric("api_calls"),
+            amount: Amount::new(1).unwrap(),
+            ttl: Ttl::new(Some(300)).unwrap(),
+            idempotency_key: None,
+        })
+    };
+    // Warm the records and the caches.
+    store.write(TENANTS.iter().map(|t| reserve(t)).collect(), ctx).await.unwrap();
+    let log = store.statement_log();
+    let mut reserved = Vec::new();
+    let mut counts = Vec::new();
+    for size in [1, TENANTS.len()] {
+        log.start();
+        let answers = store.write(TENANTS[..size].iter().map(|t| reserve(t)).collect(), ctx).await.unwrap();
+        log.stop();
+        let reserve_statements = log.take().len();
+        let ids: Vec<(String, Uuid)> = answers
+            .into_iter()
+            .zip(TENANTS)
+            .map(|(a, t)| (t.to_owned(), a.into_reserve().unwrap().unwrap().reservation.id))
+            .collect();
+        reserved.extend(ids.clone());
+        let commits = ids
+            .iter()
+            .map(|(t, id)| {
+                WriteOp::Commit(CommitRequest {
+                    tenant_id: tenant(t),
+                    reservation_id: *id,
+                    amount: None,
+                    metadata: Metadata::default(),
+                })
+            })
+            .collect();
+        log.start();
+        for answer in store.write(commits, ctx).await.unwrap() {
+            answer.into_usage().unwrap().unwrap();
+        }
+        log.stop();
+        counts.push((reserve_statements, log.take().len()));
+    }
+    assert_eq!(
+        counts[0],
+        counts[1],
+        "(reserve, commit) statements for 1 and for {} operations",
+        TENANTS.len()
+    );
+    assert_eq!(reserved.len(), 1 + TENANTS.len());
+}

@@ -312,9 +312,8 @@ impl PgUsageTx {
     }
 
     /// `tally_config_version` as this transaction sees it, and the events stored under
-    /// `keys`, read by one statement (the first schema's) when there are keys to look up:
-    /// round trip 1 of a write batch, before any lock. (A key taken after this look-up makes
-    /// the batch's insert conflict, and the batch re-runs.)
+    /// `keys`, read by one statement (the first schema's): a write batch's key look-up, made
+    /// after its record locks, also reads the version its decision is checked against.
     pub(crate) async fn config_version_and_events(
         &mut self,
         keys: &[(TenantId, IdempotencyKey)],

@@ -106,8 +106,8 @@ impl PgWriter {
         now: Timestamp,
         loaded: &mut Loaded,
         holding: bool,
-        lookup_keys: bool,
-    ) -> Result<(), StoreError> {
+        with_version: bool,
+    ) -> Result<Option<i64>, StoreError> {
         let tenants = needs.tenants();
         self.scope_tenants(&tenants).await?;
         let schema_tenancy = self.tenancy == Tenancy::Schema;
@@ -160,9 +160,19 @@ impl PgWriter {
                 if all.is_empty() { FireStates::new() } else { tx.load_fire_states_of_records(&all).await? };
             loaded.fire_states = Some(states);
         }
-        let event_keys = if lookup_keys { loaded.missing_event_keys(needs) } else { Vec::new() };
+        // After the record locks: a concurrent retry of the same key on the same record has
+        // committed by now, so it is found here rather than conflicting at the insert (which
+        // re-runs the batch, and under a storm of retries ran out of attempts).
+        let event_keys = loaded.missing_event_keys(needs);
+        let mut version = None;
         if !event_keys.is_empty() {
-            let events = tx.find_events_by_keys(&event_keys).await?;
+            let events = if with_version {
+                let (v, events) = tx.config_version_and_events(&event_keys).await?;
+                version = Some(v);
+                events
+            } else {
+                tx.find_events_by_keys(&event_keys).await?
+            };
             loaded.add_events(events);
         }
         let keys: Vec<_> = loaded.missing_reservation_keys(needs).cloned().collect();
@@ -176,7 +186,7 @@ impl PgWriter {
             let counts = tx.count_open_reservations_of(&tenants, now).await?;
             loaded.open_reservations.extend(counts);
         }
-        Ok(())
+        Ok(version)
     }
 
     async fn write_all(&mut self, writes: &Writes, now: Timestamp) -> Result<(), StoreError> {
@@ -268,13 +278,14 @@ impl WriteTx for PgWriter {
             Some(PgUsageTx { tx, log: self.log.clone(), tenancy: self.tenancy, scopes: HashMap::new() });
         let mut loaded = Loaded::default();
         let outcome = async {
-            // Round trip 1 reads the version and the taken keys together; the keys need no
-            // lock (see `config_version_and_events`).
-            self.scope_tenants(&needs.tenants()).await?;
-            let (version, events) = self.tx()?.config_version_and_events(&needs.event_keys).await?;
+            // The version comes with the taken keys, read after the record locks; a batch
+            // with no key to look up reads it on its own.
+            let version = match self.load(needs, now, &mut loaded, false, true).await? {
+                Some(v) => v,
+                None => self.tx()?.config_version().await?,
+            };
             loaded.config_version = version;
-            loaded.add_events(events);
-            self.load(needs, now, &mut loaded, false, false).await
+            Ok(())
         }
         .await;
         match outcome {
@@ -292,7 +303,7 @@ impl WriteTx for PgWriter {
         now: Timestamp,
         loaded: &mut Loaded,
     ) -> Result<(), StoreError> {
-        self.load(needs, now, loaded, true, true).await
+        self.load(needs, now, loaded, true, false).await.map(|_| ())
     }
 
     async fn commit(&mut self, writes: &Writes, now: Timestamp) -> Result<(), StoreError> {

@@ -463,8 +463,8 @@ async fn a_warm_write_and_a_check_make_a_pinned_number_of_round_trips() {
     }
 }
 
-/// BEGIN; the configuration version with the taken keys; the record's lock; its open holds;
-/// its threshold states (a webhook is registered); the event with the counter; COMMIT.
+/// BEGIN; the record's lock; its open holds; its threshold states (a webhook is registered);
+/// the taken keys with the configuration version; the event with the counter; COMMIT.
 const WARM_WRITE_STATEMENTS: usize = 7;
 
 /// A batch of reservations, and one of their commits, costs the same statements whatever

@@ -7,19 +7,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Duration;
 use tally_domain::{
-    Amount, ApiKey, AuditAction, AuditEntry, Change, CommitRequest, EventReceipt, IdempotencyKey, KeyScope,
-    LimitEnforcement, Metadata, MetricCode, MetricKind, MetricSpec, Name, Period, PeriodKind, PlanCode,
-    PlanSpec, QuotaLimit, RecordedEvent, ReservationStatus, ReserveRequest, TenantId, Timestamp, Ttl,
-    UsageError, UsageEvent, UsageOutcome, UsageRecord, UsageRequest,
+    Amount, ApiKey, AuditAction, AuditEntry, Change, CommitRequest, CorrectionRequest, EventKind,
+    EventReceipt, IdempotencyKey, KeyScope, LimitEnforcement, Metadata, MetricCode, MetricKind, MetricSpec,
+    Name, Period, PeriodKind, PlanCode, PlanSpec, QuotaLimit, Reason, RecordedEvent, ReservationStatus,
+    ReserveRequest, TenantId, Timestamp, Ttl, UsageError, UsageEvent, UsageOutcome, UsageRecord,
+    UsageRequest,
 };
 use tally_domain::{DeliveryStatus, WebhookEventType, WebhookId, WebhookSecret, WebhookSpec};
 use uuid::Uuid;
 
 use tally_domain::ReserveOutcome;
 use tally_store::{
-    AdminSearch, AdminSession, Answer, Ctx, EntitlementLookup, EventCursor, EventListQuery, EventQuery,
-    PutOutcome, RecordCursor, RecordListQuery, RecordSort, SortKey, Store, StoreError, TimeRange,
-    UsageWriter, WriteOp,
+    AdminSearch, AdminSession, Answer, CloseMode, CloseOutcome, Ctx, EntitlementLookup, EventCursor,
+    EventListQuery, EventQuery, PeriodCursor, PeriodQuery, PutOutcome, RecordCursor, RecordListQuery,
+    RecordSort, SortKey, Store, StoreError, TimeRange, UsageWriter, WriteOp,
 };
 
 /// The event-age window of the suite's writes: wide, so that only the cases about the
@@ -167,7 +168,16 @@ macro_rules! contract_suite {
             a_gauge_oscillating_within_its_rearm_band_fires_once,
             webhooks_fire_only_for_crossings_after_registration_and_on_commits,
             deliveries_are_claimed_once_retried_failed_and_redelivered,
-            a_dedup_key_of_the_compatibility_routes_replays_whatever_the_payload
+            a_dedup_key_of_the_compatibility_routes_replays_whatever_the_payload,
+            a_correction_moves_any_open_period_by_a_signed_amount_past_the_limit,
+            a_correction_below_zero_or_on_a_gauge_is_refused_and_writes_nothing,
+            a_replayed_correction_answers_the_original_and_another_payload_conflicts,
+            closing_moves_the_watermark_forward_only_and_closes_the_records_under_it,
+            writes_into_a_closed_period_are_refused_and_replays_still_answer,
+            a_reopened_period_stays_open_until_an_explicit_close,
+            periods_are_listed_newest_first_filtered_and_paginated,
+            a_commit_into_a_closed_period_is_refused_and_releases_its_hold,
+            writers_racing_a_close_never_land_in_the_closed_period
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -276,7 +286,7 @@ pub async fn apply_one_at<S: Store>(
 }
 
 async fn all_events<S: Store>(store: &S, tenant_id: &str) -> Vec<RecordedEvent> {
-    let q = EventQuery { metric_code: None, from: None, to: None, limit: 1_000, after: None };
+    let q = EventQuery { metric_code: None, from: None, to: None, limit: 1_000, after: None, kind: None };
     store.get_events_for_metric(&tenant(tenant_id), &q).await.unwrap()
 }
 
@@ -794,7 +804,7 @@ pub async fn events_are_newest_first_filtered_and_keyset_paginated<S: Store>(sto
     assert_eq!(amounts, [11, 10, 5, 4, 3, 2, 1], "by timestamp then id, descending");
 
     let q = |metric_code: Option<&str>, from: Option<Timestamp>, to: Option<Timestamp>, limit: u32, after| {
-        EventQuery { metric_code: metric_code.map(metric), from, to, limit, after }
+        EventQuery { metric_code: metric_code.map(metric), from, to, limit, after, kind: None }
     };
     let acme = tenant("acme");
     let exports =
@@ -1393,6 +1403,8 @@ pub async fn admin_events<S: Store>(store: &S) -> Vec<RecordedEvent> {
                 idempotency_key: None,
                 timestamp,
                 created_at: base + Duration::seconds(idx / 2),
+                kind: EventKind::Usage,
+                reason: None,
             },
             receipt: EventReceipt {
                 usage_after: idx + 1,
@@ -2258,4 +2270,398 @@ pub async fn a_dedup_key_of_the_compatibility_routes_replays_whatever_the_payloa
     let err = apply_one(&store, keyed(req("acme", "api_calls", 2), "job-1")).await.unwrap_err();
     assert!(matches!(err, UsageError::IdempotencyConflict { .. }), "{err:?}");
     assert_eq!(current(&store, "acme", "api_calls").await, Some(5 + 1 + 3 + 1));
+}
+
+// ---------------------------------------------------------------------------------------
+// Corrections and closed periods
+
+fn daily(m: &str, value: i64) -> QuotaLimit {
+    limit(m, Some(value), LimitEnforcement::Hard, PeriodKind::Day)
+}
+
+fn correction(tenant_id: &str, m: &str, amount: i64, at: Option<Timestamp>) -> CorrectionRequest {
+    CorrectionRequest {
+        tenant_id: tenant(tenant_id),
+        metric_code: metric(m),
+        amount,
+        reason: Reason::parse("refund promised in ticket 42").unwrap(),
+        idempotency_key: None,
+        timestamp: at,
+        key_id: None,
+    }
+}
+
+async fn correct_at<S: Store>(
+    store: &S,
+    r: CorrectionRequest,
+    now: Timestamp,
+) -> Result<UsageOutcome, UsageError> {
+    let answers = store.write(vec![WriteOp::Correct(r)], Ctx::new(now, CONTRACT_EVENT_AGE)).await.unwrap();
+    one(answers).into_usage().expect("a correction answers a usage")
+}
+
+fn at_time(r: UsageRequest, at: Timestamp) -> UsageRequest {
+    UsageRequest { timestamp: Some(at), ..r }
+}
+
+async fn day_usage<S: Store>(store: &S, day: &str) -> Option<i64> {
+    match store.get_for_period(&tenant("acme"), &metric("api_calls"), t(day)).await {
+        Ok(r) => Some(r.current_usage),
+        Err(StoreError::NotFound(_)) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn audited<S: Store>(store: &S, action: AuditAction) -> Vec<AuditEntry> {
+    let all = store.list_audit(Some(&tenant("acme")), None, 1_000).await.unwrap();
+    all.into_iter().filter(|e| e.action == action.as_str()).collect()
+}
+
+fn day_period(day: &str) -> Period {
+    Period::new(t(day), t(day) + Duration::days(1)).unwrap()
+}
+
+pub async fn a_correction_moves_any_open_period_by_a_signed_amount_past_the_limit<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![daily("api_calls", 10)]).await;
+    let d1 = t("2026-11-20T12:00:00Z");
+    apply_one(&store, at_time(req("acme", "api_calls", 8), d1)).await.unwrap();
+    // A correction is never refused by a limit: it says exceeded.
+    let up = correct_at(&store, correction("acme", "api_calls", 5, Some(d1)), now()).await.unwrap();
+    assert_eq!((up.amount, up.current_usage, up.exceeded, up.kind), (5, 13, true, EventKind::Correction));
+    assert_eq!(up.period, day_period("2026-11-20T00:00:00Z"));
+    let down = correct_at(&store, correction("acme", "api_calls", -4, Some(d1)), now()).await.unwrap();
+    assert_eq!((down.current_usage, down.exceeded, down.remaining), (9, false, Some(1)));
+    assert_eq!(day_usage(&store, "2026-11-20T00:00:00Z").await, Some(9));
+    // Far outside any event window, and into a period with no record yet.
+    let old = t("2025-01-03T08:00:00Z");
+    let first = correct_at(&store, correction("acme", "api_calls", 7, Some(old)), now()).await.unwrap();
+    assert_eq!(first.current_usage, 7);
+    assert_eq!(day_usage(&store, "2025-01-03T00:00:00Z").await, Some(7));
+    // Without a timestamp, the current period moves.
+    let today = correct_at(&store, correction("acme", "api_calls", 2, None), now()).await.unwrap();
+    assert_eq!(today.period, day_period("2026-11-29T00:00:00Z"));
+
+    let events = all_events(&store, "acme").await;
+    let kinds: Vec<(EventKind, i64, Option<&str>)> = events
+        .iter()
+        .map(|e| (e.event.kind, e.event.amount, e.event.reason.as_ref().map(Reason::as_str)))
+        .collect();
+    let reason = Some("refund promised in ticket 42");
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Correction, 2, reason),
+            (EventKind::Correction, -4, reason),
+            (EventKind::Correction, 5, reason),
+            (EventKind::Usage, 8, None),
+            (EventKind::Correction, 7, reason),
+        ]
+    );
+    let only = |kind| EventQuery {
+        metric_code: None,
+        from: None,
+        to: None,
+        limit: 100,
+        after: None,
+        kind: Some(kind),
+    };
+    assert_eq!(store.get_events_for_metric(&tenant("acme"), &only(EventKind::Usage)).await.unwrap().len(), 1);
+    assert_eq!(
+        store.get_events_for_metric(&tenant("acme"), &only(EventKind::Correction)).await.unwrap().len(),
+        4
+    );
+    // Each correction is audited in its own transaction, with the acting key and the change.
+    let entries = audited(&store, AuditAction::UsageCorrect).await;
+    assert_eq!(entries.len(), 4);
+    let newest = &entries[0].details;
+    assert_eq!((newest["amount"].as_i64(), newest["reason"].as_str()), (Some(2), reason));
+    // verify counts the corrections: the counters agree with the signed sums.
+    let inputs = store.verify_inputs().await.unwrap();
+    let corrections: i64 = inputs.events.iter().map(|e| e.n_corrections).sum();
+    assert_eq!(corrections, 4);
+    let day1 = inputs.events.iter().find(|e| e.period_start == t("2026-11-20T00:00:00Z")).unwrap();
+    assert_eq!((day1.amount_sum, day1.n_events, day1.n_corrections), (9, 3, 2));
+}
+
+pub async fn a_correction_below_zero_or_on_a_gauge_is_refused_and_writes_nothing<S: Store>(store: S) {
+    setup(
+        &store,
+        "acme",
+        "pro",
+        vec![daily("api_calls", 10), limit("seats", Some(5), LimitEnforcement::Hard, PeriodKind::None)],
+    )
+    .await;
+    apply_one(&store, req("acme", "api_calls", 3)).await.unwrap();
+    let below = correct_at(&store, correction("acme", "api_calls", -4, None), now()).await.unwrap_err();
+    assert!(matches!(below, UsageError::CorrectionBelowZero { current: 3, amount: -4, .. }), "{below:?}");
+    let empty =
+        correct_at(&store, correction("acme", "api_calls", -1, Some(t("2026-11-01T00:00:00Z"))), now())
+            .await
+            .unwrap_err();
+    assert!(matches!(empty, UsageError::CorrectionBelowZero { current: 0, .. }), "{empty:?}");
+    assert_eq!(day_usage(&store, "2026-11-01T00:00:00Z").await, None, "a refusal creates no record");
+    let gauge = correct_at(&store, correction("acme", "seats", 1, None), now()).await.unwrap_err();
+    assert!(matches!(gauge, UsageError::CorrectionNotApplicable { .. }), "{gauge:?}");
+    let unknown = correct_at(&store, correction("acme", "exports", 1, None), now()).await.unwrap_err();
+    assert!(matches!(unknown, UsageError::QuotaNotFound { .. }), "{unknown:?}");
+    assert_eq!(all_events(&store, "acme").await.len(), 1);
+    assert!(audited(&store, AuditAction::UsageCorrect).await.is_empty());
+}
+
+pub async fn a_replayed_correction_answers_the_original_and_another_payload_conflicts<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![daily("api_calls", 10)]).await;
+    apply_one(&store, keyed(req("acme", "api_calls", 4), "usage-1")).await.unwrap();
+    let keyed_fix = |amount, key: &str| CorrectionRequest {
+        idempotency_key: Some(IdempotencyKey::parse(key).unwrap()),
+        ..correction("acme", "api_calls", amount, None)
+    };
+    let first = correct_at(&store, keyed_fix(-2, "fix-1"), now()).await.unwrap();
+    let again = correct_at(&store, keyed_fix(-2, "fix-1"), now()).await.unwrap();
+    assert_eq!((again.event_id, again.current_usage, again.replayed), (first.event_id, 2, true));
+    assert_eq!(current_or_none(&store).await, Some(2));
+    let other = correct_at(&store, keyed_fix(-1, "fix-1"), now()).await.unwrap_err();
+    assert!(matches!(other, UsageError::IdempotencyConflict { .. }), "{other:?}");
+    let mut reason = keyed_fix(-2, "fix-1");
+    reason.reason = Reason::parse("another reason").unwrap();
+    assert!(matches!(correct_at(&store, reason, now()).await, Err(UsageError::IdempotencyConflict { .. })));
+    // One key space: a usage key is not a correction's, nor the other way round.
+    let usage_key = correct_at(&store, keyed_fix(-2, "usage-1"), now()).await.unwrap_err();
+    assert!(matches!(usage_key, UsageError::IdempotencyConflict { .. }), "{usage_key:?}");
+    let fix_key = apply_one(&store, keyed(req("acme", "api_calls", 2), "fix-1")).await.unwrap_err();
+    assert!(matches!(fix_key, UsageError::IdempotencyConflict { .. }), "{fix_key:?}");
+    assert_eq!(current_or_none(&store).await, Some(2));
+}
+
+/// Usage in three past days of November (the 20th, 21st, 22nd) and today (the 29th).
+async fn four_days<S: Store>(store: &S) {
+    setup(store, "acme", "pro", vec![daily("api_calls", 100)]).await;
+    for (day, n, key) in [("2026-11-20", 1, "d20"), ("2026-11-21", 2, "d21"), ("2026-11-22", 3, "d22")] {
+        let at = t(&format!("{day}T12:00:00Z"));
+        apply_one(store, keyed(at_time(req("acme", "api_calls", n), at), key)).await.unwrap();
+    }
+    apply_one(store, req("acme", "api_calls", 4)).await.unwrap();
+}
+
+pub async fn closing_moves_the_watermark_forward_only_and_closes_the_records_under_it<S: Store>(store: S) {
+    four_days(&store).await;
+    let acme = tenant("acme");
+    assert_eq!(store.find_watermark(&acme).await.unwrap(), None);
+    let closed = store
+        .close_periods(&acme, t("2026-11-22T00:00:00Z"), CloseMode::Explicit, now(), None)
+        .await
+        .unwrap();
+    assert_eq!(closed, CloseOutcome { closed_before: t("2026-11-22T00:00:00Z"), closed: 2 });
+    let mark = store.find_watermark(&acme).await.unwrap().unwrap();
+    assert_eq!((mark.closed_before, mark.moved_at), (t("2026-11-22T00:00:00Z"), now()));
+    // A smaller watermark changes nothing, and is not audited.
+    let later = now() + Duration::minutes(1);
+    let back = store
+        .close_periods(&acme, t("2026-11-21T00:00:00Z"), CloseMode::Explicit, later, None)
+        .await
+        .unwrap();
+    assert_eq!(back, CloseOutcome { closed_before: t("2026-11-22T00:00:00Z"), closed: 0 });
+    assert_eq!(store.find_watermark(&acme).await.unwrap().unwrap().moved_at, now());
+    let entries = audited(&store, AuditAction::PeriodClose).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].details["closed"].as_u64(), Some(2));
+    // Forward again: one more record.
+    let more = store
+        .close_periods(&acme, t("2026-11-23T00:00:00Z"), CloseMode::Explicit, later, None)
+        .await
+        .unwrap();
+    assert_eq!(more.closed, 1);
+    let unknown = store.close_periods(&tenant("nobody"), now(), CloseMode::Explicit, now(), None).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound(_))), "{unknown:?}");
+}
+
+pub async fn writes_into_a_closed_period_are_refused_and_replays_still_answer<S: Store>(store: S) {
+    four_days(&store).await;
+    let acme = tenant("acme");
+    store.close_periods(&acme, t("2026-11-22T00:00:00Z"), CloseMode::Explicit, now(), None).await.unwrap();
+    let d21 = t("2026-11-21T12:00:00Z");
+    let late = apply_one(&store, at_time(req("acme", "api_calls", 1), d21)).await.unwrap_err();
+    let UsageError::PeriodClosed { metric: m, period, closed_at } = &late else { panic!("{late:?}") };
+    assert_eq!((m.as_str(), *period, *closed_at), ("api_calls", day_period("2026-11-21T00:00:00Z"), now()));
+    let fix = correct_at(&store, correction("acme", "api_calls", -1, Some(d21)), now()).await.unwrap_err();
+    assert!(matches!(fix, UsageError::PeriodClosed { .. }), "{fix:?}");
+    // A closed day without a record takes nothing either, and gets no record.
+    let d10 = t("2026-11-10T12:00:00Z");
+    let empty = apply_one(&store, at_time(req("acme", "api_calls", 1), d10)).await.unwrap_err();
+    assert!(matches!(empty, UsageError::PeriodClosed { .. }), "{empty:?}");
+    assert_eq!(day_usage(&store, "2026-11-10T00:00:00Z").await, None);
+    // A retry of an event accepted before the close answers the original.
+    let replay = apply_one(&store, keyed(at_time(req("acme", "api_calls", 2), d21), "d21")).await.unwrap();
+    assert!(replay.replayed);
+    // Open periods take writes as before.
+    apply_one(&store, at_time(req("acme", "api_calls", 1), t("2026-11-22T12:00:00Z"))).await.unwrap();
+    apply_one(&store, req("acme", "api_calls", 1)).await.unwrap();
+    // In one batch, the closed item is refused on its own.
+    let batch = store
+        .apply_usage(
+            &[
+                req("acme", "api_calls", 1),
+                at_time(req("acme", "api_calls", 1), d21),
+                req("acme", "api_calls", 1),
+            ],
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!(batch[0].is_ok() && batch[2].is_ok(), "{batch:?}");
+    assert!(matches!(batch[1], Err(UsageError::PeriodClosed { .. })), "{batch:?}");
+    assert_eq!(
+        (day_usage(&store, "2026-11-21T00:00:00Z").await, current_or_none(&store).await),
+        (Some(2), Some(7))
+    );
+}
+
+pub async fn a_reopened_period_stays_open_until_an_explicit_close<S: Store>(store: S) {
+    four_days(&store).await;
+    let acme = tenant("acme");
+    let api = metric("api_calls");
+    let why = Reason::parse("late invoice dispute").unwrap();
+    store.close_periods(&acme, t("2026-11-22T00:00:00Z"), CloseMode::Explicit, now(), None).await.unwrap();
+    let later = now() + Duration::minutes(5);
+    let d21 = day_period("2026-11-21T00:00:00Z");
+    let open = store.reopen_period(&acme, &api, d21, &why, later, None).await.unwrap();
+    assert_eq!((open.record.current_usage, open.closed_at, open.reopened_at), (2, None, Some(later)));
+    apply_one(&store, at_time(req("acme", "api_calls", 5), t("2026-11-21T13:00:00Z"))).await.unwrap();
+    assert_eq!(day_usage(&store, "2026-11-21T00:00:00Z").await, Some(7));
+    // Reopening what is open is a conflict.
+    let twice = store.reopen_period(&acme, &api, d21, &why, later, None).await;
+    assert!(matches!(twice, Err(StoreError::Conflict(_))), "{twice:?}");
+    let today = store.reopen_period(&acme, &api, day_period("2026-11-29T00:00:00Z"), &why, later, None).await;
+    assert!(matches!(today, Err(StoreError::Conflict(_))), "{today:?}");
+    // A day closed by the watermark alone gets a zero record when reopened.
+    let d10 = day_period("2026-11-10T00:00:00Z");
+    let zero = store.reopen_period(&acme, &api, d10, &why, later, None).await.unwrap();
+    assert_eq!((zero.record.current_usage, zero.reopened_at), (0, Some(later)));
+    apply_one(&store, at_time(req("acme", "api_calls", 1), t("2026-11-10T01:00:00Z"))).await.unwrap();
+    assert_eq!(audited(&store, AuditAction::PeriodReopen).await.len(), 2);
+    // The automatic close moves the watermark but leaves reopened periods open...
+    let auto = store
+        .close_periods(&acme, t("2026-11-23T00:00:00Z"), CloseMode::Automatic, later, None)
+        .await
+        .unwrap();
+    assert_eq!(auto, CloseOutcome { closed_before: t("2026-11-23T00:00:00Z"), closed: 1 });
+    apply_one(&store, at_time(req("acme", "api_calls", 1), t("2026-11-21T14:00:00Z"))).await.unwrap();
+    // ...and an explicit close, even one that does not move the watermark, closes them.
+    let again = store
+        .close_periods(&acme, t("2026-11-22T00:00:00Z"), CloseMode::Explicit, later, None)
+        .await
+        .unwrap();
+    assert_eq!(again, CloseOutcome { closed_before: t("2026-11-23T00:00:00Z"), closed: 2 });
+    let closed =
+        apply_one(&store, at_time(req("acme", "api_calls", 1), t("2026-11-21T15:00:00Z"))).await.unwrap_err();
+    assert!(matches!(closed, UsageError::PeriodClosed { .. }), "{closed:?}");
+    let listed = store
+        .list_periods(
+            &acme,
+            &PeriodQuery {
+                metric_code: Some(api.clone()),
+                from: Some(t("2026-11-21T00:00:00Z")),
+                to: Some(t("2026-11-22T00:00:00Z")),
+                limit: 10,
+                ..PeriodQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].closed_at, listed[0].reopened_at, listed[0].record.current_usage),
+        (Some(later), Some(later), 8)
+    );
+}
+
+pub async fn periods_are_listed_newest_first_filtered_and_paginated<S: Store>(store: S) {
+    four_days(&store).await;
+    let acme = tenant("acme");
+    store.close_periods(&acme, t("2026-11-22T00:00:00Z"), CloseMode::Explicit, now(), None).await.unwrap();
+    let q = |closed, limit, after| PeriodQuery { closed, limit, after, ..PeriodQuery::default() };
+    let all = store.list_periods(&acme, &q(None, 10, None)).await.unwrap();
+    let starts: Vec<Timestamp> = all.iter().map(|p| p.record.period_start).collect();
+    assert_eq!(
+        starts,
+        ["2026-11-29", "2026-11-22", "2026-11-21", "2026-11-20"].map(|d| t(&format!("{d}T00:00:00Z")))
+    );
+    assert_eq!(all.iter().map(|p| p.closed_at.is_some()).collect::<Vec<_>>(), [false, false, true, true]);
+    assert_eq!(store.list_periods(&acme, &q(Some(true), 10, None)).await.unwrap().len(), 2);
+    assert_eq!(store.list_periods(&acme, &q(Some(false), 10, None)).await.unwrap().len(), 2);
+    // Pages of one cover every period once.
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list_periods(&acme, &q(None, 1, after.clone())).await.unwrap();
+        let Some(last) = page.last() else { break };
+        seen.push(last.record.period_start);
+        after = Some(PeriodCursor {
+            period_start: last.record.period_start,
+            metric_code: last.record.metric_code.clone(),
+        });
+    }
+    assert_eq!(seen, starts);
+    assert!(store.list_periods(&tenant("other"), &q(None, 10, None)).await.unwrap().is_empty());
+}
+
+pub async fn a_commit_into_a_closed_period_is_refused_and_releases_its_hold<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![daily("api_calls", 100)]).await;
+    let acme = tenant("acme");
+    let held_at = t("2026-11-28T23:58:00Z");
+    let r = store.reserve(&reserve_req("acme", "api_calls", 40, 600), held_at).await.unwrap().unwrap();
+    let after = t("2026-11-29T00:03:00Z");
+    assert_eq!(held(&store, after).await, 40);
+    store.close_periods(&acme, t("2026-11-29T00:00:00Z"), CloseMode::Explicit, after, None).await.unwrap();
+    let refused = store
+        .commit_reservation(&commit_req("acme", r.reservation.id, None), after)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(refused, UsageError::PeriodClosed { .. }), "{refused:?}");
+    assert_eq!(held(&store, after).await, 0, "the hold is released");
+    let again = store.commit_reservation(&commit_req("acme", r.reservation.id, None), after).await.unwrap();
+    assert!(
+        matches!(again, Err(UsageError::ReservationClosed { status: ReservationStatus::Released, .. })),
+        "{again:?}"
+    );
+    assert!(all_events(&store, "acme").await.is_empty());
+}
+
+pub async fn writers_racing_a_close_never_land_in_the_closed_period<S: Store>(store: S) {
+    setup(&store, "acme", "pro", vec![daily("api_calls", 1_000_000)]).await;
+    let acme = tenant("acme");
+    let d28 = t("2026-11-28T12:00:00Z");
+    apply_one(&store, at_time(req("acme", "api_calls", 1), d28)).await.unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(1));
+    let mut writers = Vec::new();
+    for w in 0..32 {
+        let (store, accepted) = (store.clone(), accepted.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let r = keyed(at_time(req("acme", "api_calls", 1), d28), &format!("w{w}-{i}"));
+                match apply_one(&store, r).await {
+                    Ok(_) => {
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(UsageError::PeriodClosed { .. }) => return,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let closed = store
+        .close_periods(&acme, t("2026-11-29T00:00:00Z"), CloseMode::Explicit, now(), None)
+        .await
+        .unwrap();
+    assert_eq!(closed.closed, 1);
+    // Whatever answered after the close committed, nothing more lands in the day.
+    let at_close = day_usage(&store, "2026-11-28T00:00:00Z").await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(day_usage(&store, "2026-11-28T00:00:00Z").await, Some(at_close));
+    assert_eq!(at_close, accepted.load(std::sync::atomic::Ordering::SeqCst));
+    let late = apply_one(&store, at_time(req("acme", "api_calls", 1), d28)).await.unwrap_err();
+    assert!(matches!(late, UsageError::PeriodClosed { .. }), "{late:?}");
 }

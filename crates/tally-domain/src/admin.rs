@@ -84,6 +84,12 @@ pub enum AuditAction {
     WebhookDelete,
     /// A delivery was sent again by hand.
     WebhookRedeliver,
+    /// A counter was corrected by a signed amount.
+    UsageCorrect,
+    /// A tenant's periods were closed up to a watermark.
+    PeriodClose,
+    /// One closed period was opened again.
+    PeriodReopen,
 }
 
 impl AuditAction {
@@ -104,6 +110,9 @@ impl AuditAction {
             AuditAction::WebhookPut => "webhook.put",
             AuditAction::WebhookDelete => "webhook.delete",
             AuditAction::WebhookRedeliver => "webhook.redeliver",
+            AuditAction::UsageCorrect => "usage.correct",
+            AuditAction::PeriodClose => "period.close",
+            AuditAction::PeriodReopen => "period.reopen",
         }
     }
 }
@@ -132,6 +141,9 @@ impl FromStr for AuditAction {
             AuditAction::WebhookPut,
             AuditAction::WebhookDelete,
             AuditAction::WebhookRedeliver,
+            AuditAction::UsageCorrect,
+            AuditAction::PeriodClose,
+            AuditAction::PeriodReopen,
         ];
         all.into_iter()
             .find(|a| a.as_str() == raw)

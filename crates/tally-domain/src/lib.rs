@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod closing;
 pub mod error;
 pub mod ids;
 pub mod limits;
@@ -15,6 +16,7 @@ pub mod usage;
 pub mod webhook;
 
 pub use admin::{ApiKey, AuditAction, AuditEntry, KeyScope};
+pub use closing::{CloseAfter, CorrectionRequest, Reason, Watermark};
 pub use error::DomainError;
 pub use ids::{Amount, IdempotencyKey, Metadata, MetricCode, Name, PlanCode, TenantId, WebhookId};
 pub use metric::{Metric, MetricKind, MetricSpec};
@@ -26,8 +28,8 @@ pub use quota::{
 pub use reservation::{CommitRequest, Reservation, ReservationStatus, ReserveOutcome, ReserveRequest, Ttl};
 pub use time::Timestamp;
 pub use usage::{
-    Change, EventReceipt, RecordKey, RecordedEvent, UsageError, UsageEvent, UsageOutcome, UsageRecord,
-    UsageRequest, decide, decide_with_reserved,
+    Change, EventKind, EventReceipt, RecordKey, RecordedEvent, UsageError, UsageEvent, UsageOutcome,
+    UsageRecord, UsageRequest, decide, decide_with_reserved,
 };
 pub use webhook::{
     Delivery, DeliveryData, DeliveryStatus, RetryPolicy, Webhook, WebhookEventType, WebhookSecret,

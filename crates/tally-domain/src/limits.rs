@@ -10,6 +10,19 @@ pub const EVENT_METADATA_BYTES_MAX: usize = 4 * 1024;
 pub const AMOUNT_MIN: i64 = 1;
 /// Largest amount one usage event may carry.
 pub const AMOUNT_MAX: i64 = 1_000_000_000_000;
+/// Length of a correction's or a reopening's reason, in characters.
+pub const REASON_CHARS_MAX: usize = 500;
+/// Longest `close_after` a plan may set, in seconds (one year and a day).
+pub const CLOSE_AFTER_SECONDS_MAX: i64 = 366 * 24 * 3600;
+/// How often the automatic closing job runs, in milliseconds.
+pub const AUTO_CLOSE_INTERVAL_MS: u64 = 60_000;
+/// A period whose end lies within this many seconds after a batch's instant may be closed
+/// by an instance whose clock runs ahead (clocks are assumed within it of each other): a
+/// write into it reads the tenant's watermark under a share lock. It equals the future
+/// window, so an event accepted at most that far ahead is always covered.
+pub const CLOSE_CLOCK_SKEW_SECONDS_MAX: i64 = EVENT_FUTURE_SECONDS_MAX;
+/// Rows one export page reads at a time (periods or events).
+pub const EXPORT_PAGE_LEN: u32 = 1_000;
 /// Length of a tenant id in bytes.
 pub const TENANT_ID_LEN_MAX: usize = 64;
 /// Length of a metric code in bytes.

@@ -108,6 +108,9 @@ pub struct Plan {
     pub name: Name,
     /// One entry per metric, in the order given.
     pub limits: Vec<QuotaLimit>,
+    /// Periods that ended at least this long ago are closed automatically; `None`: never.
+    #[serde(default)]
+    pub close_after: Option<crate::closing::CloseAfter>,
     /// Starts at 1; +1 on each change.
     pub version: i64,
     /// When the plan was first created.
@@ -123,6 +126,8 @@ pub struct PlanSpec {
     pub name: Name,
     /// Limits, at most one per metric.
     pub limits: Vec<QuotaLimit>,
+    /// Periods that ended at least this long ago are closed automatically; `None`: never.
+    pub close_after: Option<crate::closing::CloseAfter>,
 }
 
 impl PlanSpec {
@@ -143,7 +148,12 @@ impl PlanSpec {
                 ));
             }
         }
-        Ok(PlanSpec { name, limits })
+        Ok(PlanSpec { name, limits, close_after: None })
+    }
+
+    /// The same spec, closing periods `close_after` after they end.
+    pub fn with_close_after(self, close_after: Option<crate::closing::CloseAfter>) -> PlanSpec {
+        PlanSpec { close_after, ..self }
     }
 }
 
@@ -155,7 +165,7 @@ impl Plan {
 
     /// Whether the plan already says what `spec` says (a `PUT` of it changes nothing).
     pub fn matches(&self, spec: &PlanSpec) -> bool {
-        self.name == spec.name && self.limits == spec.limits
+        self.name == spec.name && self.limits == spec.limits && self.close_after == spec.close_after
     }
 }
 
@@ -294,6 +304,7 @@ mod tests {
                 limit("a", Some(1), LimitEnforcement::Hard),
                 limit("b", Some(2), LimitEnforcement::Hard),
             ],
+            close_after: None,
             version: 1,
             created_at: t0,
             updated_at: t0,

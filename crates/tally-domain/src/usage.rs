@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::closing::Reason;
 use crate::error::DomainError;
 use crate::ids::{Amount, IdempotencyKey, Metadata, MetricCode, TenantId};
 use crate::limits::AMOUNT_MAX;
@@ -86,7 +87,39 @@ pub struct RecordKey {
     pub period: Period,
 }
 
-/// An immutable fact: some usage happened. Never updated, never deleted.
+/// What an event records: usage, or an operator's correction of a count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Usage recorded by the product (`POST .../usage`, batches, reservations' commits,
+    /// compatibility events).
+    #[default]
+    Usage,
+    /// A signed repair of a counter (`POST .../usage/corrections`), with its reason.
+    Correction,
+}
+
+impl EventKind {
+    /// The wire and column name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Usage => "usage",
+            EventKind::Correction => "correction",
+        }
+    }
+
+    /// Reads a wire or column name.
+    pub fn parse(raw: &str) -> Result<EventKind, DomainError> {
+        match raw {
+            "usage" => Ok(EventKind::Usage),
+            "correction" => Ok(EventKind::Correction),
+            _ => Err(DomainError::invalid("kind", format!("must be usage or correction, got {raw:?}"))),
+        }
+    }
+}
+
+/// An immutable fact: some usage happened, or a count was corrected. Never updated, never
+/// deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// Time-ordered id (UUID v7).
@@ -95,7 +128,7 @@ pub struct UsageEvent {
     pub tenant_id: TenantId,
     /// Of what.
     pub metric_code: MetricCode,
-    /// How much; always `> 0`.
+    /// How much: `> 0` for a counter's usage; signed for a gauge's change and a correction.
     pub amount: i64,
     /// The client's context, `{}` when none was sent.
     pub metadata: Metadata,
@@ -105,6 +138,10 @@ pub struct UsageEvent {
     pub timestamp: Timestamp,
     /// When Tally recorded it.
     pub created_at: Timestamp,
+    /// Usage or a correction.
+    pub kind: EventKind,
+    /// A correction's reason; `None` for usage.
+    pub reason: Option<Reason>,
 }
 
 /// What recording an event answered, kept with the event so that a replay returns the
@@ -245,7 +282,8 @@ impl UsageRequest {
             Change::Add(n) => !recorded.receipt.set && recorded.event.amount == n,
             Change::Set(level) => recorded.receipt.set && recorded.receipt.usage_after == level,
         };
-        self.metric_code == recorded.event.metric_code
+        recorded.event.kind == EventKind::Usage
+            && self.metric_code == recorded.event.metric_code
             && change_same
             && self.metadata == recorded.event.metadata
             && timestamp_same
@@ -285,6 +323,8 @@ pub struct UsageOutcome {
     pub exceeded: bool,
     /// True when this answers a retry and nothing was recorded.
     pub replayed: bool,
+    /// Usage, or a correction.
+    pub kind: EventKind,
 }
 
 impl UsageOutcome {
@@ -303,6 +343,7 @@ impl UsageOutcome {
             period: r.period,
             exceeded: r.limit.is_some_and(|l| r.usage_after > l),
             replayed,
+            kind: recorded.event.kind,
         }
     }
 }
@@ -387,6 +428,32 @@ pub enum UsageError {
         current: i64,
         /// How much it would have gone down.
         decrease: i64,
+    },
+    /// The period the write falls in is closed; nothing was recorded.
+    #[error("{metric}: the period [{}, {}) is closed (since {closed_at})", period.start(), period.end())]
+    PeriodClosed {
+        /// The metric.
+        metric: MetricCode,
+        /// The closed period.
+        period: Period,
+        /// When it was closed.
+        closed_at: Timestamp,
+    },
+    /// A correction would take a counter below zero; nothing was recorded.
+    #[error("{metric}: a correction of {amount} would take the counter from {current} below 0")]
+    CorrectionBelowZero {
+        /// The metric.
+        metric: MetricCode,
+        /// The counter before.
+        current: i64,
+        /// The correction asked for.
+        amount: i64,
+    },
+    /// Corrections are for counters; a gauge's level is set instead.
+    #[error("{metric} is a gauge: correct its level with a usage \"set\" instead")]
+    CorrectionNotApplicable {
+        /// The metric.
+        metric: MetricCode,
     },
     /// The request is invalid (including a counter that would overflow).
     #[error(transparent)]
@@ -520,6 +587,8 @@ mod tests {
                 idempotency_key: None,
                 timestamp: p.start(),
                 created_at: p.start(),
+                kind: EventKind::Usage,
+                reason: None,
             },
             receipt: EventReceipt {
                 usage_after: 1,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use tally_domain::{IdempotencyKey, RecordKey, RecordedEvent, Reservation, TenantId};
+use tally_domain::{IdempotencyKey, RecordKey, RecordedEvent, Reservation, TenantId, Timestamp, Watermark};
 use uuid::Uuid;
 
 use crate::outbox::FireStates;
@@ -34,12 +34,22 @@ pub struct LockedRecord {
     pub reserved: i64,
     /// How it came to be held.
     pub state: RecordState,
+    /// When its period was closed, if it is (read under its lock).
+    pub closed_at: Option<Timestamp>,
+    /// Whether its period was reopened since its last close: then it is open, whatever the
+    /// tenant's watermark says.
+    pub reopened: bool,
 }
 
 impl LockedRecord {
     /// A record that does not exist yet, at zero.
     pub fn absent() -> LockedRecord {
-        LockedRecord { id: Uuid::now_v7(), current_usage: 0, reserved: 0, state: RecordState::Absent }
+        LockedRecord::at(Uuid::now_v7(), 0, RecordState::Absent)
+    }
+
+    /// A record held at `current_usage`, open, with nothing reserved yet.
+    pub fn at(id: Uuid, current_usage: i64, state: RecordState) -> LockedRecord {
+        LockedRecord { id, current_usage, reserved: 0, state, closed_at: None, reopened: false }
     }
 }
 
@@ -74,6 +84,10 @@ pub struct Loaded {
     /// The threshold states of every loaded record, when the batch may fire webhooks;
     /// `None` when they were not read.
     pub fire_states: Option<FireStates>,
+    /// The closing watermarks of the tenants that write into periods that may be closed,
+    /// read under a share lock of the tenant (which a close takes exclusively): `None` for a
+    /// tenant that never closed a period. A tenant absent here was not read.
+    pub watermarks: HashMap<TenantId, Option<Watermark>>,
 }
 
 impl Loaded {
@@ -97,6 +111,14 @@ impl Loaded {
         needs: &'n crate::Needs,
     ) -> impl Iterator<Item = &'n (TenantId, IdempotencyKey)> + use<'n, '_> {
         needs.reservation_keys.iter().filter(|k| !self.reservations_by_key.contains_key(*k))
+    }
+
+    /// The tenants of `needs` whose watermarks were not read yet.
+    pub fn missing_watermarks<'n>(
+        &self,
+        needs: &'n crate::Needs,
+    ) -> impl Iterator<Item = &'n TenantId> + use<'n, '_> {
+        needs.watermarks.iter().filter(|t| !self.watermarks.contains_key(*t))
     }
 
     /// The tenants of `needs` whose open reservations were not counted yet.

@@ -25,6 +25,10 @@ pub struct Needs {
     pub open_reservations: Vec<TenantId>,
     /// Read the threshold states of every locked record (webhooks are registered).
     pub fire_states: bool,
+    /// Tenants whose closing watermark must be read, under a share lock taken before any
+    /// record's lock (a close takes the tenant's row first, then its records): those writing
+    /// into a period that may be closed (`Ctx::may_be_closed`).
+    pub watermarks: Vec<TenantId>,
 }
 
 impl Needs {
@@ -36,6 +40,7 @@ impl Needs {
             && self.reservation_keys.is_empty()
             && self.open_reservations.is_empty()
             && !self.fire_states
+            && self.watermarks.is_empty()
     }
 
     /// Every tenant named anywhere in these needs, once each, sorted.
@@ -46,6 +51,7 @@ impl Needs {
         all.extend(self.event_keys.iter().map(|(t, _)| t));
         all.extend(self.reservation_keys.iter().map(|(t, _)| t));
         all.extend(self.open_reservations.iter());
+        all.extend(self.watermarks.iter());
         all.into_iter().collect()
     }
 }
@@ -58,6 +64,7 @@ pub fn needs<E: Entitlements + ?Sized>(ops: &[WriteOp], ents: &E, ctx: &Ctx, web
     let mut event_keys = BTreeSet::new();
     let mut reservation_keys = BTreeSet::new();
     let mut open = BTreeSet::new();
+    let mut watermarks = BTreeSet::new();
     for op in ops {
         match op {
             WriteOp::Usage(req) => {
@@ -75,6 +82,30 @@ pub fn needs<E: Entitlements + ?Sized>(ops: &[WriteOp], ents: &E, ctx: &Ctx, web
                 let Ok(period) = limit.period.containing(req.timestamp.unwrap_or(ctx.now), anchor) else {
                     continue;
                 };
+                if ctx.may_be_closed(period.end()) {
+                    watermarks.insert(req.tenant_id.clone());
+                }
+                records.insert(RecordKey {
+                    tenant_id: req.tenant_id.clone(),
+                    metric_code: req.metric_code.clone(),
+                    period,
+                });
+            }
+            WriteOp::Correct(req) => {
+                if let Some(key) = &req.idempotency_key {
+                    event_keys.insert((req.tenant_id.clone(), key.clone()));
+                }
+                let Ok((limit, anchor)) =
+                    resolve_limit(&req.tenant_id, &req.metric_code, ents.lookup(&req.tenant_id))
+                else {
+                    continue;
+                };
+                let Ok(period) = limit.period.containing(req.timestamp.unwrap_or(ctx.now), anchor) else {
+                    continue;
+                };
+                if ctx.may_be_closed(period.end()) {
+                    watermarks.insert(req.tenant_id.clone());
+                }
                 records.insert(RecordKey {
                     tenant_id: req.tenant_id.clone(),
                     metric_code: req.metric_code.clone(),
@@ -113,5 +144,6 @@ pub fn needs<E: Entitlements + ?Sized>(ops: &[WriteOp], ents: &E, ctx: &Ctx, web
         reservation_keys: reservation_keys.into_iter().collect(),
         open_reservations: open.into_iter().collect(),
         fire_states: webhooks,
+        watermarks: watermarks.into_iter().collect(),
     }
 }

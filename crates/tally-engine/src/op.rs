@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Duration;
-use tally_domain::limits::EVENT_FUTURE_SECONDS_MAX;
+use tally_domain::limits::{CLOSE_CLOCK_SKEW_SECONDS_MAX, EVENT_FUTURE_SECONDS_MAX};
 use tally_domain::{
-    CommitRequest, EntitlementLookup, ReserveOutcome, ReserveRequest, TenantId, Timestamp, UsageError,
-    UsageOutcome, UsageRequest,
+    CommitRequest, CorrectionRequest, EntitlementLookup, ReserveOutcome, ReserveRequest, TenantId, Timestamp,
+    UsageError, UsageOutcome, UsageRequest,
 };
 use uuid::Uuid;
 
@@ -22,6 +22,8 @@ pub enum WriteOp {
     Reserve(ReserveRequest),
     /// Settle a reservation with its usage (`POST .../reservations/{id}/commit`).
     Commit(CommitRequest),
+    /// Correct a counter by a signed amount (`POST .../usage/corrections`).
+    Correct(CorrectionRequest),
     /// Free a reservation (`DELETE .../reservations/{id}`).
     Release {
         /// Whose reservation.
@@ -38,6 +40,7 @@ impl WriteOp {
             WriteOp::Usage(r) => &r.tenant_id,
             WriteOp::Reserve(r) => &r.tenant_id,
             WriteOp::Commit(r) => &r.tenant_id,
+            WriteOp::Correct(r) => &r.tenant_id,
             WriteOp::Release { tenant_id, .. } => tenant_id,
         }
     }
@@ -47,7 +50,7 @@ impl WriteOp {
 /// unknown tenant, a conflict, ...); failures of the store are not answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// Of `WriteOp::Usage` and `WriteOp::Commit`.
+    /// Of `WriteOp::Usage`, `WriteOp::Correct` and `WriteOp::Commit`.
     Usage(Result<UsageOutcome, UsageError>),
     /// Of `WriteOp::Reserve`.
     Reserve(Result<ReserveOutcome, UsageError>),
@@ -125,5 +128,12 @@ impl Ctx {
             return Err(UsageError::EventOutOfWindow { timestamp: ts, earliest, latest });
         }
         Ok(())
+    }
+
+    /// Whether a period ending at `end` may be closed already, by this instance or by one
+    /// whose clock runs up to `CLOSE_CLOCK_SKEW_SECONDS_MAX` ahead: a write into it reads
+    /// its tenant's watermark.
+    pub fn may_be_closed(&self, end: Timestamp) -> bool {
+        end <= self.now + Duration::seconds(CLOSE_CLOCK_SKEW_SECONDS_MAX)
     }
 }

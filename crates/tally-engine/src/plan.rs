@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tally_domain::limits::RESERVATIONS_OPEN_MAX;
 use tally_domain::usage::checked_usage;
 use tally_domain::{
-    Change, CommitRequest, Delivery, DomainError, EntitlementLookup, EventReceipt, IdempotencyKey,
-    MetricCode, QuotaLimit, RecordKey, RecordedEvent, Reservation, ReservationStatus, ReserveOutcome,
-    ReserveRequest, TenantId, Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRequest,
-    decide_with_reserved,
+    AuditAction, AuditEntry, Change, CommitRequest, CorrectionRequest, Delivery, DomainError,
+    EntitlementLookup, EventKind, EventReceipt, IdempotencyKey, MetricCode, PeriodKind, QuotaLimit,
+    RecordKey, RecordedEvent, Reservation, ReservationStatus, ReserveOutcome, ReserveRequest, TenantId,
+    Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRequest, decide_with_reserved,
 };
 use uuid::Uuid;
 
@@ -54,6 +54,8 @@ pub struct Writes {
     pub fire_states: Vec<(FireKey, bool)>,
     /// Webhook deliveries to append.
     pub deliveries: Vec<Delivery>,
+    /// Audit entries to append (`usage.correct`), in arrival order.
+    pub audit: Vec<AuditEntry>,
 }
 
 impl Writes {
@@ -66,6 +68,7 @@ impl Writes {
             && self.settled_reservations.is_empty()
             && self.fire_states.is_empty()
             && self.deliveries.is_empty()
+            && self.audit.is_empty()
     }
 }
 
@@ -105,6 +108,7 @@ pub fn plan<E: Entitlements + ?Sized>(
             WriteOp::Usage(req) => Answer::Usage(work.usage(req, ents)),
             WriteOp::Reserve(req) => Answer::Reserve(work.reserve(req, ents)),
             WriteOp::Commit(req) => Answer::Usage(work.commit(req, ents)?),
+            WriteOp::Correct(req) => Answer::Usage(work.correct(req, ents)),
             WriteOp::Release { tenant_id, reservation_id } => {
                 Answer::Release(work.release(tenant_id, *reservation_id))
             }
@@ -176,6 +180,8 @@ struct Work<'l> {
     open_delta: HashMap<TenantId, i64>,
     /// Records an operation needed that were not loaded.
     missing: BTreeSet<RecordKey>,
+    /// Tenants whose watermark an operation needed and that was not read.
+    missing_watermarks: BTreeSet<TenantId>,
     /// Events accepted, in arrival order, and their keys.
     events: Vec<RecordedEvent>,
     event_keys: HashMap<(TenantId, IdempotencyKey), usize>,
@@ -186,6 +192,7 @@ struct Work<'l> {
     settled: BTreeMap<Uuid, Reservation>,
     committed: HashMap<Uuid, usize>,
     signals: Vec<Signal>,
+    audit: Vec<AuditEntry>,
 }
 
 impl<'l> Work<'l> {
@@ -198,6 +205,7 @@ impl<'l> Work<'l> {
             held_delta: HashMap::new(),
             open_delta: HashMap::new(),
             missing: BTreeSet::new(),
+            missing_watermarks: BTreeSet::new(),
             events: Vec::new(),
             event_keys: HashMap::new(),
             new_reservations: Vec::new(),
@@ -205,6 +213,7 @@ impl<'l> Work<'l> {
             settled: BTreeMap::new(),
             committed: HashMap::new(),
             signals: Vec::new(),
+            audit: Vec::new(),
         }
     }
 
@@ -215,6 +224,31 @@ impl<'l> Work<'l> {
             self.missing.insert(key.clone());
         }
         found
+    }
+
+    /// `PeriodClosed` when the period of `key` is closed: its record says so, or it lies
+    /// under the tenant's watermark and was not reopened. `UsageRecordNotFound` stands in
+    /// (noted as missing) when the watermark is needed and was not read.
+    fn closed(&mut self, key: &RecordKey, lock: &LockedRecord) -> Result<(), UsageError> {
+        let closed = |closed_at| UsageError::PeriodClosed {
+            metric: key.metric_code.clone(),
+            period: key.period,
+            closed_at,
+        };
+        if let Some(at) = lock.closed_at {
+            return Err(closed(at));
+        }
+        if lock.reopened || !self.ctx.may_be_closed(key.period.end()) {
+            return Ok(());
+        }
+        match self.loaded.watermarks.get(&key.tenant_id) {
+            None => {
+                self.missing_watermarks.insert(key.tenant_id.clone());
+                Err(UsageError::UsageRecordNotFound)
+            }
+            Some(Some(mark)) if mark.covers(key.period) => Err(closed(mark.moved_at)),
+            Some(_) => Ok(()),
+        }
     }
 
     fn current(&self, key: &RecordKey, lock: &LockedRecord) -> i64 {
@@ -251,6 +285,8 @@ impl<'l> Work<'l> {
             // Decided once the record is loaded (`Unplanned::Need`).
             return Err(UsageError::UsageRecordNotFound);
         };
+        // 4. A closed period takes nothing more.
+        self.closed(&key, lock)?;
         let current = self.current(&key, lock);
         let held = self.held(&key, lock);
         match decide_with_reserved(limit, period, current, held, req.change) {
@@ -274,6 +310,8 @@ impl<'l> Work<'l> {
                         idempotency_key: req.idempotency_key.clone(),
                         timestamp: at,
                         created_at: self.ctx.now,
+                        kind: EventKind::Usage,
+                        reason: None,
                     },
                     receipt: EventReceipt {
                         usage_after: after,
@@ -460,6 +498,17 @@ impl<'l> Work<'l> {
         let Some(lock) = self.record(&key) else {
             return Ok(Err(UsageError::UsageRecordNotFound));
         };
+        if let Err(e) = self.closed(&key, lock) {
+            if matches!(e, UsageError::PeriodClosed { .. }) {
+                // Its period was closed while it was held: nothing is recorded, and the
+                // hold is released.
+                self.unhold(&r);
+                r.status = ReservationStatus::Released;
+                r.settled_at = Some(now);
+                self.settled.insert(r.id, r);
+            }
+            return Ok(Err(e));
+        }
         let current = self.current(&key, lock);
         let held = self.held(&key, lock);
         // The quota was held: the commit is never refused by the limit it held against.
@@ -478,6 +527,8 @@ impl<'l> Work<'l> {
                 // The work began when the quota was held: the usage counts in that period.
                 timestamp: r.created_at,
                 created_at: now,
+                kind: EventKind::Usage,
+                reason: None,
             },
             receipt: EventReceipt {
                 usage_after: after,
@@ -503,6 +554,103 @@ impl<'l> Work<'l> {
         self.committed.insert(req.reservation_id, self.events.len());
         self.events.push(event);
         Ok(Ok(outcome))
+    }
+
+    fn correct<E: Entitlements + ?Sized>(
+        &mut self,
+        req: &CorrectionRequest,
+        ents: &E,
+    ) -> Result<UsageOutcome, UsageError> {
+        // 1. The idempotency lookup, in the usage key space.
+        let keyed = req.idempotency_key.as_ref().map(|k| (req.tenant_id.clone(), k.clone()));
+        if let Some(tk) = &keyed {
+            let found =
+                self.loaded.events.get(tk).or_else(|| self.event_keys.get(tk).map(|&idx| &self.events[idx]));
+            if let Some(rec) = found {
+                return if req.same_payload(rec) {
+                    Ok(UsageOutcome::from_recorded(rec, true))
+                } else {
+                    Err(UsageError::IdempotencyConflict { key: tk.1.clone() })
+                };
+            }
+        }
+        // 2. No event window: a repair may reach any period that is not closed.
+        let (limit, anchor) = resolve_limit(&req.tenant_id, &req.metric_code, ents.lookup(&req.tenant_id))?;
+        if limit.period == PeriodKind::None {
+            return Err(UsageError::CorrectionNotApplicable { metric: req.metric_code.clone() });
+        }
+        let at = req.timestamp.unwrap_or(self.ctx.now);
+        let period = limit.period.containing(at, anchor)?;
+        let key =
+            RecordKey { tenant_id: req.tenant_id.clone(), metric_code: req.metric_code.clone(), period };
+        let Some(lock) = self.record(&key) else {
+            return Err(UsageError::UsageRecordNotFound);
+        };
+        self.closed(&key, lock)?;
+        let current = self.current(&key, lock);
+        let held = self.held(&key, lock);
+        // 3. Never refused by a limit; never below zero.
+        let after = checked_usage(&req.metric_code, current, req.amount)?;
+        if after < 0 {
+            return Err(UsageError::CorrectionBelowZero {
+                metric: req.metric_code.clone(),
+                current,
+                amount: req.amount,
+            });
+        }
+        // Only a rise may cross a threshold; a fall never fires (nor re-arms) one.
+        if let Some(max) = limit.limit
+            && req.amount > 0
+        {
+            self.signals.push(Signal::Changed { key: key.clone(), limit: max, before: current, after });
+        }
+        let rec = RecordedEvent {
+            event: UsageEvent {
+                id: Uuid::now_v7(),
+                tenant_id: req.tenant_id.clone(),
+                metric_code: req.metric_code.clone(),
+                amount: req.amount,
+                metadata: tally_domain::Metadata::default(),
+                idempotency_key: req.idempotency_key.clone(),
+                timestamp: at,
+                created_at: self.ctx.now,
+                kind: EventKind::Correction,
+                reason: Some(req.reason.clone()),
+            },
+            receipt: EventReceipt {
+                usage_after: after,
+                limit: limit.limit,
+                enforcement: limit.enforcement,
+                period,
+                timestamp_explicit: req.timestamp.is_some(),
+                set: false,
+                reserved: held,
+            },
+        };
+        let outcome = UsageOutcome::from_recorded(&rec, false);
+        self.audit.push(AuditEntry::new(
+            self.ctx.now,
+            req.key_id,
+            AuditAction::UsageCorrect,
+            Some(req.tenant_id.clone()),
+            serde_json::json!({
+                "event_id": rec.event.id.to_string(),
+                "metric_code": req.metric_code.as_str(),
+                "amount": req.amount,
+                "reason": req.reason.as_str(),
+                "timestamp": tally_domain::time::format_rfc3339(at),
+                "period_start": tally_domain::time::format_rfc3339(period.start()),
+                "period_end": tally_domain::time::format_rfc3339(period.end()),
+                "usage_before": current,
+                "usage_after": after,
+            }),
+        ));
+        self.usage.insert(key, after);
+        if let Some(tk) = keyed {
+            self.event_keys.insert(tk, self.events.len());
+        }
+        self.events.push(rec);
+        Ok(outcome)
     }
 
     fn release(&mut self, tenant: &TenantId, id: Uuid) -> Result<(), UsageError> {
@@ -534,6 +682,9 @@ impl<'l> Work<'l> {
         let mut need = Needs::default();
         if !self.missing.is_empty() {
             need.records = self.missing.into_iter().collect();
+        }
+        if !self.missing_watermarks.is_empty() {
+            need.watermarks = self.missing_watermarks.into_iter().collect();
         }
         let fire = outbox::any_step(rules, &self.signals);
         if fire && self.loaded.fire_states.is_none() {
@@ -580,6 +731,7 @@ impl<'l> Work<'l> {
             settled_reservations: self.settled.into_values().collect(),
             fire_states: outbox.states,
             deliveries: outbox.deliveries,
+            audit: self.audit,
         })
     }
 }

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use chrono::Duration;
 use proptest::prelude::*;
 use tally_domain::{
-    Amount, Change, CommitRequest, Entitlement, EntitlementLookup, EventReceipt, IdempotencyKey,
-    LimitEnforcement, Metadata, MetricCode, Name, Period, PeriodKind, Plan, PlanCode, QuotaLimit, RecordKey,
-    RecordedEvent, Reservation, ReservationStatus, ReserveRequest, Subscription, TenantId, Timestamp, Ttl,
-    UsageError, UsageEvent, UsageRequest, WebhookEventType, WebhookId, WebhookSpec,
+    Amount, Change, CommitRequest, CorrectionRequest, Entitlement, EntitlementLookup, EventKind,
+    EventReceipt, IdempotencyKey, LimitEnforcement, Metadata, MetricCode, Name, Period, PeriodKind, Plan,
+    PlanCode, QuotaLimit, Reason, RecordKey, RecordedEvent, Reservation, ReservationStatus, ReserveRequest,
+    Subscription, TenantId, Timestamp, Ttl, UsageError, UsageEvent, UsageRequest, Watermark,
+    WebhookEventType, WebhookId, WebhookSpec,
 };
 use tally_engine::{
     Answer, Ctx, FireStates, Loaded, LoadedReservation, LockedRecord, RecordState, Unplanned, WebhookRule,
@@ -53,6 +54,7 @@ fn ents() -> HashMap<TenantId, EntitlementLookup> {
         code: PlanCode::parse("pro").unwrap(),
         name: Name::parse("Pro").unwrap(),
         limits,
+        close_after: None,
         version: 1,
         created_at: now(),
         updated_at: now(),
@@ -90,7 +92,7 @@ fn usage(m: &str, n: i64, k: Option<&str>) -> WriteOp {
 }
 
 fn locked(current: i64, reserved: i64, state: RecordState) -> LockedRecord {
-    LockedRecord { id: Uuid::now_v7(), current_usage: current, reserved, state }
+    LockedRecord { reserved, ..LockedRecord::at(Uuid::now_v7(), current, state) }
 }
 
 fn loaded_with(records: Vec<(RecordKey, LockedRecord)>) -> Loaded {
@@ -201,6 +203,8 @@ fn stored_event(k: &str, amount: i64, timestamp: Timestamp, explicit: bool) -> R
             idempotency_key: Some(key(k)),
             timestamp,
             created_at: timestamp,
+            kind: EventKind::Usage,
+            reason: None,
         },
         receipt: EventReceipt {
             usage_after: 4,
@@ -480,4 +484,90 @@ proptest! {
             }
         }
     }
+}
+
+fn correct_op(amount: i64, at: Option<Timestamp>) -> WriteOp {
+    WriteOp::Correct(CorrectionRequest {
+        tenant_id: tenant("acme"),
+        metric_code: metric("api_calls"),
+        amount,
+        reason: Reason::parse("refund").unwrap(),
+        idempotency_key: None,
+        timestamp: at,
+        key_id: None,
+    })
+}
+
+fn october() -> Period {
+    Period::new(t("2026-10-01T00:00:00Z"), t("2026-11-01T00:00:00Z")).unwrap()
+}
+
+fn october_key() -> RecordKey {
+    RecordKey { tenant_id: tenant("acme"), metric_code: metric("api_calls"), period: october() }
+}
+
+#[test]
+fn a_write_into_a_period_that_may_be_closed_asks_for_its_tenants_watermark() {
+    let at = Some(t("2026-10-20T00:00:00Z"));
+    // needs() sees it coming for a correction, and a current-period write asks nothing.
+    assert_eq!(needs(&[correct_op(-1, at)], &ents(), &ctx(), false).watermarks, vec![tenant("acme")]);
+    assert!(needs(&[usage("api_calls", 1, None)], &ents(), &ctx(), false).watermarks.is_empty());
+    // plan() asks for it when it was not read, and decides once it was.
+    let mut l = loaded_with(vec![(october_key(), locked(5, 0, RecordState::Existing))]);
+    let Err(Unplanned::Need(need)) = plan(&[correct_op(-1, at)], &ents(), &[], &l, &ctx()) else {
+        panic!("decided without the watermark");
+    };
+    assert_eq!(need.watermarks, vec![tenant("acme")]);
+    l.watermarks.insert(tenant("acme"), None);
+    let p = done(&[correct_op(-1, at)], &l);
+    assert_eq!(usage_answer(&p.answers[0]).as_ref().unwrap().current_usage, 4);
+}
+
+#[test]
+fn the_watermark_or_the_record_closes_a_period_and_a_reopened_one_takes_writes() {
+    let at = Some(t("2026-10-20T00:00:00Z"));
+    let mark = Watermark { closed_before: t("2026-11-01T00:00:00Z"), moved_at: t("2026-11-02T00:00:00Z") };
+    let closed_by = |record: LockedRecord, mark: Option<Watermark>| {
+        let mut l = loaded_with(vec![(october_key(), record)]);
+        l.watermarks.insert(tenant("acme"), mark);
+        let p = done(&[correct_op(1, at)], &l);
+        match usage_answer(&p.answers[0]) {
+            Err(UsageError::PeriodClosed { closed_at, period, .. }) => {
+                assert_eq!(*period, october());
+                assert!(p.writes.events.is_empty() && p.writes.audit.is_empty());
+                Some(*closed_at)
+            }
+            Ok(_) => None,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    // A record created in this transaction under the watermark: closed since it moved.
+    assert_eq!(closed_by(locked(0, 0, RecordState::Created), Some(mark)), Some(mark.moved_at));
+    // A record marked closed: closed since then, whatever the watermark.
+    let marked =
+        LockedRecord { closed_at: Some(t("2026-11-03T00:00:00Z")), ..locked(3, 0, RecordState::Existing) };
+    assert_eq!(closed_by(marked, None), Some(t("2026-11-03T00:00:00Z")));
+    // Reopened: open under the watermark.
+    let reopened = LockedRecord { reopened: true, ..locked(3, 0, RecordState::Existing) };
+    assert_eq!(closed_by(reopened, Some(mark)), None);
+    // Above the watermark: open.
+    let lower = Watermark { closed_before: t("2026-10-01T00:00:00Z"), ..mark };
+    assert_eq!(closed_by(locked(3, 0, RecordState::Existing), Some(lower)), None);
+}
+
+#[test]
+fn a_correction_is_never_refused_by_a_limit_and_is_audited_with_the_change() {
+    let l = loaded_with(vec![(rk("api_calls"), locked(10, 0, RecordState::Existing))]);
+    let p = done(&[correct_op(5, None), usage("api_calls", 1, None), correct_op(-16, None)], &l);
+    let up = usage_answer(&p.answers[0]).as_ref().unwrap();
+    assert_eq!((up.current_usage, up.exceeded, up.kind), (15, true, EventKind::Correction));
+    assert!(matches!(usage_answer(&p.answers[1]), Err(UsageError::QuotaExceeded { .. })));
+    assert!(matches!(
+        usage_answer(&p.answers[2]),
+        Err(UsageError::CorrectionBelowZero { current: 15, amount: -16, .. })
+    ));
+    assert_eq!(p.writes.audit.len(), 1);
+    let details = &p.writes.audit[0].details;
+    assert_eq!((details["usage_before"].as_i64(), details["usage_after"].as_i64()), (Some(10), Some(15)));
+    assert_eq!(p.writes.events[0].event.reason.as_ref().map(Reason::as_str), Some("refund"));
 }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admin_ui;
 pub mod catalog;
 pub mod clock;
+pub mod closing;
 pub mod compat;
 pub mod error;
 pub mod keys;

@@ -89,6 +89,8 @@ pub struct EventFilter {
     pub limit: u32,
     /// An opaque cursor from a previous page.
     pub cursor: Option<String>,
+    /// Only usage or only corrections.
+    pub kind: Option<tally_domain::EventKind>,
 }
 
 /// Encodes an event cursor as `<timestamp micros>_<uuid>`.
@@ -268,6 +270,7 @@ impl<S: Store> Tally<S> {
             to: filter.to,
             limit: limit + 1,
             after,
+            kind: filter.kind,
         };
         let mut events = self.store.get_events_for_metric(tenant, &query).await?;
         let next_cursor = if events.len() > limit as usize {

@@ -37,8 +37,10 @@ pub struct Drift {
 pub struct VerifyReport {
     /// Records checked.
     pub n_records: usize,
-    /// Events read.
+    /// Events read, corrections included.
     pub n_events: i64,
+    /// Corrections among them.
+    pub n_corrections: i64,
     /// Resets read.
     pub n_resets: usize,
     /// Every disagreement; empty when the store is consistent.
@@ -53,8 +55,10 @@ impl<S: Store> Tally<S> {
         let inputs = self.store().verify_inputs().await?;
         let mut events: BTreeMap<Key, (i64, i64)> = BTreeMap::new();
         let mut n_events = 0i64;
+        let mut n_corrections = 0i64;
         for e in &inputs.events {
             n_events = n_events.saturating_add(e.n_events);
+            n_corrections = n_corrections.saturating_add(e.n_corrections);
             events.insert(
                 (e.tenant_id.clone(), e.metric_code.clone(), e.period_start),
                 (e.amount_sum, e.n_events),
@@ -98,6 +102,12 @@ impl<S: Store> Tally<S> {
                 });
             }
         }
-        Ok(VerifyReport { n_records: inputs.records.len(), n_events, n_resets: inputs.resets.len(), drifts })
+        Ok(VerifyReport {
+            n_records: inputs.records.len(),
+            n_events,
+            n_corrections,
+            n_resets: inputs.resets.len(),
+            drifts,
+        })
     }
 }

@@ -10,7 +10,7 @@ use tally_domain::{
 };
 use tally_service::usage::EventFilter;
 use tally_service::{ManualClock, ServiceConfig, ServiceError, Tally};
-use tally_store::UsageRepository;
+use tally_store::{PeriodStore, PlanStore, UsageRepository};
 use tally_store_sqlite::SqliteStore;
 
 fn t(s: &str) -> Timestamp {
@@ -311,4 +311,47 @@ async fn a_change_made_through_the_same_instance_is_seen_at_once() {
     ));
     tally.subscribe(&beta, &PlanCode::parse("pro").unwrap(), None, None).await.unwrap();
     assert_eq!(tally.usage(&beta).await.unwrap().metrics.len(), 1);
+}
+
+#[tokio::test]
+async fn close_after_moves_each_subscribers_watermark_to_the_latest_period_end_it_allows() {
+    let (tally, clock) =
+        tally_with(vec![hard("api_calls", 10, PeriodKind::Day), hard("exports", 10, PeriodKind::Month)])
+            .await;
+    // Usage on the 26th, 27th and 28th of November, recorded as it happened.
+    for day in ["2026-11-26", "2026-11-27", "2026-11-28"] {
+        clock.set(t(&format!("{day}T12:00:00Z")));
+        tally.record(req("api_calls", 1)).await.unwrap();
+    }
+    clock.set(t("2026-11-29T10:00:00Z"));
+    // Without close_after nothing closes.
+    assert_eq!(tally.auto_close_once().await.unwrap(), 0);
+    let pro = PlanCode::parse("pro").unwrap();
+    let plan = tally.store().find_plan(&pro).await.unwrap().unwrap();
+    let spec = PlanSpec::new(plan.name.clone(), plan.limits.clone())
+        .unwrap()
+        .with_close_after(Some(tally_domain::CloseAfter::parse("1d").unwrap()));
+    tally.put_plan(&pro, &spec, None).await.unwrap();
+    // 1 day before now is the 28th 10:00: the latest period end by then is the 28th 00:00
+    // (the daily limit; the monthly period anchored on the 15th ended on the 15th).
+    assert_eq!(tally.auto_close_once().await.unwrap(), 2);
+    let mark = tally.store().find_watermark(&acme()).await.unwrap().unwrap();
+    assert_eq!(mark.closed_before, t("2026-11-28T00:00:00Z"));
+    // Running again (as another instance would) changes nothing.
+    assert_eq!(tally.auto_close_once().await.unwrap(), 0);
+    // A reopened day stays open across later runs.
+    let why = tally_domain::Reason::parse("dispute").unwrap();
+    tally.reopen_period(&acme(), &m("api_calls"), t("2026-11-27T00:00:00Z"), &why, None).await.unwrap();
+    clock.set(t("2026-11-30T10:00:00Z"));
+    assert_eq!(tally.auto_close_once().await.unwrap(), 1, "only the 28th");
+    let open = tally_service::closing::PeriodFilter { closed: Some(false), limit: 10, ..Default::default() };
+    let starts: Vec<Timestamp> =
+        tally.periods(&acme(), &open).await.unwrap().periods.iter().map(|p| p.period.start()).collect();
+    assert_eq!(starts, [t("2026-11-27T00:00:00Z")]);
+    // A close into the future is refused.
+    let future = tally.close_periods(&acme(), t("2026-12-01T00:00:00Z"), None).await.unwrap_err();
+    assert!(matches!(future, ServiceError::Invalid(_)), "{future:?}");
+    // Reopening a period that is not one of the metric's is not found.
+    let odd = tally.reopen_period(&acme(), &m("api_calls"), t("2026-11-20T05:00:00Z"), &why, None).await;
+    assert!(matches!(odd, Err(ServiceError::NotFound(_))), "{odd:?}");
 }

@@ -6,8 +6,8 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection};
 use tally_domain::quota::schema_name_for;
 use tally_domain::{
-    ApiKey, AuditEntry, MetricCode, Name, Override, Plan, PlanCode, PlanSpec, QuotaLimit, Subscription,
-    Tenant, TenantId, Timestamp,
+    ApiKey, AuditEntry, CloseAfter, MetricCode, Name, Override, Plan, PlanCode, PlanSpec, QuotaLimit,
+    Subscription, Tenant, TenantId, Timestamp,
 };
 use tally_store::{
     AuditStore, ConfigVersion, EntitlementLookup, KeyStore, PlanStore, PutOutcome, StoreError, TenantStore,
@@ -136,8 +136,8 @@ async fn insert_plan_version(
     plan: &Plan,
 ) -> Result<(), StoreError> {
     log.query(
-        "INSERT INTO tally_plan_version (code, version, name, limits, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO tally_plan_version (code, version, name, limits, created_at, updated_at, close_after_seconds)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(plan.code.as_str())
     .bind(plan.version)
@@ -145,6 +145,7 @@ async fn insert_plan_version(
     .bind(Json(&plan.limits))
     .bind(plan.created_at)
     .bind(plan.updated_at)
+    .bind(plan.close_after.map(CloseAfter::seconds))
     .execute(conn)
     .await
     .map_err(map_err)?;
@@ -196,13 +197,14 @@ impl PlanStore for PgStore {
             // The same values either way: update the locked row, or insert a new one.
             let sql = if existing.is_some() {
                 format!(
-                    "UPDATE tally_plan SET name = $2, limits = $3, version = version + 1, updated_at = $4
+                    "UPDATE tally_plan SET name = $2, limits = $3, version = version + 1, updated_at = $4,
+                            close_after_seconds = $5
                       WHERE code = $1 RETURNING {PLAN_COLUMNS}"
                 )
             } else {
                 format!(
-                    "INSERT INTO tally_plan (code, name, limits, version, created_at, updated_at)
-                     VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (code) DO NOTHING RETURNING {PLAN_COLUMNS}"
+                    "INSERT INTO tally_plan (code, name, limits, version, created_at, updated_at, close_after_seconds)
+                     VALUES ($1, $2, $3, 1, $4, $4, $5) ON CONFLICT (code) DO NOTHING RETURNING {PLAN_COLUMNS}"
                 )
             };
             let row = self
@@ -212,6 +214,7 @@ impl PlanStore for PgStore {
                 .bind(spec.name.as_str())
                 .bind(Json(&spec.limits))
                 .bind(now)
+                .bind(spec.close_after.map(CloseAfter::seconds))
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(map_err)?;

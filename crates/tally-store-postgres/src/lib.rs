@@ -11,6 +11,8 @@
 //!   configuration version;
 //! - `admin_ui.rs`: the admin UI's lists across tenants, its look-ups, password and sessions;
 //! - `catalog.rs`: the metric catalog;
+//! - `periods.rs`: closed periods: the tenants' watermarks, closing, reopening, the periods
+//!   billing reads;
 //! - `reservations.rs`: reservations, in the base schema in both tenancies;
 //! - `webhooks.rs`: threshold webhooks, their states and deliveries (the outbox), in the
 //!   base schema in both tenancies;
@@ -36,6 +38,7 @@ mod admin;
 mod admin_ui;
 mod catalog;
 mod migrate;
+mod periods;
 mod reservations;
 mod rows;
 mod scope;

@@ -81,6 +81,11 @@ pub const PUBLIC_SET: MigrationSet = MigrationSet {
             name: "metric_value_property",
             sql: include_str!("../migrations/public/0006_metric_value_property.sql"),
         },
+        Migration {
+            version: 7,
+            name: "closed_periods",
+            sql: include_str!("../migrations/public/0007_closed_periods.sql"),
+        },
     ],
 };
 
@@ -103,6 +108,11 @@ pub const TENANT_SET: MigrationSet = MigrationSet {
             version: 4,
             name: "event_set_reserved",
             sql: include_str!("../migrations/tenant/0004_event_set_reserved.sql"),
+        },
+        Migration {
+            version: 5,
+            name: "corrections_closed_periods",
+            sql: include_str!("../migrations/tenant/0005_corrections_closed_periods.sql"),
         },
     ],
 };

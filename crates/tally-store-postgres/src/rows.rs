@@ -5,11 +5,11 @@ use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Decode, Postgres, Row, Type};
 use tally_domain::{
-    ApiKey, AuditEntry, EventReceipt, IdempotencyKey, KeyScope, LimitEnforcement, Metadata, MetricCode, Name,
-    Period, PeriodKind, Plan, PlanCode, QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId,
-    UsageEvent, UsageRecord,
+    ApiKey, AuditEntry, CloseAfter, EventKind, EventReceipt, IdempotencyKey, KeyScope, LimitEnforcement,
+    Metadata, MetricCode, Name, Period, PeriodKind, Plan, PlanCode, QuotaLimit, Reason, RecordedEvent,
+    Subscription, Tenant, TenantId, UsageEvent, UsageRecord,
 };
-use tally_store::StoreError;
+use tally_store::{PeriodRecord, StoreError};
 
 use crate::scope::internal_id_from_db;
 
@@ -83,9 +83,23 @@ pub(crate) fn record_from_row(row: &PgRow) -> Result<UsageRecord, StoreError> {
     })
 }
 
+/// The columns `period_from_row` reads: a record's, and whether its period is closed.
+pub(crate) const PERIOD_COLUMNS: &str = "id, tenant_id, metric_code, current_usage, period_start, period_end, \
+     created_at, updated_at, closed_at, reopened_at";
+
+/// A usage record as billing reads it, with `closed_at` and `reopened_at`.
+pub(crate) fn period_from_row(row: &PgRow) -> Result<PeriodRecord, StoreError> {
+    Ok(PeriodRecord {
+        record: record_from_row(row)?,
+        closed_at: get(row, "closed_at")?,
+        reopened_at: get(row, "reopened_at")?,
+    })
+}
+
 /// The columns `event_from_row` reads.
 pub(crate) const EVENT_COLUMNS: &str = "id, tenant_id, metric_code, amount, metadata, idempotency_key, \
-     \"timestamp\", created_at, usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit, is_set, reserved_at";
+     \"timestamp\", created_at, usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit, is_set, reserved_at, \
+     kind, reason";
 
 /// One event of `tenant` by id, in its scope: the admin UI's event page, and a commit's replay.
 pub(crate) async fn event_by_id<'e>(
@@ -114,6 +128,8 @@ pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let Json(metadata): Json<serde_json::Value> = get(row, "metadata")?;
     let idempotency_key: Option<&str> = get(row, "idempotency_key")?;
     let enforcement: &str = get(row, "enforcement")?;
+    let kind: &str = get(row, "kind")?;
+    let reason: Option<&str> = get(row, "reason")?;
     Ok(RecordedEvent {
         event: UsageEvent {
             id: get(row, "id")?,
@@ -124,6 +140,8 @@ pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
             idempotency_key: idempotency_key.map(IdempotencyKey::parse).transpose()?,
             timestamp: get(row, "timestamp")?,
             created_at: get(row, "created_at")?,
+            kind: EventKind::parse(kind)?,
+            reason: reason.map(Reason::parse).transpose()?,
         },
         receipt: EventReceipt {
             usage_after: get(row, "usage_after")?,
@@ -138,15 +156,18 @@ pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 }
 
 /// The columns `plan_from_row` reads.
-pub(crate) const PLAN_COLUMNS: &str = "code, name, limits, version, created_at, updated_at";
+pub(crate) const PLAN_COLUMNS: &str =
+    "code, name, limits, version, created_at, updated_at, close_after_seconds";
 
 /// A plan (or one version of it).
 pub(crate) fn plan_from_row(row: &PgRow) -> Result<Plan, StoreError> {
     let Json(limits): Json<Vec<QuotaLimit>> = get(row, "limits")?;
+    let close_after: Option<i64> = get(row, "close_after_seconds")?;
     Ok(Plan {
         code: PlanCode::parse(get(row, "code")?)?,
         name: Name::parse(get(row, "name")?)?,
         limits: checked_limits(limits)?,
+        close_after: close_after.map(CloseAfter::from_seconds).transpose()?,
         version: get(row, "version")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,

@@ -13,6 +13,11 @@
 //! would have to wait for such a row while already holding others rolls back and re-runs
 //! instead (`NOWAIT`), so that no wait is ever out of key order and no deadlock can form.
 //! A cold period cannot be overshot: its first writers serialize on the unique key.
+//!
+//! Closed periods: the lock statements also return each record's `closed_at` and
+//! `reopened_at`, and a batch writing into a period that may be closed first reads its
+//! tenants' watermarks under a share lock of their rows (`load_watermarks`), the row a close
+//! takes exclusively before closing the records (`crate::periods`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,8 +26,8 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
 use tally_domain::limits::PAGE_LEN_MAX;
 use tally_domain::{
-    Delivery, Entitlement, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp,
-    UsageRecord,
+    AuditEntry, Delivery, Entitlement, IdempotencyKey, MetricCode, Period, Reason, RecordedEvent, TenantId,
+    Timestamp, UsageRecord, Watermark,
 };
 use tally_store::{
     Answer, Ctx, EntitlementLookup, EventQuery, EventRecorder, EventTotal, FireKey, FireStates, LockedRecord,
@@ -63,7 +68,7 @@ pub(crate) fn list_limit(limit: u32) -> i64 {
 const ENTITLEMENTS_SQL: &str = "
 SELECT t.tenant_id, t.internal_id,
        s.plan_code, s.anchor, s.started_at,
-       p.code, p.name, p.limits, p.version, p.created_at, p.updated_at,
+       p.code, p.name, p.limits, p.version, p.created_at, p.updated_at, p.close_after_seconds,
        COALESCE((SELECT jsonb_agg(jsonb_build_object('metric_code', o.metric_code, 'limit', o.\"limit\",
                                                      'enforcement', o.enforcement, 'period', o.period)
                                   ORDER BY o.metric_code)
@@ -111,7 +116,7 @@ pub(crate) struct PgUsageTx {
 
 /// Whether a record lock may wait for another transaction.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum LockWait {
+pub(crate) enum LockWait {
     /// Wait, as row locks taken in key order may.
     Block,
     /// Fail at once (`NOWAIT`): the transaction is re-run.
@@ -125,6 +130,8 @@ struct LockedRow {
     period_start: Timestamp,
     id: Uuid,
     current_usage: i64,
+    closed_at: Option<Timestamp>,
+    reopened_at: Option<Timestamp>,
 }
 
 fn locked_row(row: &PgRow) -> Result<LockedRow, StoreError> {
@@ -134,6 +141,8 @@ fn locked_row(row: &PgRow) -> Result<LockedRow, StoreError> {
         period_start: get(row, "period_start")?,
         id: get(row, "id")?,
         current_usage: get(row, "current_usage")?,
+        closed_at: get(row, "closed_at")?,
+        reopened_at: get(row, "reopened_at")?,
     })
 }
 
@@ -162,7 +171,12 @@ fn settle(
         let state = if created { RecordState::Created } else { RecordState::Existing };
         locked.insert(
             key.clone(),
-            LockedRecord { id: row.id, current_usage: row.current_usage, reserved: 0, state },
+            LockedRecord {
+                closed_at: row.closed_at,
+                // Reopened since its last close: open, whatever the watermark says.
+                reopened: row.reopened_at.is_some() && row.closed_at.is_none(),
+                ..LockedRecord::at(row.id, row.current_usage, state)
+            },
         );
     }
     Ok(())
@@ -195,7 +209,7 @@ impl PgUsageTx {
         wait: LockWait,
     ) -> Result<Vec<LockedRow>, StoreError> {
         let sql = format!(
-            "SELECT r.id, r.tenant_id, r.metric_code, r.period_start, r.current_usage
+            "SELECT r.id, r.tenant_id, r.metric_code, r.period_start, r.current_usage, r.closed_at, r.reopened_at
                FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(tenant_id, metric_code, period_start)
                JOIN {records} AS r
                  ON r.tenant_id = k.tenant_id AND r.metric_code = k.metric_code AND r.period_start = k.period_start
@@ -234,7 +248,7 @@ impl PgUsageTx {
                     AS u(id, tenant_id, metric_code, period_start, period_end)
               ORDER BY u.tenant_id, u.metric_code, u.period_start
              ON CONFLICT ON CONSTRAINT quota_usage_record_uq DO NOTHING
-             RETURNING r.id, r.tenant_id, r.metric_code, r.period_start, r.current_usage",
+             RETURNING r.id, r.tenant_id, r.metric_code, r.period_start, r.current_usage, r.closed_at, r.reopened_at",
             records = scope.records()
         );
         let rows = self
@@ -496,14 +510,14 @@ impl PgUsageTx {
                    INSERT INTO {events_table} ({EVENT_COLUMNS})
                    SELECT u.id, u.tenant_id, u.metric_code, u.amount, u.metadata::jsonb, u.idempotency_key,
                           u.ts, u.created_at, u.usage_after, u.limit_at, u.enforcement, u.period_start,
-                          u.period_end, u.timestamp_explicit, u.is_set, u.reserved_at
+                          u.period_end, u.timestamp_explicit, u.is_set, u.reserved_at, u.kind, u.reason
                      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
                                  $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bigint[], $11::text[],
                                  $12::timestamptz[], $13::timestamptz[], $14::boolean[], $15::boolean[],
-                                 $16::bigint[])
+                                 $16::bigint[], $21::text[], $22::text[])
                           AS u(id, tenant_id, metric_code, amount, metadata, idempotency_key, ts, created_at,
                                usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit,
-                               is_set, reserved_at)
+                               is_set, reserved_at, kind, reason)
                    ON CONFLICT ON CONSTRAINT quota_usage_event_idem_uq DO NOTHING
                    RETURNING id),
                  updated AS (
@@ -543,6 +557,13 @@ impl PgUsageTx {
                 .bind(updates.iter().map(|u| u.current_usage).collect::<Vec<i64>>())
                 .bind(now)
                 .bind(updates.iter().map(|u| u.key.tenant_id.as_str()).collect::<Vec<&str>>())
+                .bind(events.iter().map(|e| e.event.kind.as_str()).collect::<Vec<&str>>())
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.event.reason.as_ref().map(Reason::as_str))
+                        .collect::<Vec<Option<&str>>>(),
+                )
                 .fetch_one(&mut *self.tx)
                 .await
                 .map_err(map_err)?;
@@ -571,6 +592,72 @@ impl PgUsageTx {
         keys: &[RecordKey],
     ) -> Result<FireStates, StoreError> {
         crate::webhooks::load_fire_states_of_records(&self.log, &mut self.tx, keys).await
+    }
+
+    /// The closing watermarks of `tenants` (`None` for one that never closed a period, or
+    /// that does not exist), each read under a share lock of the tenant's row in the base
+    /// schema, taken in tenant order. A close takes that row exclusively before it closes
+    /// the records, so while this transaction holds the share no close of these tenants can
+    /// commit, and once one has, this read sees its watermark. `NoWait` (the transaction
+    /// holds record locks, out of that order) fails at once, as `StoreError::Retry`, when a
+    /// close holds the row.
+    pub(crate) async fn load_watermarks(
+        &mut self,
+        tenants: &[&TenantId],
+        wait: LockWait,
+    ) -> Result<Vec<(TenantId, Option<Watermark>)>, StoreError> {
+        let sql = if wait == LockWait::NoWait {
+            "SELECT tenant_id, closed_before, closed_before_at FROM tally_tenant
+              WHERE tenant_id = ANY($1) ORDER BY tenant_id FOR SHARE NOWAIT"
+        } else {
+            "SELECT tenant_id, closed_before, closed_before_at FROM tally_tenant
+              WHERE tenant_id = ANY($1) ORDER BY tenant_id FOR SHARE"
+        };
+        let rows = self
+            .log
+            .query(sql)
+            .bind(tenants.iter().map(|t| t.as_str()).collect::<Vec<&str>>())
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        let mut found: HashMap<String, Option<Watermark>> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(get(row, "tenant_id")?, crate::periods::watermark_from_row(row)?);
+        }
+        Ok(tenants.iter().map(|t| ((*t).clone(), found.remove(t.as_str()).flatten())).collect())
+    }
+
+    /// Appends `entries` to the audit log (a batch's corrections), in one statement.
+    pub(crate) async fn insert_audit(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let done = self
+            .log
+            .query(
+                "INSERT INTO tally_audit (id, at, key_id, action, tenant_id, details)
+                 SELECT u.id, u.at, u.key_id, u.action, u.tenant_id, u.details::jsonb
+                   FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+                        AS u(id, at, key_id, action, tenant_id, details)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(entries.iter().map(|e| e.id).collect::<Vec<Uuid>>())
+            .bind(entries.iter().map(|e| e.at).collect::<Vec<Timestamp>>())
+            .bind(entries.iter().map(|e| e.key_id).collect::<Vec<Option<Uuid>>>())
+            .bind(entries.iter().map(|e| e.action.as_str()).collect::<Vec<&str>>())
+            .bind(
+                entries
+                    .iter()
+                    .map(|e| e.tenant_id.as_ref().map(TenantId::as_str))
+                    .collect::<Vec<Option<&str>>>(),
+            )
+            .bind(entries.iter().map(|e| e.details.to_string()).collect::<Vec<String>>())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        if usize::try_from(done.rows_affected()) != Ok(entries.len()) {
+            // A taken id (each entry is new, with a fresh v7 id): re-run the batch, whose
+            // plan makes new entries.
+            return Err(StoreError::Retry);
+        }
+        Ok(())
     }
 
     /// `tally_config_version` as this transaction sees it.
@@ -889,7 +976,7 @@ impl EventRecorder for PgStore {
         };
         let sql = format!(
             "INSERT INTO {events} ({EVENT_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             events = scope.events()
         );
         self.log
@@ -910,6 +997,8 @@ impl EventRecorder for PgStore {
             .bind(receipt.timestamp_explicit)
             .bind(receipt.set)
             .bind(receipt.reserved)
+            .bind(event.kind.as_str())
+            .bind(event.reason.as_ref().map(Reason::as_str))
             .execute(self.pool())
             .await
             .map_err(map_err)?;
@@ -940,6 +1029,9 @@ impl EventRecorder for PgStore {
         if query.to.is_some() {
             sql.push_str(&format!(" AND \"timestamp\" < ${}", next()));
         }
+        if query.kind.is_some() {
+            sql.push_str(&format!(" AND kind = ${}", next()));
+        }
         if query.after.is_some() {
             let (ts, id) = (next(), next());
             sql.push_str(&format!(" AND (\"timestamp\", id) < (${ts}, ${id})"));
@@ -955,6 +1047,9 @@ impl EventRecorder for PgStore {
         }
         if let Some(to) = query.to {
             q = q.bind(to);
+        }
+        if let Some(kind) = query.kind {
+            q = q.bind(kind.as_str());
         }
         if let Some(after) = query.after {
             q = q.bind(after.timestamp).bind(after.id);
@@ -994,7 +1089,8 @@ pub(crate) async fn verify_inputs(store: &PgStore) -> Result<VerifyInputs, Store
             });
         }
         let sql = format!(
-            "SELECT tenant_id, metric_code, period_start, sum(amount)::bigint AS amount_sum, count(*) AS n_events
+            "SELECT tenant_id, metric_code, period_start, sum(amount)::bigint AS amount_sum, count(*) AS n_events,
+                    count(*) FILTER (WHERE kind = 'correction') AS n_corrections
                FROM {events} GROUP BY tenant_id, metric_code, period_start
               ORDER BY tenant_id, metric_code, period_start",
             events = scope.events()
@@ -1006,6 +1102,7 @@ pub(crate) async fn verify_inputs(store: &PgStore) -> Result<VerifyInputs, Store
                 period_start: get(row, "period_start")?,
                 amount_sum: get(row, "amount_sum")?,
                 n_events: get(row, "n_events")?,
+                n_corrections: get(row, "n_corrections")?,
             });
         }
     }
@@ -1067,10 +1164,7 @@ mod tests {
 
         let mut second = begin(&store).await;
         let locked = second.lock_records(&[key("a"), key("b"), key("c")], now(), false).await.unwrap();
-        assert_eq!(
-            locked[&key("a")],
-            LockedRecord { id: a, current_usage: 5, reserved: 0, state: RecordState::Existing }
-        );
+        assert_eq!(locked[&key("a")], LockedRecord::at(a, 5, RecordState::Existing));
         assert_eq!(locked[&key("b")].state, RecordState::Existing, "{locked:?}");
         assert_eq!(locked[&key("c")].state, RecordState::Created, "{locked:?}");
         // Locked, not rewritten: the existing rows are the same row versions.
@@ -1100,5 +1194,37 @@ mod tests {
         assert!(matches!(err, Err(StoreError::Retry)), "{:?}", err.map(|rows| rows.len()));
         other.tx.rollback().await.unwrap();
         holder.tx.rollback().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_watermark_read_that_must_not_wait_is_a_retry_while_a_close_holds_the_tenant() {
+        use tally_store::TenantStore;
+        let store = PgStore::open_test(Tenancy::Shared).await;
+        let name = tally_domain::Name::parse("Acme").unwrap();
+        store.put_tenant(&tenant("acme"), &name, now()).await.unwrap();
+        let (acme, ghost) = (tenant("acme"), tenant("ghost"));
+        let mut reader = begin(&store).await;
+        let marks = reader.load_watermarks(&[&acme, &ghost], LockWait::Block).await.unwrap();
+        assert_eq!(marks, [(acme.clone(), None), (ghost.clone(), None)], "never closed, or no such tenant");
+        reader.tx.rollback().await.unwrap();
+
+        // A close holds the row as `crate::periods` takes it.
+        let mut close = begin(&store).await;
+        sqlx::query("SELECT 1 FROM tally_tenant WHERE tenant_id = 'acme' FOR NO KEY UPDATE")
+            .execute(&mut *close.tx)
+            .await
+            .unwrap();
+        let mut other = begin(&store).await;
+        let err = other.load_watermarks(&[&acme], LockWait::NoWait).await;
+        assert!(matches!(err, Err(StoreError::Retry)), "{err:?}");
+        other.tx.rollback().await.unwrap();
+        // Foreign-key checks (`FOR KEY SHARE`) on the tenant do not wait for a close.
+        let mut fk = begin(&store).await;
+        sqlx::query("SELECT 1 FROM tally_tenant WHERE tenant_id = 'acme' FOR KEY SHARE NOWAIT")
+            .execute(&mut *fk.tx)
+            .await
+            .unwrap();
+        fk.tx.rollback().await.unwrap();
+        close.tx.rollback().await.unwrap();
     }
 }

@@ -4,16 +4,21 @@
 //!
 //! A batch's transaction, in order:
 //! 1. `BEGIN` (with `SET LOCAL plan_cache_mode`), `tally_config_version`, the reservations it
-//!    settles (`FOR UPDATE`, by id), the records it touches (locked in the global key order,
-//!    missing ones created at zero, see `PgUsageTx::lock_records`) with what open holds sum
-//!    to on them, the events and reservations already stored under its idempotency keys, and
-//!    the threshold states when webhooks are registered;
+//!    settles (`FOR UPDATE`, by id), the closing watermarks of the tenants writing into a
+//!    period that may be closed (their `tally_tenant` rows `FOR SHARE`, in tenant order, only
+//!    when there are such writes: see `PgUsageTx::load_watermarks`), the records it touches
+//!    (locked in the global key order, missing ones created at zero, see
+//!    `PgUsageTx::lock_records`) with what open holds sum to on them, the events and
+//!    reservations already stored under its idempotency keys, and the threshold states when
+//!    webhooks are registered;
 //! 2. the decision, in Rust (`tally_engine::plan`);
-//! 3. the writes and `COMMIT`.
+//! 3. the writes (with the audit entries of its corrections) and `COMMIT`.
 //!
 //! Several writers run batches at once; the record locks taken in key order serialize those
-//! that share a record, and never deadlock. A lock needed after others are held
-//! (`load_more`) is taken with `NOWAIT`, and a taken one re-runs the batch.
+//! that share a record, and never deadlock. A close takes a tenant's row exclusively and then
+//! its records (`crate::periods`), the order of the batches that share the row. A lock needed
+//! after others are held (`load_more`: a record, a watermark) is taken with `NOWAIT`, and a
+//! taken one re-runs the batch.
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -22,13 +27,13 @@ use std::sync::{Arc, RwLock};
 use sqlx::PgPool;
 use tally_domain::{RecordKey, TenantId, Timestamp};
 use tally_store::{
-    EntitlementLookup, FireStates, Loaded, LoadedReservation, Needs, RecordWrite, StoreError, WebhookRule,
-    WriteTx, Writes,
+    Ctx, EntitlementLookup, FireStates, Loaded, LoadedReservation, Needs, RecordWrite, StoreError,
+    WebhookRule, WriteTx, Writes,
 };
 
 use crate::rows::{get, map_err};
 use crate::scope::{Scope, internal_id_from_db};
-use crate::usage::{BEGIN_READ_COMMITTED, PgUsageTx, load_entitlements};
+use crate::usage::{BEGIN_READ_COMMITTED, LockWait, PgUsageTx, load_entitlements};
 use crate::{StatementLog, Tenancy};
 
 /// Where each tenant's quota tables live (schema tenancy), shared by a store's clones and
@@ -133,6 +138,25 @@ impl PgWriter {
             });
             loaded.reservations.insert(reservation.id, LoadedReservation { reservation, committed_event });
         }
+        // The watermarks, before any record lock (see `PgUsageTx::load_watermarks`): of the
+        // tenants writing into a period that may be closed, and of those whose reservations,
+        // settled here, lie in one (a commit into a closed period is refused).
+        let window = Ctx::new(now, chrono::Duration::zero());
+        let mut marks: BTreeSet<&TenantId> = loaded.missing_watermarks(needs).collect();
+        for held in loaded.reservations.values() {
+            let r = &held.reservation;
+            if !loaded.watermarks.contains_key(&r.tenant_id) && window.may_be_closed(r.period.end()) {
+                marks.insert(&r.tenant_id);
+            }
+        }
+        if !marks.is_empty() {
+            let marks: Vec<&TenantId> = marks.into_iter().collect();
+            // Holding record locks, the share must not wait out of order: a close holding the
+            // tenant may be waiting for one of them.
+            let wait = if holding || !loaded.records.is_empty() { LockWait::NoWait } else { LockWait::Block };
+            let found = tx.load_watermarks(&marks, wait).await?;
+            loaded.watermarks.extend(found);
+        }
         keys.extend(needs.records.iter().cloned());
         let keys: Vec<RecordKey> = keys.into_iter().filter(|k| !loaded.records.contains_key(k)).collect();
         // Only tenants that exist have records; the decision refuses the others.
@@ -209,6 +233,9 @@ impl PgWriter {
         }
         if !writes.fire_states.is_empty() || !writes.deliveries.is_empty() {
             tx.write_outbox(&writes.fire_states, &writes.deliveries, now).await?;
+        }
+        if !writes.audit.is_empty() {
+            tx.insert_audit(&writes.audit).await?;
         }
         Ok(())
     }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
 use tally_domain::{
-    ApiKey, AuditAction, AuditEntry, Entitlement, MetricCode, Name, Override, Plan, PlanCode, PlanSpec,
-    QuotaLimit, Subscription, Tenant, TenantId, Timestamp,
+    ApiKey, AuditAction, AuditEntry, CloseAfter, Entitlement, MetricCode, Name, Override, Plan, PlanCode,
+    PlanSpec, QuotaLimit, Subscription, Tenant, TenantId, Timestamp,
 };
 use tally_store::{
     AuditStore, ConfigVersion, EntitlementLookup, EventTotal, KeyStore, PlanStore, PutOutcome, RecordKey,
@@ -108,6 +108,7 @@ async fn put_plan_in_tx(
             code: code.clone(),
             name: spec.name.clone(),
             limits: spec.limits.clone(),
+            close_after: spec.close_after,
             version: current.version.checked_add(1).ok_or_else(|| {
                 StoreError::Corrupt(format!("plan {code} is at version {}", current.version))
             })?,
@@ -118,6 +119,7 @@ async fn put_plan_in_tx(
             code: code.clone(),
             name: spec.name.clone(),
             limits: spec.limits.clone(),
+            close_after: spec.close_after,
             version: 1,
             created_at: now,
             updated_at: now,
@@ -127,9 +129,10 @@ async fn put_plan_in_tx(
     log.query(concat!(
         "INSERT INTO tally_plan (",
         plan_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         " ON CONFLICT (code) DO UPDATE SET name = excluded.name, limits = excluded.limits,",
-        " version = excluded.version, updated_at = excluded.updated_at"
+        " version = excluded.version, updated_at = excluded.updated_at,",
+        " close_after_seconds = excluded.close_after_seconds"
     ))
     .bind(plan.code.as_str())
     .bind(plan.name.as_str())
@@ -137,13 +140,14 @@ async fn put_plan_in_tx(
     .bind(plan.version)
     .bind(micros(plan.created_at))
     .bind(micros(plan.updated_at))
+    .bind(plan.close_after.map(CloseAfter::seconds))
     .execute(&mut *conn)
     .await
     .map_err(store_error)?;
     log.query(concat!(
         "INSERT INTO tally_plan_version (",
         plan_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
     ))
     .bind(plan.code.as_str())
     .bind(plan.name.as_str())
@@ -151,6 +155,7 @@ async fn put_plan_in_tx(
     .bind(plan.version)
     .bind(micros(plan.created_at))
     .bind(micros(plan.updated_at))
+    .bind(plan.close_after.map(CloseAfter::seconds))
     .execute(&mut *conn)
     .await
     .map_err(store_error)?;
@@ -522,7 +527,7 @@ pub(crate) async fn load_entitlements(
     for chunk in tenants.chunks(rows_per_statement(1)) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
             "SELECT t.tenant_id, s.plan_code, s.anchor, s.started_at, ",
-            "p.code, p.name, p.limits, p.version, p.created_at, p.updated_at ",
+            "p.code, p.name, p.limits, p.version, p.created_at, p.updated_at, p.close_after_seconds ",
             "FROM tally_tenant AS t LEFT JOIN tally_subscription AS s ON s.tenant_id = t.tenant_id ",
             "LEFT JOIN tally_plan AS p ON p.code = s.plan_code WHERE t.tenant_id IN ("
         ));
@@ -750,22 +755,24 @@ async fn verify_inputs(log: &StatementLog, conn: &mut SqliteConnection) -> Resul
         records.push(RecordTotal { id: r.id, key, current_usage: r.current_usage });
     }
 
-    let sums: Vec<(String, String, i64, i64, i64)> = log
+    let sums: Vec<(String, String, i64, i64, i64, i64)> = log
         .query_as(
-            "SELECT tenant_id, metric_code, period_start, SUM(amount), COUNT(*) FROM quota_usage_event \
+            "SELECT tenant_id, metric_code, period_start, SUM(amount), COUNT(*), \
+             SUM(kind = 'correction') FROM quota_usage_event \
          GROUP BY tenant_id, metric_code, period_start ORDER BY tenant_id, metric_code, period_start",
         )
         .fetch_all(&mut *conn)
         .await
         .map_err(store_error)?;
     let mut events = Vec::with_capacity(sums.len());
-    for (tenant_id, metric_code, period_start, amount_sum, n_events) in sums {
+    for (tenant_id, metric_code, period_start, amount_sum, n_events, n_corrections) in sums {
         events.push(EventTotal {
             tenant_id: TenantId::parse(&tenant_id)?,
             metric_code: MetricCode::parse(&metric_code)?,
             period_start: instant("period_start", period_start)?,
             amount_sum,
             n_events,
+            n_corrections,
         });
     }
 

@@ -13,6 +13,7 @@ mod admin_ui;
 mod catalog;
 mod error;
 mod migrate;
+mod periods;
 mod reservations;
 mod rows;
 mod statements;

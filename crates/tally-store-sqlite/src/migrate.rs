@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "metric_value_property",
         sql: include_str!("../migrations/0007_metric_value_property.sql"),
     },
+    Migration {
+        version: 8,
+        name: "corrections_closed_periods",
+        sql: include_str!("../migrations/0008_corrections_closed_periods.sql"),
+    },
 ];
 
 const _: () = {

@@ -4,9 +4,9 @@
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
 use tally_domain::{
-    ApiKey, AuditEntry, EventReceipt, IdempotencyKey, KeyScope, Metadata, MetricCode, Name, Period, Plan,
-    PlanCode, PlanSpec, QuotaLimit, RecordedEvent, Subscription, Tenant, TenantId, Timestamp, UsageEvent,
-    UsageRecord,
+    ApiKey, AuditEntry, CloseAfter, EventKind, EventReceipt, IdempotencyKey, KeyScope, Metadata, MetricCode,
+    Name, Period, Plan, PlanCode, PlanSpec, QuotaLimit, Reason, RecordedEvent, Subscription, Tenant,
+    TenantId, Timestamp, UsageEvent, UsageRecord,
 };
 use tally_store::StoreError;
 use uuid::Uuid;
@@ -120,53 +120,65 @@ pub(crate) fn record(row: RecordRow) -> Result<UsageRecord, StoreError> {
 macro_rules! event_columns {
     () => {
         "id, tenant_id, metric_code, amount, metadata, idempotency_key, timestamp, created_at, \
-         usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit, is_set, reserved_at"
+         usage_after, limit_at, enforcement, period_start, period_end, timestamp_explicit, is_set, reserved_at, \
+         kind, reason"
     };
 }
 pub(crate) use event_columns;
 
 /// Columns of `quota_usage_event`.
-const EVENT_COLUMNS_LEN: usize = 16;
+const EVENT_COLUMNS_LEN: usize = 18;
 
-/// A `quota_usage_event` row: the event, then its receipt.
-pub(crate) type EventRow = (
-    String,
-    String,
-    String,
-    i64,
-    String,
-    Option<String>,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    String,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-);
+/// A `quota_usage_event` row: the event, then its receipt, then its kind and reason (read
+/// by position, in `event_columns!()` order: more columns than sqlx's tuples take).
+pub(crate) struct EventRow {
+    id: String,
+    tenant_id: String,
+    metric_code: String,
+    amount: i64,
+    metadata: String,
+    idempotency_key: Option<String>,
+    timestamp: i64,
+    created_at: i64,
+    usage_after: i64,
+    limit_at: Option<i64>,
+    enforcement: String,
+    period_start: i64,
+    period_end: i64,
+    timestamp_explicit: i64,
+    is_set: i64,
+    reserved_at: i64,
+    kind: String,
+    reason: Option<String>,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for EventRow {
+    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> Result<EventRow, sqlx::Error> {
+        use sqlx::Row;
+        Ok(EventRow {
+            id: row.try_get(0)?,
+            tenant_id: row.try_get(1)?,
+            metric_code: row.try_get(2)?,
+            amount: row.try_get(3)?,
+            metadata: row.try_get(4)?,
+            idempotency_key: row.try_get(5)?,
+            timestamp: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            usage_after: row.try_get(8)?,
+            limit_at: row.try_get(9)?,
+            enforcement: row.try_get(10)?,
+            period_start: row.try_get(11)?,
+            period_end: row.try_get(12)?,
+            timestamp_explicit: row.try_get(13)?,
+            is_set: row.try_get(14)?,
+            reserved_at: row.try_get(15)?,
+            kind: row.try_get(16)?,
+            reason: row.try_get(17)?,
+        })
+    }
+}
 
 pub(crate) fn event(row: EventRow) -> Result<RecordedEvent, StoreError> {
-    let (
-        id,
-        tenant_id,
-        metric_code,
-        amount,
-        metadata,
-        idempotency_key,
-        timestamp,
-        created_at,
-        usage_after,
-        limit_at,
-        enforcement,
-        period_start,
-        period_end,
-        timestamp_explicit,
-        is_set,
-        reserved_at,
-    ) = row;
     let flag = |column: &str, value: i64| match value {
         0 => Ok(false),
         1 => Ok(true),
@@ -174,23 +186,28 @@ pub(crate) fn event(row: EventRow) -> Result<RecordedEvent, StoreError> {
     };
     Ok(RecordedEvent {
         event: UsageEvent {
-            id: uuid("quota_usage_event.id", &id)?,
-            tenant_id: TenantId::parse(&tenant_id)?,
-            metric_code: MetricCode::parse(&metric_code)?,
-            amount,
-            metadata: Metadata::new(json("metadata", &metadata)?)?,
-            idempotency_key: idempotency_key.as_deref().map(IdempotencyKey::parse).transpose()?,
-            timestamp: instant("timestamp", timestamp)?,
-            created_at: instant("created_at", created_at)?,
+            id: uuid("quota_usage_event.id", &row.id)?,
+            tenant_id: TenantId::parse(&row.tenant_id)?,
+            metric_code: MetricCode::parse(&row.metric_code)?,
+            amount: row.amount,
+            metadata: Metadata::new(json("metadata", &row.metadata)?)?,
+            idempotency_key: row.idempotency_key.as_deref().map(IdempotencyKey::parse).transpose()?,
+            timestamp: instant("timestamp", row.timestamp)?,
+            created_at: instant("created_at", row.created_at)?,
+            kind: EventKind::parse(&row.kind)?,
+            reason: row.reason.as_deref().map(Reason::parse).transpose()?,
         },
         receipt: EventReceipt {
-            usage_after,
-            limit: limit_at,
-            enforcement: enforcement.parse()?,
-            period: Period::new(instant("period_start", period_start)?, instant("period_end", period_end)?)?,
-            timestamp_explicit: flag("timestamp_explicit", timestamp_explicit)?,
-            set: flag("is_set", is_set)?,
-            reserved: reserved_at,
+            usage_after: row.usage_after,
+            limit: row.limit_at,
+            enforcement: row.enforcement.parse()?,
+            period: Period::new(
+                instant("period_start", row.period_start)?,
+                instant("period_end", row.period_end)?,
+            )?,
+            timestamp_explicit: flag("timestamp_explicit", row.timestamp_explicit)?,
+            set: flag("is_set", row.is_set)?,
+            reserved: row.reserved_at,
         },
     })
 }
@@ -243,7 +260,9 @@ pub(crate) async fn insert_events(
                 .push_bind(micros(r.period.end()))
                 .push_bind(i64::from(r.timestamp_explicit))
                 .push_bind(i64::from(r.set))
-                .push_bind(r.reserved);
+                .push_bind(r.reserved)
+                .push_bind(e.kind.as_str())
+                .push_bind(e.reason.as_ref().map(|r| r.as_str().to_owned()));
         });
         log.built(&mut qb).persistent(keep_prepared(chunk.len())).execute(&mut *conn).await?;
     }
@@ -256,16 +275,16 @@ pub(crate) async fn insert_events(
 /// The columns of `PlanRow`, in order.
 macro_rules! plan_columns {
     () => {
-        "code, name, limits, version, created_at, updated_at"
+        "code, name, limits, version, created_at, updated_at, close_after_seconds"
     };
 }
 pub(crate) use plan_columns;
 
 /// A `tally_plan` or `tally_plan_version` row.
-pub(crate) type PlanRow = (String, String, String, i64, i64, i64);
+pub(crate) type PlanRow = (String, String, String, i64, i64, i64, Option<i64>);
 
 pub(crate) fn plan(row: PlanRow) -> Result<Plan, StoreError> {
-    let (code, name, limits, version, created_at, updated_at) = row;
+    let (code, name, limits, version, created_at, updated_at, close_after) = row;
     let code = PlanCode::parse(&code)?;
     let stored: Vec<QuotaLimit> = serde_json::from_str(&limits)
         .map_err(|e| StoreError::Corrupt(format!("limits of plan {code}: {e}")))?;
@@ -279,6 +298,7 @@ pub(crate) fn plan(row: PlanRow) -> Result<Plan, StoreError> {
         code,
         name: spec.name,
         limits: spec.limits,
+        close_after: close_after.map(CloseAfter::from_seconds).transpose()?,
         version,
         created_at: instant("created_at", created_at)?,
         updated_at: instant("updated_at", updated_at)?,
@@ -330,6 +350,7 @@ pub(crate) type TenantEntitlementRow = (
     Option<i64>,
     Option<i64>,
     Option<i64>,
+    Option<i64>,
 );
 
 /// Splits a `TenantEntitlementRow` into the tenant, its subscription (when it has one) and
@@ -337,7 +358,19 @@ pub(crate) type TenantEntitlementRow = (
 pub(crate) fn tenant_entitlement(
     row: TenantEntitlementRow,
 ) -> (String, Option<SubscriptionRow>, Option<PlanRow>) {
-    let (tenant_id, plan_code, anchor, started_at, code, name, limits, version, created_at, updated_at) = row;
+    let (
+        tenant_id,
+        plan_code,
+        anchor,
+        started_at,
+        code,
+        name,
+        limits,
+        version,
+        created_at,
+        updated_at,
+        close_after,
+    ) = row;
     let subscription = match (plan_code, anchor, started_at) {
         (Some(plan_code), Some(anchor), Some(started_at)) => {
             Some((tenant_id.clone(), plan_code, anchor, started_at))
@@ -346,7 +379,7 @@ pub(crate) fn tenant_entitlement(
     };
     let plan = match (code, name, limits, version, created_at, updated_at) {
         (Some(code), Some(name), Some(limits), Some(version), Some(created_at), Some(updated_at)) => {
-            Some((code, name, limits, version, created_at, updated_at))
+            Some((code, name, limits, version, created_at, updated_at, close_after))
         }
         _ => None,
     };

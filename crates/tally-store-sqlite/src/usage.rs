@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{QueryBuilder, Sqlite};
 use tally_domain::{
-    Delivery, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageRecord,
+    Delivery, IdempotencyKey, MetricCode, Period, RecordedEvent, TenantId, Timestamp, UsageRecord, Watermark,
 };
 use tally_store::{
     Answer, Ctx, EntitlementLookup, EventQuery, EventRecorder, FireKey, FireStates, LockedRecord, RecordKey,
@@ -183,6 +183,9 @@ fn push_events_page(qb: &mut QueryBuilder<Sqlite>, tenant: &TenantId, query: &Ev
     }
     if let Some(to) = query.to {
         qb.push(" AND timestamp < ").push_bind(micros(to));
+    }
+    if let Some(kind) = query.kind {
+        qb.push(" AND kind = ").push_bind(kind.as_str());
     }
     if let Some(after) = query.after {
         // The first term bounds the index range; the second is the exact keyset order.
@@ -385,7 +388,7 @@ fn push_records_by_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[RecordKey]) {
             .push_bind(micros(key.period.start()));
     });
     qb.push(
-        ") SELECT r.tenant_id, r.metric_code, r.period_start, r.id, r.current_usage \
+        ") SELECT r.tenant_id, r.metric_code, r.period_start, r.id, r.current_usage, r.closed_at, r.reopened_at \
          FROM k CROSS JOIN quota_usage_record AS r ON r.tenant_id = k.tenant_id \
          AND r.metric_code = k.metric_code AND r.period_start = k.period_start WHERE ",
     );
@@ -440,19 +443,23 @@ impl SqliteUsageTx<'_> {
         &mut self,
         keys: &[RecordKey],
     ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
-        let mut stored: HashMap<(String, String, i64), (String, i64)> = HashMap::with_capacity(keys.len());
+        type Stored = (String, i64, Option<i64>, Option<i64>);
+        let mut stored: HashMap<(String, String, i64), Stored> = HashMap::with_capacity(keys.len());
         for chunk in crate::rows::statement_chunks(keys, RECORD_KEY_BINDS) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
             push_records_by_keys(&mut qb, chunk);
-            let page: Vec<(String, String, i64, String, i64)> = self
+            let page: Vec<(String, String, i64, String, i64, Option<i64>, Option<i64>)> = self
                 .log
                 .built_as(&mut qb)
                 .persistent(crate::rows::keep_prepared(chunk.len()))
                 .fetch_all(&mut *self.conn)
                 .await
                 .map_err(store_error)?;
-            for (tenant_id, metric_code, period_start, id, current_usage) in page {
-                stored.insert((tenant_id, metric_code, period_start), (id, current_usage));
+            for (tenant_id, metric_code, period_start, id, current_usage, closed_at, reopened_at) in page {
+                stored.insert(
+                    (tenant_id, metric_code, period_start),
+                    (id, current_usage, closed_at, reopened_at),
+                );
             }
         }
         let mut locked = HashMap::with_capacity(keys.len());
@@ -463,11 +470,14 @@ impl SqliteUsageTx<'_> {
                 micros(key.period.start()),
             );
             let record = match stored.remove(&lookup) {
-                Some((id, current_usage)) => LockedRecord {
-                    id: rows::uuid("quota_usage_record.id", &id)?,
-                    current_usage,
-                    reserved: 0,
-                    state: RecordState::Existing,
+                Some((id, current_usage, closed_at, reopened_at)) => LockedRecord {
+                    closed_at: closed_at.map(|at| rows::instant("closed_at", at)).transpose()?,
+                    reopened: reopened_at.is_some() && closed_at.is_none(),
+                    ..LockedRecord::at(
+                        rows::uuid("quota_usage_record.id", &id)?,
+                        current_usage,
+                        RecordState::Existing,
+                    )
                 },
                 None => LockedRecord::absent(),
             };
@@ -584,6 +594,26 @@ impl SqliteUsageTx<'_> {
     }
 
     /// `tally_config_version` as this transaction sees it.
+    /// The watermarks of `tenants` (`None` for a tenant that never closed a period). Under
+    /// `BEGIN IMMEDIATE` no close can move one before the commit.
+    pub(crate) async fn load_watermarks(
+        &mut self,
+        tenants: &[&TenantId],
+    ) -> Result<Vec<(TenantId, Option<Watermark>)>, StoreError> {
+        let mut found = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            let row: Option<(Option<i64>, Option<i64>)> = self
+                .log
+                .query_as("SELECT closed_before, closed_before_at FROM tally_tenant WHERE tenant_id = ?1")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *self.conn)
+                .await
+                .map_err(store_error)?;
+            found.push(((*tenant).clone(), crate::periods::watermark(row.unwrap_or((None, None)))?));
+        }
+        Ok(found)
+    }
+
     pub(crate) async fn config_version(&mut self) -> Result<i64, StoreError> {
         self.log
             .query_scalar("SELECT version FROM tally_config_version WHERE id = 1")
@@ -634,14 +664,22 @@ mod tests {
         let at = tally_domain::time::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
         let cursor = EventCursor { timestamp: at, id: Uuid::now_v7() };
         let queries = [
-            EventQuery { metric_code: None, from: None, to: None, limit: 10, after: None },
-            EventQuery { metric_code: None, from: Some(at), to: Some(at), limit: 10, after: Some(cursor) },
+            EventQuery { metric_code: None, from: None, to: None, limit: 10, after: None, kind: None },
+            EventQuery {
+                metric_code: None,
+                from: Some(at),
+                to: Some(at),
+                limit: 10,
+                after: Some(cursor),
+                kind: None,
+            },
             EventQuery {
                 metric_code: Some(MetricCode::parse("api_calls").unwrap()),
                 from: None,
                 to: None,
                 limit: 10,
                 after: Some(cursor),
+                kind: None,
             },
         ];
         for query in queries {
@@ -718,10 +756,7 @@ mod tests {
         let mut tx = store.begin_immediate().await.unwrap();
         let keys = [record_key("a"), record_key("b")];
         let second = SqliteUsageTx { conn: &mut tx, log: &store.log }.load_records(&keys).await.unwrap();
-        assert_eq!(
-            second[&record_key("a")],
-            LockedRecord { id: a, current_usage: 5, reserved: 0, state: RecordState::Existing }
-        );
+        assert_eq!(second[&record_key("a")], LockedRecord::at(a, 5, RecordState::Existing));
         assert_eq!(second[&record_key("b")].state, RecordState::Absent);
         let update = RecordWrite { id: a, key: record_key("a"), current_usage: 7, insert: false };
         SqliteUsageTx { conn: &mut tx, log: &store.log }.update_records(&[&update], now()).await.unwrap();
@@ -744,6 +779,8 @@ mod tests {
                 idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
                 timestamp: now(),
                 created_at: now(),
+                kind: tally_domain::EventKind::Usage,
+                reason: None,
             },
             receipt: EventReceipt {
                 usage_after: 1,

@@ -53,6 +53,11 @@ impl SqliteWriter {
     /// Loads what `needs` asks for and `loaded` lacks.
     async fn load(&mut self, needs: &Needs, now: Timestamp, loaded: &mut Loaded) -> Result<(), StoreError> {
         let mut tx = self.in_tx()?;
+        let tenants: Vec<&TenantId> = loaded.missing_watermarks(needs).collect();
+        if !tenants.is_empty() {
+            let marks = tx.load_watermarks(&tenants).await?;
+            loaded.watermarks.extend(marks);
+        }
         let mut keys: Vec<RecordKey> = Vec::new();
         for (tenant, id) in &needs.reservations {
             if loaded.reservations.contains_key(id) {
@@ -133,6 +138,9 @@ impl SqliteWriter {
         }
         if !writes.fire_states.is_empty() || !writes.deliveries.is_empty() {
             tx.write_outbox(&writes.fire_states, &writes.deliveries, now).await?;
+        }
+        for entry in &writes.audit {
+            crate::rows::insert_audit(tx.log, tx.conn, entry).await?;
         }
         Ok(())
     }

@@ -13,19 +13,20 @@ pub mod write;
 
 pub use cache::ConfigCache;
 pub use error::StoreError;
-pub use shared::{reset_audit, webhook_after_put};
+pub use shared::{close_audit, reopen_audit, reset_audit, webhook_after_put};
 pub use tally_engine::{
     Answer, Ctx, FireKey, FireStates, Loaded, LoadedReservation, LockedRecord, Needs, Plan, RecordState,
     RecordWrite, Signal, WebhookRule, WriteOp, Writes,
 };
 pub use traits::{
-    AdminUiStore, AuditStore, ConfigVersion, EventRecorder, KeyStore, MetricStore, PlanStore,
+    AdminUiStore, AuditStore, ConfigVersion, EventRecorder, KeyStore, MetricStore, PeriodStore, PlanStore,
     ReservationStore, Store, TenantStore, UsageRepository, UsageWriter, WebhookStore,
 };
 pub use types::{
-    AdminSearch, AdminSession, EntitlementLookup, EventCursor, EventListQuery, EventQuery, EventTotal,
-    KeyedEvent, PutOutcome, RecordCursor, RecordKey, RecordListQuery, RecordSort, RecordTotal, ResetFact,
-    SchemaReport, SortKey, TimeRange, VerifyInputs,
+    AdminSearch, AdminSession, CloseMode, CloseOutcome, EntitlementLookup, EventCursor, EventListQuery,
+    EventQuery, EventTotal, KeyedEvent, PeriodCursor, PeriodQuery, PeriodRecord, PutOutcome, RecordCursor,
+    RecordKey, RecordListQuery, RecordSort, RecordTotal, ResetFact, SchemaReport, SortKey, TimeRange,
+    VerifyInputs,
 };
 pub use write::{Committer, JobQueue, WriteTx, run_batch, write_forever};
 

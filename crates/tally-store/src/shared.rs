@@ -1,8 +1,61 @@
-//! Small pieces every adapter shares outside the hot path: the audit entry of a reset and
-//! what a webhook put makes of the stored webhook.
+//! Small pieces every adapter shares outside the hot path: the audit entries of a reset, a
+//! close and a reopening, and what a webhook put makes of the stored webhook.
 
-use tally_domain::{AuditAction, AuditEntry, Timestamp, UsageRecord, WebhookId, WebhookSpec};
+use tally_domain::time::format_rfc3339;
+use tally_domain::{
+    AuditAction, AuditEntry, MetricCode, Period, Reason, TenantId, Timestamp, UsageRecord, WebhookId,
+    WebhookSpec,
+};
 use uuid::Uuid;
+
+use crate::types::{CloseMode, CloseOutcome};
+
+/// The audit entry of a close: what was asked, the watermark after, and how many records
+/// it closed.
+pub fn close_audit(
+    key_id: Option<Uuid>,
+    now: Timestamp,
+    tenant: &TenantId,
+    before: Timestamp,
+    mode: CloseMode,
+    outcome: &CloseOutcome,
+) -> AuditEntry {
+    AuditEntry::new(
+        now,
+        key_id,
+        AuditAction::PeriodClose,
+        Some(tenant.clone()),
+        serde_json::json!({
+            "before": format_rfc3339(before),
+            "closed_before": format_rfc3339(outcome.closed_before),
+            "closed": outcome.closed,
+            "automatic": mode == CloseMode::Automatic,
+        }),
+    )
+}
+
+/// The audit entry of a reopening.
+pub fn reopen_audit(
+    key_id: Option<Uuid>,
+    now: Timestamp,
+    tenant: &TenantId,
+    metric: &MetricCode,
+    period: Period,
+    reason: &Reason,
+) -> AuditEntry {
+    AuditEntry::new(
+        now,
+        key_id,
+        AuditAction::PeriodReopen,
+        Some(tenant.clone()),
+        serde_json::json!({
+            "metric_code": metric.as_str(),
+            "period_start": format_rfc3339(period.start()),
+            "period_end": format_rfc3339(period.end()),
+            "reason": reason.as_str(),
+        }),
+    )
+}
 
 /// The audit entry of a reset: what the counter held before, so that `tally verify` can
 /// rebuild every counter from the events and the resets.

@@ -8,8 +8,8 @@ use std::future::Future;
 
 use tally_domain::{
     ApiKey, AuditEntry, IdempotencyKey, MetricCode, MetricCode as Metric, MetricSpec, Name, Override, Period,
-    Plan, PlanCode, PlanSpec, QuotaLimit, RecordKey, RecordedEvent, Reservation, Subscription, Tenant,
-    TenantId, Timestamp, UsageRecord,
+    Plan, PlanCode, PlanSpec, QuotaLimit, Reason, RecordKey, RecordedEvent, Reservation, Subscription,
+    Tenant, TenantId, Timestamp, UsageRecord, Watermark,
 };
 use tally_domain::{Delivery, Webhook, WebhookId, WebhookSecret, WebhookSpec};
 use tally_engine::{Answer, Ctx, WriteOp};
@@ -18,7 +18,8 @@ use uuid::Uuid;
 use crate::cache::ConfigCache;
 use crate::error::StoreError;
 use crate::types::{
-    AdminSession, EntitlementLookup, EventListQuery, EventQuery, PutOutcome, RecordListQuery, VerifyInputs,
+    AdminSession, CloseMode, CloseOutcome, EntitlementLookup, EventListQuery, EventQuery, PeriodQuery,
+    PeriodRecord, PutOutcome, RecordListQuery, VerifyInputs,
 };
 
 /// The seed's usage repository: per-period counters.
@@ -487,6 +488,50 @@ pub trait AdminUiStore: Send + Sync {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
+/// Closed periods: the tenant's watermark, reopening, and the periods billing reads.
+pub trait PeriodStore: Send + Sync {
+    /// Moves the tenant's watermark to `before` if that is later (never back) and closes
+    /// every existing record with `period_end <= before` that is open: in `Explicit` mode
+    /// also those reopened, in `Automatic` mode not. Takes the tenant's row lock first, the
+    /// lock every write into a period that may be closed shares, so no in-flight batch lands
+    /// an event in a period once this has committed. Writes `period.close` to the audit log
+    /// in the same transaction, only when something changed. `NotFound` for an unknown tenant.
+    fn close_periods(
+        &self,
+        tenant: &TenantId,
+        before: Timestamp,
+        mode: CloseMode,
+        now: Timestamp,
+        key_id: Option<Uuid>,
+    ) -> impl Future<Output = Result<CloseOutcome, StoreError>> + Send;
+
+    /// Opens the closed period `period` of `metric` again (creating its zero record when the
+    /// watermark closed it without one), with `period.reopen` in the audit log. `Conflict`
+    /// when it is not closed, `NotFound` for an unknown tenant.
+    fn reopen_period(
+        &self,
+        tenant: &TenantId,
+        metric: &MetricCode,
+        period: Period,
+        reason: &Reason,
+        now: Timestamp,
+        key_id: Option<Uuid>,
+    ) -> impl Future<Output = Result<PeriodRecord, StoreError>> + Send;
+
+    /// One page of the tenant's periods, `period_start DESC, metric_code DESC`.
+    fn list_periods(
+        &self,
+        tenant: &TenantId,
+        query: &PeriodQuery,
+    ) -> impl Future<Output = Result<Vec<PeriodRecord>, StoreError>> + Send;
+
+    /// The tenant's watermark, if it ever closed a period.
+    fn find_watermark(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Option<Watermark>, StoreError>> + Send;
+}
+
 /// Everything a Tally store does. Cloning is cheap (a pool handle).
 pub trait Store:
     UsageRepository
@@ -501,6 +546,7 @@ pub trait Store:
     + AuditStore
     + ConfigVersion
     + AdminUiStore
+    + PeriodStore
     + Clone
     + 'static
 {
@@ -519,6 +565,7 @@ impl<S> Store for S where
         + AuditStore
         + ConfigVersion
         + AdminUiStore
+        + PeriodStore
         + Clone
         + 'static
 {

@@ -1,7 +1,7 @@
 //! Values that cross the store boundary besides domain types: queries, pages, outcomes.
 
 pub use tally_domain::{EntitlementLookup, RecordKey};
-use tally_domain::{IdempotencyKey, MetricCode, RecordedEvent, TenantId, Timestamp, UsageRecord};
+use tally_domain::{EventKind, IdempotencyKey, MetricCode, RecordedEvent, TenantId, Timestamp, UsageRecord};
 use uuid::Uuid;
 
 /// What a create-or-replace did.
@@ -50,6 +50,64 @@ pub struct EventQuery {
     pub limit: u32,
     /// Continue after this event.
     pub after: Option<EventCursor>,
+    /// Only events of this kind (usage or corrections), when given.
+    pub kind: Option<EventKind>,
+}
+
+/// A period as a billing system reads it: its record, and whether it is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeriodRecord {
+    /// The counter.
+    pub record: UsageRecord,
+    /// When the period was closed, while it is.
+    pub closed_at: Option<Timestamp>,
+    /// When it was last reopened (kept once it is closed again).
+    pub reopened_at: Option<Timestamp>,
+}
+
+/// Where a page of periods continues: strictly after this `(period_start, metric_code)` in
+/// the order `period_start DESC, metric_code DESC`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeriodCursor {
+    /// Start of the last period shown.
+    pub period_start: Timestamp,
+    /// Its metric.
+    pub metric_code: MetricCode,
+}
+
+/// A filter over one tenant's periods, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeriodQuery {
+    /// Only closed (`true`) or open (`false`) periods, when given.
+    pub closed: Option<bool>,
+    /// Only this metric, when given.
+    pub metric_code: Option<MetricCode>,
+    /// `period_start >= from`, when given.
+    pub from: Option<Timestamp>,
+    /// `period_start < to`, when given.
+    pub to: Option<Timestamp>,
+    /// At most this many (the caller bounds it).
+    pub limit: u32,
+    /// Continue after this period.
+    pub after: Option<PeriodCursor>,
+}
+
+/// What a close did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseOutcome {
+    /// The tenant's watermark afterwards.
+    pub closed_before: Timestamp,
+    /// Existing records newly closed.
+    pub closed: u64,
+}
+
+/// How a close was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseMode {
+    /// By an operator: also closes again the periods reopened under `before`.
+    Explicit,
+    /// By the `close_after` job: leaves reopened periods open.
+    Automatic,
 }
 
 /// A usage record's counter, for `tally verify`.
@@ -72,10 +130,12 @@ pub struct EventTotal {
     pub metric_code: MetricCode,
     /// Start of the period the events counted in.
     pub period_start: Timestamp,
-    /// Sum of their amounts.
+    /// Sum of their amounts (corrections are signed).
     pub amount_sum: i64,
-    /// How many.
+    /// How many, corrections included.
     pub n_events: i64,
+    /// How many of them are corrections.
+    pub n_corrections: i64,
 }
 
 /// A usage reset, as the audit log holds it, for `tally verify`.

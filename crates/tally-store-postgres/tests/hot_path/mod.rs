@@ -315,7 +315,7 @@ async fn hot_path_load<S: Store>(store: &S, key_hash: &str) {
         let mut after = None;
         let mut seen = 0;
         while seen <= expected {
-            let q = EventQuery { metric_code: None, from: None, to: None, limit: 1, after };
+            let q = EventQuery { metric_code: None, from: None, to: None, limit: 1, after, kind: None };
             let page = store.get_events_for_metric(&tenant(tenant_id), &q).await.unwrap();
             let Some(last) = page.last() else { break };
             seen += 1;
@@ -328,6 +328,7 @@ async fn hot_path_load<S: Store>(store: &S, key_hash: &str) {
         from: Some(now() - Duration::days(1)),
         to: Some(now() + Duration::minutes(1)),
         limit: 10,
+        kind: None,
         after: Some(EventCursor { timestamp: now(), id: Uuid::max() }),
     };
     assert_eq!(store.get_events_for_metric(&tenant("delta"), &filtered).await.unwrap().len(), 1);
@@ -527,4 +528,190 @@ async fn reservation_batches_make_the_same_round_trips_whatever_their_size() {
         TENANTS.len()
     );
     assert_eq!(reserved.len(), 1 + TENANTS.len());
+}
+
+// ---------------------------------------------------------------------------------------
+// Closed periods on the hot path
+
+/// A write into a period that may be closed reads its tenant's watermark, under a share lock
+/// of the tenant's row, in one statement more than a write into the current period, before
+/// its record lock; a write into the current period does not.
+#[tokio::test]
+async fn a_past_period_write_reads_the_watermark_in_one_statement_before_its_record_lock() {
+    for tenancy in [Tenancy::Shared, Tenancy::Schema] {
+        let store = PgStore::open_test(tenancy).await;
+        configure(&store).await;
+        // `exports` counts per day: yesterday's period ended before now().
+        let mut past = req("acme", "exports", 1);
+        past.timestamp = Some(now() - Duration::days(1));
+        // Warm: both records exist, the caches hold the tenant and its plan.
+        apply_one(&store, req("acme", "exports", 1)).await.unwrap();
+        apply_one(&store, past.clone()).await.unwrap();
+        let log = store.statement_log();
+
+        log.start();
+        apply_one(&store, req("acme", "exports", 1)).await.unwrap();
+        log.stop();
+        let current = log.take();
+        log.start();
+        apply_one(&store, past).await.unwrap();
+        log.stop();
+        let past = log.take();
+
+        let is_watermark = |s: &String| s.contains("tally_tenant") && s.contains("FOR SHARE");
+        let is_record_lock = |s: &String| s.contains("quota_usage_record") && s.contains("FOR UPDATE");
+        assert_eq!(current.len(), WARM_WRITE_STATEMENTS, "{tenancy:?}: {current:#?}");
+        assert!(!current.iter().any(is_watermark), "{tenancy:?}: {current:#?}");
+        assert_eq!(past.len(), WARM_WRITE_STATEMENTS + 1, "{tenancy:?}: {past:#?}");
+        let mark = past.iter().position(is_watermark).expect("the watermark is read");
+        let lock = past.iter().position(is_record_lock).expect("the record is locked");
+        assert_eq!((mark, lock), (1, 2), "{tenancy:?}: right after BEGIN, then the record: {past:#?}");
+        assert_eq!(past.iter().filter(|s| is_watermark(s)).count(), 1, "{tenancy:?}: {past:#?}");
+        assert_every_statement_names_its_tenants(&past);
+
+        // A correction of the past day: the same, with its audit entry written in the batch.
+        let fix = tally_domain::CorrectionRequest {
+            tenant_id: tenant("acme"),
+            metric_code: metric("exports"),
+            amount: -1,
+            reason: tally_domain::Reason::parse("double-sent").unwrap(),
+            idempotency_key: None,
+            timestamp: Some(now() - Duration::days(1)),
+            key_id: None,
+        };
+        let ctx = tally_store::Ctx::new(now(), Duration::days(35));
+        log.start();
+        let answers = tally_store::UsageWriter::write(&store, vec![tally_store::WriteOp::Correct(fix)], ctx);
+        let answer = answers.await.unwrap().into_iter().next().unwrap().into_usage().unwrap().unwrap();
+        log.stop();
+        let corrected = log.take();
+        assert_eq!(answer.current_usage, 1, "{tenancy:?}");
+        let audit = corrected.iter().position(|s| s.contains("INSERT INTO tally_audit"));
+        assert_eq!(audit, Some(corrected.len() - 2), "{tenancy:?}: before COMMIT: {corrected:#?}");
+        assert_eq!(corrected.iter().position(is_watermark), Some(1), "{tenancy:?}: {corrected:#?}");
+        assert_every_statement_names_its_tenants(&corrected);
+    }
+}
+
+/// Writers racing a close of the periods they write into, most of them cold (each write
+/// of a writer goes to another day, on a metric of its own, so it creates the record): once
+/// the close has returned, nothing more lands in a closed period (no record appears or moves,
+/// no event is added), every write either landed before it or was refused with
+/// `PeriodClosed`, and every event of those periods was made before the close returned.
+#[tokio::test]
+async fn writers_racing_a_close_never_land_an_event_in_a_closed_period() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tally_contract::setup;
+    use tally_domain::time::truncate;
+    use tally_domain::{RecordedEvent, Timestamp};
+    use tally_store::{CloseMode, Ctx, EventRecorder, PeriodQuery, PeriodStore, UsageWriter, WriteOp};
+
+    const WRITERS: usize = 32;
+    /// Days back from the last closed one that a writer cycles through.
+    const DAYS: i64 = 30;
+    const WRITES_PER_WRITER_MAX: usize = 2_000;
+    let wall = || truncate(chrono::Utc::now());
+    let metric_of = |w: usize| format!("calls_{w:02}");
+    for tenancy in [Tenancy::Shared, Tenancy::Schema] {
+        let store = PgStore::open_test(tenancy).await;
+        let limits =
+            (0..WRITERS).map(|w| limit(&metric_of(w), None, LimitEnforcement::None, PeriodKind::Day));
+        setup(&store, "acme", "daily", limits.collect()).await;
+        // Yesterday on the wall clock, and the days before it: all closed by one close.
+        let last = PeriodKind::Day.containing(wall() - Duration::days(1), tally_contract::anchor()).unwrap();
+        let first_start = last.start() - Duration::days(DAYS - 1);
+        let landed = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let (store, landed, code) = (store.clone(), landed.clone(), metric_of(w));
+            writers.push(tokio::spawn(async move {
+                // (started, accepted) of each write, until one is refused.
+                let mut seen: Vec<(Timestamp, bool)> = Vec::new();
+                for i in 0..WRITES_PER_WRITER_MAX {
+                    let mut r = req("acme", &code, 1);
+                    let back = i64::try_from(i).unwrap() % DAYS;
+                    let seconds = i64::try_from(i).unwrap();
+                    r.timestamp = Some(last.start() - Duration::days(back) + Duration::seconds(seconds));
+                    let started = wall();
+                    let ctx = Ctx::new(started, Duration::days(35));
+                    let answer = store.write(vec![WriteOp::Usage(r)], ctx).await.unwrap();
+                    match answer.into_iter().next().unwrap().into_usage().unwrap() {
+                        Ok(_) => {
+                            landed.fetch_add(1, Ordering::Relaxed);
+                            seen.push((started, true));
+                        }
+                        Err(UsageError::PeriodClosed { metric, .. }) => {
+                            assert_eq!(metric.as_str(), code);
+                            seen.push((started, false));
+                            break;
+                        }
+                        Err(other) => panic!("a write into a past period was {other:?}"),
+                    }
+                }
+                seen
+            }));
+        }
+        // Close while the writers are busy creating records: after a few of theirs landed.
+        while landed.load(Ordering::Relaxed) < WRITERS * 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let acme = tenant("acme");
+        let outcome =
+            store.close_periods(&acme, last.end(), CloseMode::Explicit, wall(), None).await.unwrap();
+        let closed_by = wall();
+        let all = PeriodQuery { limit: 10_000, ..PeriodQuery::default() };
+        let usage = |periods: Vec<tally_store::PeriodRecord>| {
+            periods
+                .into_iter()
+                .map(|p| {
+                    assert!(p.closed_at.is_some(), "{tenancy:?}: {p:?} is closed");
+                    ((p.record.metric_code.clone(), p.record.period_start), p.record.current_usage)
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let at_close = usage(store.list_periods(&acme, &all).await.unwrap());
+        assert_eq!(outcome.closed_before, last.end(), "{tenancy:?}");
+        assert_eq!(outcome.closed, u64::try_from(at_close.len()).unwrap(), "{tenancy:?}");
+
+        let (mut accepted, mut refused) = (0, 0);
+        for writer in writers {
+            let seen = writer.await.unwrap();
+            assert!(matches!(seen.last(), Some((_, false))), "{tenancy:?}: each writer ends refused");
+            for (started, ok) in seen {
+                if ok {
+                    accepted += 1;
+                    assert!(started <= closed_by, "{tenancy:?}: a write begun after the close landed");
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, WRITERS);
+        assert!(accepted >= WRITERS * 3, "{tenancy:?}: {accepted}");
+        let at_end = usage(store.list_periods(&acme, &all).await.unwrap());
+        assert_eq!(at_end, at_close, "{tenancy:?}: nothing landed after the close");
+        assert_eq!(at_end.values().sum::<i64>(), i64::try_from(accepted).unwrap(), "{tenancy:?}");
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut after = None;
+        loop {
+            let q = EventQuery {
+                metric_code: None,
+                from: Some(first_start),
+                to: Some(last.end()),
+                limit: 1_000,
+                after,
+                kind: None,
+            };
+            let page = store.get_events_for_metric(&acme, &q).await.unwrap();
+            let Some(tail) = page.last() else { break };
+            after = Some(EventCursor { timestamp: tail.event.timestamp, id: tail.event.id });
+            events.extend(page);
+        }
+        assert_eq!(events.len(), accepted, "{tenancy:?}: one event per accepted write");
+        for e in &events {
+            assert!(e.event.created_at <= closed_by, "{tenancy:?}: {e:?} was made after the close");
+        }
+    }
 }

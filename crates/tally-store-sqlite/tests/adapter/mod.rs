@@ -60,7 +60,7 @@ async fn migrating_twice_changes_nothing() {
     assert_eq!(reports.len(), 1);
     let report = &reports[0];
     assert_eq!((report.schema.as_str(), report.tenant_id.as_ref()), ("main", None));
-    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 7, None));
+    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 8, None));
     assert_eq!(schema_sql(&store).await, schema_before);
     let tracked: Vec<(String, i64, String)> =
         sqlx::query_as("SELECT set_name, version, name FROM tally_schema_migrations ORDER BY version")
@@ -76,10 +76,11 @@ async fn migrating_twice_changes_nothing() {
             ("main".to_owned(), 4, "admin_ui".to_owned()),
             ("main".to_owned(), 5, "catalog_gauges_reservations".to_owned()),
             ("main".to_owned(), 6, "webhooks".to_owned()),
-            ("main".to_owned(), 7, "metric_value_property".to_owned())
+            ("main".to_owned(), 7, "metric_value_property".to_owned()),
+            ("main".to_owned(), 8, "corrections_closed_periods".to_owned())
         ]
     );
-    assert_eq!(store.schema_version().await.unwrap(), 7);
+    assert_eq!(store.schema_version().await.unwrap(), 8);
 }
 
 #[tokio::test]
@@ -97,21 +98,36 @@ async fn a_database_at_version_one_is_brought_to_the_latest_version() {
     for table in ["tally_webhook", "tally_webhook_state", "tally_webhook_delivery"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(store.pool()).await.unwrap();
     }
+    sqlx::query("DROP INDEX quota_usage_record_tenant_start_idx").execute(store.pool()).await.unwrap();
+    for (table, column) in [
+        ("quota_usage_event", "kind"),
+        ("quota_usage_event", "reason"),
+        ("quota_usage_record", "closed_at"),
+        ("quota_usage_record", "reopened_at"),
+        ("tally_tenant", "closed_before"),
+        ("tally_tenant", "closed_before_at"),
+        ("tally_plan", "close_after_seconds"),
+        ("tally_plan_version", "close_after_seconds"),
+    ] {
+        let sql = format!("ALTER TABLE {table} DROP COLUMN {column}");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(store.pool()).await.unwrap();
+    }
     sqlx::query("DELETE FROM tally_schema_migrations WHERE version >= 2")
         .execute(store.pool())
         .await
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap().remove(0);
-    assert_eq!((report.applied, report.version), (6, 7));
+    assert_eq!((report.applied, report.version), (7, 8));
     let n = scalar_i64(
         &store,
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN \
          ('quota_usage_event_tenant_ts_idx', 'quota_usage_event_created_idx', 'quota_usage_record_created_idx', \
-          'tally_admin_session_expires_idx', 'tally_webhook_delivery_due_idx', 'tally_webhook_delivery_log_idx')",
+          'tally_admin_session_expires_idx', 'tally_webhook_delivery_due_idx', 'tally_webhook_delivery_log_idx', \
+          'quota_usage_record_tenant_start_idx')",
     )
     .await;
-    assert_eq!(n, 6);
+    assert_eq!(n, 7);
     assert_eq!(store.config_version().await.unwrap(), 0, "the version starts at zero");
 }
 
@@ -150,8 +166,8 @@ async fn two_stores_opening_one_new_file_at_once_both_migrate_it() {
     let url = path.url();
     let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (7, 7));
-    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 7);
+    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (8, 8));
+    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 8);
     // And migrating both again at once applies nothing.
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     assert_eq!((ra.unwrap()[0].applied, rb.unwrap()[0].applied), (0, 0));
@@ -201,6 +217,7 @@ async fn the_named_indexes_and_unique_constraints_exist() {
             named("quota_usage_record_created_idx", "quota_usage_record"),
             named("quota_usage_record_tenant_metric_idx", "quota_usage_record"),
             named("quota_usage_record_tenant_period_idx", "quota_usage_record"),
+            named("quota_usage_record_tenant_start_idx", "quota_usage_record"),
             named("tally_admin_session_expires_idx", "tally_admin_session"),
             named("tally_audit_tenant_idx", "tally_audit"),
             named("tally_reservation_expiry_idx", "tally_reservation"),
@@ -304,7 +321,7 @@ async fn two_stores_on_one_file_never_overshoot_a_hard_limit() {
     assert_eq!(accepted.load(Ordering::Relaxed), LIMIT);
     let record = b.get_current_period(&tenant("acme"), &metric("api_calls"), now()).await.unwrap();
     assert_eq!(record.current_usage, LIMIT as i64);
-    let q = EventQuery { metric_code: None, from: None, to: None, limit: 1_000, after: None };
+    let q = EventQuery { metric_code: None, from: None, to: None, limit: 1_000, after: None, kind: None };
     assert_eq!(a.get_events_for_metric(&tenant("acme"), &q).await.unwrap().len(), LIMIT);
 }
 
@@ -350,7 +367,7 @@ async fn rows_changed_behind_tallys_back_are_corrupt_never_a_panic() {
     let corrupt = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Corrupt(_)));
 
     sqlx::query("UPDATE quota_usage_event SET metadata = 'not json'").execute(pool).await.unwrap();
-    let q = EventQuery { metric_code: None, from: None, to: None, limit: 10, after: None };
+    let q = EventQuery { metric_code: None, from: None, to: None, limit: 10, after: None, kind: None };
     assert!(corrupt(store.get_events_for_metric(&tenant("acme"), &q).await.map(|_| ())));
 
     sqlx::query("UPDATE quota_usage_record SET current_usage = 'many'").execute(pool).await.unwrap();

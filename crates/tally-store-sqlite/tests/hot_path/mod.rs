@@ -314,7 +314,7 @@ async fn hot_path_load<S: Store>(store: &S, key_hash: &str) {
         let mut after = None;
         let mut seen = 0;
         while seen <= expected {
-            let q = EventQuery { metric_code: None, from: None, to: None, limit: 1, after };
+            let q = EventQuery { metric_code: None, from: None, to: None, limit: 1, after, kind: None };
             let page = store.get_events_for_metric(&tenant(tenant_id), &q).await.unwrap();
             let Some(last) = page.last() else { break };
             seen += 1;
@@ -327,6 +327,7 @@ async fn hot_path_load<S: Store>(store: &S, key_hash: &str) {
         from: Some(now() - Duration::days(1)),
         to: Some(now() + Duration::minutes(1)),
         limit: 10,
+        kind: None,
         after: Some(EventCursor { timestamp: now(), id: Uuid::max() }),
     };
     assert_eq!(store.get_events_for_metric(&tenant("delta"), &filtered).await.unwrap().len(), 1);

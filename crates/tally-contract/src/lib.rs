@@ -177,7 +177,8 @@ macro_rules! contract_suite {
             a_reopened_period_stays_open_until_an_explicit_close,
             periods_are_listed_newest_first_filtered_and_paginated,
             a_commit_into_a_closed_period_is_refused_and_releases_its_hold,
-            writers_racing_a_close_never_land_in_the_closed_period
+            writers_racing_a_close_never_land_in_the_closed_period,
+            a_whole_write_is_refused_whole_by_a_closed_period
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -2664,4 +2665,32 @@ pub async fn writers_racing_a_close_never_land_in_the_closed_period<S: Store>(st
     assert_eq!(at_close, accepted.load(std::sync::atomic::Ordering::SeqCst));
     let late = apply_one(&store, at_time(req("acme", "api_calls", 1), d28)).await.unwrap_err();
     assert!(matches!(late, UsageError::PeriodClosed { .. }), "{late:?}");
+}
+
+pub async fn a_whole_write_is_refused_whole_by_a_closed_period<S: Store>(store: S) {
+    four_days(&store).await;
+    let acme = tenant("acme");
+    store.close_periods(&acme, t("2026-11-22T00:00:00Z"), CloseMode::Explicit, now(), None).await.unwrap();
+    let ctx = Ctx::new(now(), CONTRACT_EVENT_AGE);
+    let open = req("acme", "api_calls", 1);
+    let closed = at_time(req("acme", "api_calls", 1), t("2026-11-21T12:00:00Z"));
+    let cold = at_time(req("acme", "api_calls", 1), t("2026-11-23T12:00:00Z"));
+    let ops = vec![WriteOp::Usage(open.clone()), WriteOp::Usage(cold.clone()), WriteOp::Usage(closed)];
+    let answers = store.write_whole(ops, ctx).await.unwrap();
+    assert_eq!(answers.len(), 3);
+    for a in answers {
+        let refused = a.into_usage().unwrap().unwrap_err();
+        assert!(matches!(refused, UsageError::PeriodClosed { .. }), "{refused:?}");
+    }
+    assert_eq!(
+        (current_or_none(&store).await, day_usage(&store, "2026-11-23T00:00:00Z").await),
+        (Some(4), None)
+    );
+    // Without the closed one, the same operations are written, whole.
+    let answers = store.write_whole(vec![WriteOp::Usage(open), WriteOp::Usage(cold)], ctx).await.unwrap();
+    assert!(answers.into_iter().all(|a| a.into_usage().unwrap().is_ok()));
+    assert_eq!(
+        (current_or_none(&store).await, day_usage(&store, "2026-11-23T00:00:00Z").await),
+        (Some(5), Some(1))
+    );
 }

@@ -150,7 +150,9 @@ impl<S: Store> Tally<S> {
     /// Records events of any tenants, validated whole first: an unknown tenant, a tenant
     /// without a subscription, a metric without a limit or a timestamp out of the window fails
     /// the whole request before anything is applied. Then all are applied in order in one
-    /// transaction, each on its own: the answers say which were refused.
+    /// transaction, each on its own: the answers say which were refused; except that a
+    /// closed period refuses the whole request, in the same transaction, and then nothing
+    /// is applied (every answer is that `PeriodClosed`).
     pub async fn ingest(
         &self,
         requests: Vec<UsageRequest>,
@@ -171,7 +173,6 @@ impl<S: Store> Tally<S> {
             .filter_map(|e| e.event.idempotency_key.map(|k| (e.event.tenant_id, k)))
             .collect();
         let mut seen: HashMap<TenantId, tally_domain::Entitlement> = HashMap::new();
-        let mut marks: HashMap<TenantId, Option<tally_domain::Watermark>> = HashMap::new();
         for (idx, r) in requests.iter().enumerate() {
             if let Some(key) = &r.idempotency_key
                 && stored.contains(&(r.tenant_id.clone(), key.clone()))
@@ -193,13 +194,13 @@ impl<S: Store> Tally<S> {
                 UsageError::EventOutOfWindow { .. } => ServiceError::Usage(e),
                 other => ServiceError::Invalid(DomainError::invalid("events", format!("[{idx}]: {other}"))),
             })?;
-            self.refuse_if_closed(r, &entitlement, &ctx, &mut marks).await?;
         }
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        // A closed period refuses the whole request: written whole or not at all.
         let ops = requests.into_iter().map(WriteOp::Usage).collect();
-        let applied = self.store.write(ops, ctx).await?;
+        let applied = self.store.write_whole(ops, ctx).await?;
         Ok(applied
             .into_iter()
             .map(|a| match a.into_usage() {
@@ -207,31 +208,6 @@ impl<S: Store> Tally<S> {
                 None => Err(ServiceError::Internal("store answered a usage with another answer".to_owned())),
             })
             .collect())
-    }
-
-    /// `PeriodClosed` when `r` falls in a closed period: a multi-event request is refused
-    /// whole before anything is applied. (The write decides again under the records' locks;
-    /// a close committed between this check and the write refuses only the events it
-    /// closed, which a resend answers the same way.)
-    async fn refuse_if_closed(
-        &self,
-        r: &UsageRequest,
-        entitlement: &tally_domain::Entitlement,
-        ctx: &tally_store::Ctx,
-        marks: &mut HashMap<TenantId, Option<tally_domain::Watermark>>,
-    ) -> Result<(), ServiceError> {
-        let Some(limit) = entitlement.limit_for(&r.metric_code) else { return Ok(()) };
-        let period =
-            limit.period.containing(r.timestamp.unwrap_or(ctx.now), entitlement.subscription.anchor)?;
-        if !ctx.may_be_closed(period.end()) {
-            return Ok(());
-        }
-        match self.closed_at(&r.tenant_id, &r.metric_code, period, marks).await? {
-            Some(closed_at) => {
-                Err(UsageError::PeriodClosed { metric: r.metric_code.clone(), period, closed_at }.into())
-            }
-            None => Ok(()),
-        }
     }
 
     /// The value of the tenant's entitlement to `metric` at `at` (now when `None`): usage in

@@ -687,6 +687,13 @@ impl UsageWriter for PgStore {
         self.committer.submit(ops, ctx).await
     }
 
+    async fn write_whole(&self, ops: Vec<WriteOp>, ctx: Ctx) -> Result<Vec<Answer>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.committer.submit_whole(ops, ctx).await
+    }
+
     async fn reset_usage(
         &self,
         tenant: &TenantId,

@@ -285,6 +285,13 @@ impl UsageWriter for SqliteStore {
         self.committer.submit(ops, ctx).await
     }
 
+    async fn write_whole(&self, ops: Vec<WriteOp>, ctx: Ctx) -> Result<Vec<Answer>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.committer.submit_whole(ops, ctx).await
+    }
+
     async fn reset_usage(
         &self,
         tenant: &TenantId,
@@ -443,12 +450,14 @@ impl SqliteUsageTx<'_> {
         &mut self,
         keys: &[RecordKey],
     ) -> Result<HashMap<RecordKey, LockedRecord>, StoreError> {
+        // id, counter, closed_at, reopened_at; then the key in front, as a row.
         type Stored = (String, i64, Option<i64>, Option<i64>);
+        type Row = (String, String, i64, String, i64, Option<i64>, Option<i64>);
         let mut stored: HashMap<(String, String, i64), Stored> = HashMap::with_capacity(keys.len());
         for chunk in crate::rows::statement_chunks(keys, RECORD_KEY_BINDS) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("");
             push_records_by_keys(&mut qb, chunk);
-            let page: Vec<(String, String, i64, String, i64, Option<i64>, Option<i64>)> = self
+            let page: Vec<Row> = self
                 .log
                 .built_as(&mut qb)
                 .persistent(crate::rows::keep_prepared(chunk.len()))

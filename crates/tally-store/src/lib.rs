@@ -28,7 +28,7 @@ pub use types::{
     RecordKey, RecordListQuery, RecordSort, RecordTotal, ResetFact, SchemaReport, SortKey, TimeRange,
     VerifyInputs,
 };
-pub use write::{Committer, JobQueue, WriteTx, run_batch, write_forever};
+pub use write::{Committer, JobQueue, WriteTx, run_batch, run_batch_with_wholes, write_forever};
 
 use tally_domain::{AuditAction, AuditEntry, MetricCode, TenantId};
 

@@ -107,6 +107,15 @@ pub trait UsageWriter: Send + Sync {
         ctx: Ctx,
     ) -> impl Future<Output = Result<Vec<Answer>, StoreError>> + Send;
 
+    /// `write`, all of `ops` or none: when a closed period refuses any of them, none is
+    /// written and each answers that `PeriodClosed` (decided under the records' locks in the
+    /// same transaction). The compatibility routes' multi-event requests use it.
+    fn write_whole(
+        &self,
+        ops: Vec<WriteOp>,
+        ctx: Ctx,
+    ) -> impl Future<Output = Result<Vec<Answer>, StoreError>> + Send;
+
     /// Sets the counter of `metric` in `period` to zero (creating a zero record when none
     /// exists) and writes the audit entry `reset` (see `crate::reset_audit`) in the same
     /// transaction. Returns the record after the reset.

@@ -27,7 +27,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tally_domain::limits::APPLY_RETRY_MAX;
-use tally_domain::{EntitlementLookup, TenantId, Timestamp};
+use tally_domain::{EntitlementLookup, TenantId, Timestamp, UsageError};
 use tally_engine::{Answer, Ctx, Entitlements, Loaded, Needs, Unplanned, WebhookRule, WriteOp, Writes};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -173,12 +173,25 @@ pub async fn run_batch<T: WriteTx>(
     ops: &[WriteOp],
     ctx: &Ctx,
 ) -> Result<Vec<Answer>, StoreError> {
+    run_batch_with_wholes(tx, cache, ops, ctx, &[]).await
+}
+
+/// `run_batch`, where each range of `wholes` is written whole or not at all: when any of
+/// its operations is refused by a closed period, none of them is written, and each answers
+/// that refusal (a multi-event request of the compatibility routes).
+pub async fn run_batch_with_wholes<T: WriteTx>(
+    tx: &mut T,
+    cache: &ConfigCache,
+    ops: &[WriteOp],
+    ctx: &Ctx,
+    wholes: &[std::ops::Range<usize>],
+) -> Result<Vec<Answer>, StoreError> {
     if ops.is_empty() {
         return Ok(Vec::new());
     }
     let tenants = distinct_tenants(ops);
     for attempt in 0..=APPLY_RETRY_MAX {
-        match attempt_batch(tx, cache, ops, ctx, &tenants).await {
+        match attempt_batch(tx, cache, ops, ctx, &tenants, wholes).await {
             Err(StoreError::Retry) => {
                 tracing::debug!(attempt, "write transaction lost a race; re-running it")
             }
@@ -191,12 +204,55 @@ pub async fn run_batch<T: WriteTx>(
     )))
 }
 
+/// The whole ranges among `wholes` (not yet in `removed`) in which an operation answered
+/// `PeriodClosed`, with that refusal. `answers[k]` answers the `k`-th operation not removed.
+fn closed_wholes(
+    answers: &[Answer],
+    wholes: &[std::ops::Range<usize>],
+    removed: &[(std::ops::Range<usize>, UsageError)],
+) -> Vec<(std::ops::Range<usize>, UsageError)> {
+    let is_removed = |i: usize| removed.iter().any(|(r, _)| r.contains(&i));
+    let mut at = Vec::with_capacity(answers.len());
+    let mut original = 0..;
+    for _ in answers {
+        let i = original.by_ref().find(|i| !is_removed(*i)).unwrap_or(usize::MAX);
+        at.push(i);
+    }
+    let mut found = Vec::new();
+    for range in wholes {
+        if removed.iter().any(|(r, _)| r == range) {
+            continue;
+        }
+        let closed = at.iter().zip(answers).find_map(|(i, a)| match a {
+            Answer::Usage(Err(e @ UsageError::PeriodClosed { .. })) if range.contains(i) => Some(e.clone()),
+            _ => None,
+        });
+        if let Some(e) = closed {
+            found.push((range.clone(), e));
+        }
+    }
+    found
+}
+
+/// The answers of every operation: those of the operations planned, in order, and the
+/// refusal of its range for each removed one.
+fn stitched(n: usize, planned: Vec<Answer>, removed: &[(std::ops::Range<usize>, UsageError)]) -> Vec<Answer> {
+    let mut planned = planned.into_iter();
+    (0..n)
+        .map(|i| match removed.iter().find(|(r, _)| r.contains(&i)) {
+            Some((_, e)) => Answer::Usage(Err(e.clone())),
+            None => planned.next().unwrap_or(Answer::Usage(Err(UsageError::UsageRecordNotFound))),
+        })
+        .collect()
+}
+
 async fn attempt_batch<T: WriteTx>(
     tx: &mut T,
     cache: &ConfigCache,
     ops: &[WriteOp],
     ctx: &Ctx,
     tenants: &[TenantId],
+    wholes: &[std::ops::Range<usize>],
 ) -> Result<Vec<Answer>, StoreError> {
     let mut ents = entitlements(tx, cache, tenants).await?;
     let (mut rules_version, mut rules) = webhook_rules(tx, cache).await?;
@@ -232,11 +288,28 @@ async fn attempt_batch<T: WriteTx>(
         rules_version = version;
         debug_assert_eq!(rules_version, version);
     }
-    for _ in 0..=LOAD_STEPS_MAX {
-        match tally_engine::plan(ops, &ents, &rules, &loaded, ctx) {
+    // Whole ranges refused by a closed period are taken out and the rest planned again.
+    let mut removed: Vec<(std::ops::Range<usize>, UsageError)> = Vec::new();
+    let mut kept: Option<Vec<WriteOp>> = None;
+    for _ in 0..=LOAD_STEPS_MAX + wholes.len() {
+        let current = kept.as_deref().unwrap_or(ops);
+        match tally_engine::plan(current, &ents, &rules, &loaded, ctx) {
             Ok(plan) => {
+                let closed = closed_wholes(&plan.answers, wholes, &removed);
+                if !closed.is_empty() {
+                    removed.extend(closed);
+                    let out = |i: &usize| removed.iter().any(|(r, _)| r.contains(i));
+                    kept = Some(
+                        ops.iter().enumerate().filter(|(i, _)| !out(i)).map(|(_, op)| op.clone()).collect(),
+                    );
+                    continue;
+                }
                 tx.commit(&plan.writes, ctx.now).await?;
-                return Ok(plan.answers);
+                return Ok(if removed.is_empty() {
+                    plan.answers
+                } else {
+                    stitched(ops.len(), plan.answers, &removed)
+                });
             }
             Err(Unplanned::Need(more)) => {
                 if let Err(e) = tx.load_more(&more, ctx.now, &mut loaded).await {
@@ -263,7 +336,7 @@ pub struct Job<X> {
 }
 
 enum JobKind<X> {
-    Ops { ops: Vec<WriteOp>, ctx: Ctx, reply: oneshot::Sender<JobReply> },
+    Ops { ops: Vec<WriteOp>, ctx: Ctx, whole: bool, reply: oneshot::Sender<JobReply> },
     Other(X),
 }
 
@@ -296,9 +369,19 @@ impl<X: Send + 'static> Committer<X> {
 
     /// Queues `ops` and waits for their committed answers.
     pub async fn submit(&self, ops: Vec<WriteOp>, ctx: Ctx) -> JobReply {
+        self.submit_job(ops, ctx, false).await
+    }
+
+    /// `submit`, written whole or not at all when a closed period refuses any of `ops`
+    /// (see `run_batch_with_wholes`).
+    pub async fn submit_whole(&self, ops: Vec<WriteOp>, ctx: Ctx) -> JobReply {
+        self.submit_job(ops, ctx, true).await
+    }
+
+    async fn submit_job(&self, ops: Vec<WriteOp>, ctx: Ctx, whole: bool) -> JobReply {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Job { kind: JobKind::Ops { ops, ctx, reply } })
+            .send(Job { kind: JobKind::Ops { ops, ctx, whole, reply } })
             .await
             .map_err(|_| StoreError::Unavailable("the writers have stopped".to_owned()))?;
         answer.await.map_err(|_| StoreError::Unavailable("the writer stopped before answering".to_owned()))?
@@ -313,6 +396,7 @@ impl<X: Send + 'static> Committer<X> {
 /// One waiting caller inside a batch: where its operations sit in the batch.
 struct Waiting {
     range: std::ops::Range<usize>,
+    whole: bool,
     reply: oneshot::Sender<JobReply>,
 }
 
@@ -331,10 +415,10 @@ pub async fn write_forever<T: WriteTx>(queue: JobQueue<T::Other>, mut tx: T, cac
             while let Some(job) = next.take() {
                 match job.kind {
                     JobKind::Other(x) => others.push(x),
-                    JobKind::Ops { ops: mut job_ops, ctx: job_ctx, reply } => {
+                    JobKind::Ops { ops: mut job_ops, ctx: job_ctx, whole, reply } => {
                         let start = ops.len();
                         ops.append(&mut job_ops);
-                        waiting.push(Waiting { range: start..ops.len(), reply });
+                        waiting.push(Waiting { range: start..ops.len(), whole, reply });
                         // The batch is decided at the latest instant among its jobs.
                         ctx = Some(match ctx {
                             Some(c) if c.now >= job_ctx.now => c,
@@ -372,7 +456,9 @@ async fn run_jobs<T: WriteTx>(
     ctx: &Ctx,
     waiting: &mut Vec<Waiting>,
 ) {
-    match run_batch(tx, cache, ops, ctx).await {
+    let wholes: Vec<std::ops::Range<usize>> =
+        waiting.iter().filter(|w| w.whole).map(|w| w.range.clone()).collect();
+    match run_batch_with_wholes(tx, cache, ops, ctx, &wholes).await {
         Ok(answers) if answers.len() == ops.len() => {
             let mut answers = answers.into_iter();
             for w in waiting.drain(..) {
@@ -399,9 +485,51 @@ async fn run_jobs<T: WriteTx>(
             // Isolate the failure: run each caller's operations on their own.
             tracing::warn!(error = %e, n_jobs = waiting.len(), "group commit failed; running its jobs one by one");
             for w in waiting.drain(..) {
-                let result = run_batch(tx, cache, &ops[w.range.clone()], ctx).await;
+                // Alone in its batch, a whole job is one range over all of it.
+                let all = std::iter::once(0..w.range.len());
+                let whole: Vec<std::ops::Range<usize>> = if w.whole { all.collect() } else { Vec::new() };
+                let result = run_batch_with_wholes(tx, cache, &ops[w.range.clone()], ctx, &whole).await;
                 let _ = w.reply.send(result);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_domain::{MetricCode, Period};
+
+    fn closed() -> UsageError {
+        let t = tally_domain::time::parse_rfc3339("2026-11-01T00:00:00Z").unwrap();
+        UsageError::PeriodClosed {
+            metric: MetricCode::parse("api_calls").unwrap(),
+            period: Period::new(t, t + chrono::Duration::days(1)).unwrap(),
+            closed_at: t,
+        }
+    }
+
+    fn ok() -> Answer {
+        Answer::Release(Ok(()))
+    }
+
+    #[test]
+    fn a_whole_range_with_a_closed_answer_is_taken_out_and_answered_whole() {
+        // Ops 0..2 are one whole job, 2..3 another job, 3..5 a second whole job.
+        let wholes = [0..2, 3..5];
+        let first = [ok(), ok(), ok(), ok(), Answer::Usage(Err(closed()))];
+        let removed = closed_wholes(&first, &wholes, &[]);
+        assert_eq!(removed, vec![(3..5, closed())]);
+        // Planned again without 3..5, the first whole job is still fine.
+        let second = [ok(), ok(), ok()];
+        assert!(closed_wholes(&second, &wholes, &removed).is_empty());
+        let answers = stitched(5, second.to_vec(), &removed);
+        assert_eq!(answers.len(), 5);
+        assert_eq!(answers[..3], [ok(), ok(), ok()]);
+        assert_eq!(answers[3..], [Answer::Usage(Err(closed())), Answer::Usage(Err(closed()))]);
+        // An answer after a removed range maps to its own original index.
+        let removed_first = vec![(0..2, closed())];
+        let after = [ok(), Answer::Usage(Err(closed())), ok()];
+        assert_eq!(closed_wholes(&after, &wholes, &removed_first), vec![(3..5, closed())]);
     }
 }

@@ -10,16 +10,19 @@ use chrono::Duration;
 use serde_json::json;
 use tally_domain::time::{format_rfc3339, parse_rfc3339};
 use tally_domain::{
-    Change, IdempotencyKey, KeyScope, Metadata, MetricCode, Name, PlanCode, TenantId, Timestamp, UsageError,
-    UsageRequest,
+    Change, CorrectionRequest, IdempotencyKey, KeyScope, Metadata, MetricCode, Name, PlanCode, Reason,
+    TenantId, Timestamp, UsageError, UsageRequest,
 };
+use tally_service::closing::PeriodFilter;
 use tally_service::usage::EventFilter;
 use tally_service::{ServiceConfig, ServiceError, SystemClock, Tally};
 use tally_store::{PutOutcome, SchemaReport, Store};
 use uuid::Uuid;
 
 use crate::output::{self, print_json, to_json, used_of};
-use crate::{AdminCmd, Backend, Cli, Command, Global, KeysCmd, PlansCmd, TenantsCmd, open_backend};
+use crate::{
+    AdminCmd, Backend, Cli, Command, Global, KeysCmd, PeriodsCmd, PlansCmd, TenantsCmd, open_backend,
+};
 use tally_http::dto;
 
 /// Runs one command and returns the process's exit code.
@@ -383,6 +386,7 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
                 to: instant(to.as_deref())?,
                 limit,
                 cursor,
+                kind: None,
             };
             let page = tally.events(&tenant(&t)?, &filter).await?;
             if json {
@@ -407,6 +411,100 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
                 }
             }
         }
+        Command::Correct { tenant: t, metric: m, amount: a, reason, at, key, json } => {
+            let n: i64 =
+                a.parse().map_err(|_| anyhow::anyhow!("amount: must be a whole number, got {a:?}"))?;
+            let req = CorrectionRequest {
+                tenant_id: tenant(&t)?,
+                metric_code: metric(&m)?,
+                amount: CorrectionRequest::check_amount(n)?,
+                reason: Reason::parse(&reason)?,
+                idempotency_key: key.as_deref().map(IdempotencyKey::parse).transpose()?,
+                timestamp: instant(at.as_deref())?,
+                key_id: None,
+            };
+            let out = tally.correct(req).await?;
+            if json {
+                print_json(&to_json(dto::UsageResponse::from(&out)));
+            } else {
+                let replayed = if out.replayed { " (replayed: nothing recorded)" } else { "" };
+                println!(
+                    "{}: {} corrected by {}: {}, {}{replayed}",
+                    out.tenant_id,
+                    out.metric_code,
+                    out.amount,
+                    used_of(out.current_usage, out.limit),
+                    period_text(&out.period)
+                );
+            }
+        }
+        Command::Periods(PeriodsCmd::Close { tenant: t, before, json }) => {
+            let before = parse_rfc3339(&before).map_err(|e| anyhow::anyhow!("--before: {e}"))?;
+            let out = tally.close_periods(&tenant(&t)?, before, None).await?;
+            if json {
+                print_json(
+                    &json!({"closed_before": format_rfc3339(out.closed_before), "closed": out.closed}),
+                );
+            } else {
+                println!(
+                    "{t}: periods ending at or before {} are closed ({} record{} newly closed)",
+                    format_rfc3339(out.closed_before),
+                    out.closed,
+                    if out.closed == 1 { "" } else { "s" }
+                );
+            }
+        }
+        Command::Periods(PeriodsCmd::Reopen { tenant: t, metric: m, period_start, reason, json }) => {
+            let start = parse_rfc3339(&period_start).map_err(|e| anyhow::anyhow!("period_start: {e}"))?;
+            let view = tally
+                .reopen_period(&tenant(&t)?, &metric(&m)?, start, &Reason::parse(&reason)?, None)
+                .await?;
+            if json {
+                print_json(&to_json(dto::PeriodResponse::from(&view)));
+            } else {
+                println!(
+                    "{t}: {} {} reopened ({})",
+                    view.metric_code,
+                    period_text(&view.period),
+                    used_of(view.current_usage, view.limit)
+                );
+            }
+        }
+        Command::Periods(PeriodsCmd::List { tenant: t, closed, metric: m, limit, cursor, json }) => {
+            let filter = PeriodFilter {
+                closed,
+                metric_code: m.as_deref().map(metric).transpose()?,
+                from: None,
+                to: None,
+                limit,
+                cursor,
+            };
+            let page = tally.periods(&tenant(&t)?, &filter).await?;
+            if json {
+                print_json(&json!({
+                    "periods": page.periods.iter().map(|p| to_json(dto::PeriodResponse::from(p))).collect::<Vec<_>>(),
+                    "next_cursor": page.next_cursor,
+                }));
+            } else {
+                for p in &page.periods {
+                    let state = match (p.closed_at, p.reopened_at) {
+                        (Some(at), _) => format!("closed {}", format_rfc3339(at)),
+                        (None, Some(at)) => format!("reopened {}", format_rfc3339(at)),
+                        (None, None) => "open".to_owned(),
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{state}",
+                        p.metric_code,
+                        period_text(&p.period),
+                        used_of(p.current_usage, p.limit)
+                    );
+                }
+                if let Some(next) = &page.next_cursor {
+                    println!("next: --cursor {next}");
+                }
+            }
+        }
+        Command::Export(cmd) => return crate::export::run(&tally, &cmd).await,
         Command::Verify { json } => {
             let report = tally.verify().await?;
             if json {
@@ -425,9 +523,10 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
                     );
                 }
                 println!(
-                    "verified {} records against {} events and {} resets: {} drift{}",
+                    "verified {} records against {} events ({} of them corrections) and {} resets: {} drift{}",
                     report.n_records,
                     report.n_events,
+                    report.n_corrections,
                     report.n_resets,
                     report.drifts.len(),
                     if report.drifts.len() == 1 { "" } else { "s" }

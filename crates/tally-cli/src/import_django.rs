@@ -803,6 +803,8 @@ struct Importer<'a, S: Store> {
     touched: BTreeMap<RecordKeyOf, Touched>,
     report: Report,
     bar: Option<indicatif::ProgressBar>,
+    /// Tenants' closing watermarks, read once each.
+    marks: HashMap<TenantId, Option<tally_domain::Watermark>>,
 }
 
 impl<'a, S: Store> Importer<'a, S> {
@@ -814,6 +816,7 @@ impl<'a, S: Store> Importer<'a, S> {
             touched: BTreeMap::new(),
             report: Report { dry_run, ..Report::default() },
             bar: None,
+            marks: HashMap::new(),
         }
     }
 
@@ -1158,6 +1161,8 @@ impl<'a, S: Store> Importer<'a, S> {
                 idempotency_key: None,
                 timestamp: e.created_at,
                 created_at: e.created_at,
+                kind: tally_domain::EventKind::Usage,
+                reason: None,
             },
             receipt: EventReceipt {
                 usage_after,
@@ -1174,9 +1179,41 @@ impl<'a, S: Store> Importer<'a, S> {
     /// Writes a batch of events, `IMPORT_WRITE_CONCURRENCY` at a time (in a dry run, only
     /// looks each up).
     async fn write_batch(&mut self, schema: &str, batch: &[RecordedEvent]) -> anyhow::Result<()> {
+        // Closed periods take no more events: those rows are ERROR lines (exit 2). An event
+        // already in Tally is present whatever its period.
+        let mut open = Vec::with_capacity(batch.len());
+        for e in batch {
+            let period = e.receipt.period;
+            let closed = self
+                .tally
+                .closed_at(&e.event.tenant_id, &e.event.metric_code, period, &mut self.marks)
+                .await
+                .with_context(|| format!("reading the closed periods of tenant {}", e.event.tenant_id))?;
+            match closed {
+                Some(at)
+                    if self.tally.store().find_event(&e.event.tenant_id, e.event.id).await?.is_none() =>
+                {
+                    let message = format!(
+                        "the period [{}, {}) of {} is closed (since {}); reopen it to import into it",
+                        format_rfc3339(period.start()),
+                        format_rfc3339(period.end()),
+                        e.event.metric_code,
+                        format_rfc3339(at)
+                    );
+                    self.refuse(schema, EVENTS, e.event.id, message);
+                    // A closed period's record is not rebuilt either.
+                    self.touched.remove(&(
+                        e.event.tenant_id.clone(),
+                        e.event.metric_code.clone(),
+                        period.start(),
+                    ));
+                }
+                _ => open.push(e),
+            }
+        }
         let store = self.tally.store();
         let dry_run = self.dry_run;
-        let results: Vec<(Uuid, Result<Written, StoreError>)> = futures::stream::iter(batch)
+        let results: Vec<(Uuid, Result<Written, StoreError>)> = futures::stream::iter(open)
             .map(|e| async move { (e.event.id, write_event(store, e, dry_run).await) })
             .buffer_unordered(IMPORT_WRITE_CONCURRENCY)
             .collect()

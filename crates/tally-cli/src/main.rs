@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod config;
 mod demo;
+mod export;
 mod import_django;
 mod output;
 mod plans_file;
@@ -199,6 +200,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Correct a counter by a signed amount, with a reason (audited; never refused by a
+    /// limit; refused in a closed period).
+    Correct {
+        tenant: String,
+        metric: String,
+        /// Signed and nonzero: `-500` takes 500 back.
+        #[arg(allow_negative_numbers = true)]
+        amount: String,
+        /// Why (1–500 characters).
+        #[arg(long)]
+        reason: String,
+        /// The instant whose period moves (RFC 3339; default now).
+        #[arg(long)]
+        at: Option<String>,
+        /// Idempotency key, in the tenant's usage key space.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close, reopen and list a tenant's periods.
+    #[command(subcommand)]
+    Periods(PeriodsCmd),
+    /// Export what billing reads.
+    #[command(subcommand)]
+    Export(export::ExportCmd),
     /// Rebuild every usage record from the events and audited resets; exit 1 on drift.
     Verify {
         #[arg(long)]
@@ -246,6 +273,45 @@ pub enum TenantsCmd {
     /// Show a tenant, its subscription and overrides.
     Show {
         tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PeriodsCmd {
+    /// Close every period of TENANT ending at or before BEFORE (RFC 3339, at most now).
+    Close {
+        tenant: String,
+        #[arg(long)]
+        before: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reopen one closed period.
+    Reopen {
+        tenant: String,
+        metric: String,
+        /// The period's first instant (RFC 3339).
+        period_start: String,
+        /// Why (1–500 characters).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A tenant's periods with their closing state, newest first.
+    List {
+        tenant: String,
+        /// Only closed (`true`) or open (`false`) periods.
+        #[arg(long)]
+        closed: Option<bool>,
+        #[arg(long)]
+        metric: Option<String>,
+        #[arg(long, default_value_t = tally_domain::limits::PAGE_LEN_DEFAULT)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
         #[arg(long)]
         json: bool,
     },

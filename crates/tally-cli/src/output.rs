@@ -23,7 +23,10 @@ pub fn verify_json(r: &VerifyReport) -> Value {
             })
         })
         .collect();
-    json!({"records": r.n_records, "events": r.n_events, "resets": r.n_resets, "drifts": drifts})
+    json!({
+        "records": r.n_records, "events": r.n_events, "corrections": r.n_corrections,
+        "resets": r.n_resets, "drifts": drifts,
+    })
 }
 
 pub fn key_json(k: &tally_domain::ApiKey) -> Value {

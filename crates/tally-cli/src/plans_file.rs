@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use serde::Deserialize;
-use tally_domain::{LimitEnforcement, MetricCode, Name, PeriodKind, PlanCode, PlanSpec, QuotaLimit};
+use tally_domain::{
+    CloseAfter, LimitEnforcement, MetricCode, Name, PeriodKind, PlanCode, PlanSpec, QuotaLimit,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +21,9 @@ struct PlanEntry {
     name: String,
     #[serde(default)]
     limits: Vec<LimitEntry>,
+    /// `"3d"`: close periods this long after they end.
+    #[serde(default)]
+    close_after: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -46,7 +51,14 @@ pub fn parse_plans(text: &str) -> anyhow::Result<Vec<(PlanCode, PlanSpec)>> {
             limits.push(QuotaLimit::new(metric, l.limit, enforcement, period).with_context(ctx)?);
         }
         let name = Name::parse(&entry.name).with_context(|| format!("plan {code}"))?;
-        out.push((plan_code, PlanSpec::new(name, limits).with_context(|| format!("plan {code}"))?));
+        let close_after = entry
+            .close_after
+            .as_deref()
+            .map(CloseAfter::parse)
+            .transpose()
+            .with_context(|| format!("plan {code}"))?;
+        let spec = PlanSpec::new(name, limits).with_context(|| format!("plan {code}"))?;
+        out.push((plan_code, spec.with_close_after(close_after)));
     }
     Ok(out)
 }
@@ -77,6 +89,13 @@ enforcement = "none"
         assert_eq!(code.as_str(), "pro");
         assert_eq!(spec.limits[0].limit, Some(100_000));
         assert_eq!((spec.limits[1].limit, spec.limits[1].period), (None, PeriodKind::Month));
+        assert_eq!(spec.close_after, None);
+        let closing =
+            parse_plans(&text.replace("name = \"Pro\"", "name = \"Pro\"\nclose_after = \"3d\"")).unwrap();
+        assert_eq!(closing[0].1.close_after.map(CloseAfter::seconds), Some(3 * 86_400));
+        assert!(
+            parse_plans(&text.replace("name = \"Pro\"", "name = \"Pro\"\nclose_after = \"3x\"")).is_err()
+        );
         let typo = text.replace("enforcement = \"hard\"", "enforcment = \"hard\"");
         assert!(parse_plans(&typo).is_err());
         let bad = text.replace("\"hard\"", "\"strict\"");

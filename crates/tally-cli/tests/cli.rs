@@ -347,3 +347,68 @@ fn migrate_on_sqlite_prints_a_line_per_schema_and_a_total() {
     let second = db.ok(&["migrate"]);
     assert!(second.contains("0 migrations applied"), "{second}");
 }
+
+/// `tally correct` and `tally periods`: a correction, a close, a refusal, a reopening, and
+/// verify counting the corrections, with the exit codes and both output forms.
+fn corrections_and_closed_periods_from_the_command_line(db: &Db) {
+    let plans = write(&db.dir, "plans.toml", &format!("{PLANS}\n"));
+    db.ok(&["plans", "apply", plans.to_str().unwrap()]);
+    db.ok(&["tenants", "create", "acme", "--plan", "pro", "--anchor", "2026-01-15T00:00:00Z"]);
+    let now = chrono::Utc::now();
+    let day =
+        |days_ago: i64| (now - chrono::Duration::days(days_ago)).format("%Y-%m-%dT12:00:00Z").to_string();
+    let (two_days_ago, yesterday) = (day(2), day(1));
+    db.ok(&["record", "acme", "exports", "5", "--at", &two_days_ago]);
+    let fixed = db.ok(&[
+        "correct",
+        "acme",
+        "exports",
+        "-2",
+        "--reason",
+        "double-sent",
+        "--at",
+        &two_days_ago,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&fixed).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["amount"].as_i64(), v["current_usage"].as_i64()),
+        (Some("correction"), Some(-2), Some(3))
+    );
+    // Below zero and a missing reason are errors (exit 2), each one line.
+    let below = db.tally(&["correct", "acme", "exports", "-9", "--reason", "x", "--at", &two_days_ago]);
+    assert_eq!(below.status.code(), Some(2));
+    assert!(text(&below.stderr).contains("below 0"), "{}", text(&below.stderr));
+    assert_eq!(db.tally(&["correct", "acme", "exports", "1"]).status.code(), Some(2));
+    // Close everything before the start of yesterday: the day before yesterday is closed.
+    let before = (now - chrono::Duration::days(1)).format("%Y-%m-%dT00:00:00Z").to_string();
+    let closed = db.ok(&["periods", "close", "acme", "--before", &before, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&closed).unwrap();
+    assert_eq!((v["closed_before"].as_str(), v["closed"].as_u64()), (Some(before.as_str()), Some(1)));
+    let late = db.tally(&["record", "acme", "exports", "1", "--at", &two_days_ago]);
+    assert_eq!(late.status.code(), Some(2));
+    assert!(text(&late.stderr).contains("is closed"), "{}", text(&late.stderr));
+    db.ok(&["record", "acme", "exports", "1", "--at", &yesterday]);
+    let listed = db.ok(&["periods", "list", "acme", "--closed", "true"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("exports") && listed.contains("closed "), "{listed}");
+    let start = (now - chrono::Duration::days(2)).format("%Y-%m-%dT00:00:00Z").to_string();
+    let reopened = db.ok(&["periods", "reopen", "acme", "exports", &start, "--reason", "dispute", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&reopened).unwrap();
+    assert!(v["closed_at"].is_null() && v["reopened_at"].is_string(), "{v}");
+    db.ok(&["correct", "acme", "exports", "1", "--reason", "dispute settled", "--at", &two_days_ago]);
+    let verify = db.ok(&["verify"]);
+    assert!(verify.contains("against 4 events (2 of them corrections) and 0 resets: 0 drifts"), "{verify}");
+    let json: serde_json::Value = serde_json::from_str(&db.ok(&["verify", "--json"])).unwrap();
+    assert_eq!(json["corrections"].as_i64(), Some(2));
+}
+
+#[test]
+fn corrections_and_closed_periods_on_sqlite() {
+    corrections_and_closed_periods_from_the_command_line(&Db::sqlite());
+}
+
+#[tokio::test]
+async fn corrections_and_closed_periods_on_postgres_schema_tenancy() {
+    corrections_and_closed_periods_from_the_command_line(&Db::postgres("schema").await);
+}

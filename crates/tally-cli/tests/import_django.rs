@@ -434,7 +434,10 @@ async fn an_import_reports_every_disagreement_and_refused_row_and_a_second_adds_
 
     // Tally agrees with its own trail, and shows what was imported.
     let verify = dest.ok(&["verify"]);
-    assert!(verify.contains("verified 4 records against 7 events and 0 resets: 0 drifts"), "{verify}");
+    assert!(
+        verify.contains("verified 4 records against 7 events (0 of them corrections) and 0 resets: 0 drifts"),
+        "{verify}"
+    );
     let usage = dest.ok(&["usage", "acme"]);
     assert!(usage.contains("acme on plan pro"), "{usage}");
     assert!(usage.contains("api_calls\t6 used of 100000\tsoft"), "{usage}");
@@ -478,7 +481,7 @@ async fn an_import_reports_every_disagreement_and_refused_row_and_a_second_adds_
     assert!(report.contains("plans: 0 created, 0 updated, 2 unchanged"), "{report}");
     assert!(report.contains("tenants: 0 created, 0 subscribed, 2 kept"), "{report}");
     let verify = dest.ok(&["verify"]);
-    assert!(verify.contains("against 7 events and 0 resets: 0 drifts"), "{verify}");
+    assert!(verify.contains("against 7 events (0 of them corrections) and 0 resets: 0 drifts"), "{verify}");
 
     // The same report as JSON.
     let json = dest.import(&source, &["--plans", &plans, "--json"]);
@@ -564,7 +567,7 @@ async fn schemas_all_reads_every_tenant_schema_and_disagreements_alone_exit_1() 
     let drift = report.lines().find(|l| l.starts_with("DRIFT tenant_beta")).unwrap();
     assert!(drift.contains("current_usage 12, events say 10 (2 events)"), "{drift}");
     assert!(report.contains("errors: 0"), "{report}");
-    assert!(dest.ok(&["verify"]).contains("against 5 events and 0 resets: 0 drifts"));
+    assert!(dest.ok(&["verify"]).contains("against 5 events (0 of them corrections) and 0 resets: 0 drifts"));
     assert!(dest.ok(&["usage", "beta"]).contains("api_calls\t10 used of 1000"));
     assert!(dest.ok(&["usage", "alpha"]).contains("api_calls\t4 used of 1000"));
 }
@@ -617,7 +620,9 @@ async fn an_import_into_postgresql_verifies_in_both_tenancies() {
         assert!(report.contains("3 rebuilt (3 created"), "{tenancy}: {report}");
         let verify = dest.ok(&["verify"]);
         assert!(
-            verify.contains("verified 3 records against 5 events and 0 resets: 0 drifts"),
+            verify.contains(
+                "verified 3 records against 5 events (0 of them corrections) and 0 resets: 0 drifts"
+            ),
             "{tenancy}: {verify}"
         );
         assert!(dest.ok(&["usage", "beta"]).contains("api_calls\t10 used of 1000"), "{tenancy}");
@@ -670,4 +675,32 @@ async fn an_unreachable_or_wrong_source_is_one_line_on_stderr_and_exit_2() {
     let out = dest.import(&source, &[]);
     assert_eq!(code(&out), 2);
     assert!(text(&out.stderr).contains("does not hold both"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn rows_of_closed_periods_are_error_lines_and_exit_2() {
+    let source = Source::create(&["public"]).await;
+    let mut c = source.connect().await;
+    let (prev, cur) = months();
+    let h = Duration::hours;
+    insert_event(&mut c, "public", "acme", "api_calls", 3, "{}", prev + h(1)).await;
+    insert_event(&mut c, "public", "acme", "api_calls", 4, "{}", cur + h(1)).await;
+    let dest = Dest::sqlite();
+    let plans = dest.write("plans.toml", PLANS);
+    let first = dest.import(&source, &["--plans", &plans]);
+    // Exit 1: the source has no records for its periods (a disagreement, not an error).
+    assert_eq!(code(&first), 1, "{}{}", text(&first.stdout), text(&first.stderr));
+    // Everything that ended by now is closed; then the source gains a late row in the
+    // previous month and one in the current month.
+    let now = tally_domain::time::format_rfc3339(tally_domain::time::truncate(Utc::now()));
+    dest.ok(&["periods", "close", "acme", "--before", &now]);
+    let late = insert_event(&mut c, "public", "acme", "api_calls", 5, "{}", prev + h(2)).await;
+    insert_event(&mut c, "public", "acme", "api_calls", 6, "{}", cur + h(2)).await;
+    let second = dest.import(&source, &["--plans", &plans]);
+    let report = text(&second.stdout);
+    assert_eq!(code(&second), 2, "{report}{}", text(&second.stderr));
+    let line = report.lines().find(|l| l.contains(&late.to_string())).unwrap_or_else(|| panic!("{report}"));
+    assert!(line.starts_with("ERROR public quota_usage_event") && line.contains("is closed"), "{line}");
+    assert!(report.contains("events: 4 read, 1 imported, 2 already present, 1 refused"), "{report}");
+    assert!(dest.ok(&["verify"]).contains("0 drifts"));
 }

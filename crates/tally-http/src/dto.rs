@@ -5,13 +5,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tally_domain::time::{format_rfc3339, parse_rfc3339};
 use tally_domain::{
-    Amount, AuditEntry, Change, CommitRequest, DomainError, IdempotencyKey, LimitEnforcement, Metadata,
-    MetricCode, MetricSpec, Name, Period, PeriodKind, Plan, PlanSpec, QuotaLimit, RecordedEvent, Reservation,
-    ReserveOutcome, ReserveRequest, Subscription, TenantId, Timestamp, Ttl, UsageOutcome, UsageRecord,
-    UsageRequest,
+    Amount, AuditEntry, Change, CloseAfter, CommitRequest, CorrectionRequest, DomainError, EventKind,
+    IdempotencyKey, LimitEnforcement, Metadata, MetricCode, MetricSpec, Name, Period, PeriodKind, Plan,
+    PlanSpec, QuotaLimit, Reason, RecordedEvent, Reservation, ReserveOutcome, ReserveRequest, Subscription,
+    TenantId, Timestamp, Ttl, UsageOutcome, UsageRecord, UsageRequest,
 };
 use tally_service::admin::TenantView;
 use tally_service::catalog::CatalogEntry;
+use tally_service::closing::PeriodView;
 use tally_service::usage::{CheckOutcome, MetricUsage, TenantUsage};
 use utoipa::ToSchema;
 
@@ -223,6 +224,10 @@ pub struct PlanBody {
     /// At most one limit per metric.
     #[serde(default)]
     pub limits: Vec<LimitBody>,
+    /// Close every subscriber's periods this long after they end (`"3d"`: a number and a
+    /// unit `s`, `m`, `h`, `d` or `w`, at most 366 days); null or absent: only by hand.
+    #[serde(default)]
+    pub close_after: Option<String>,
 }
 
 impl PlanBody {
@@ -233,8 +238,130 @@ impl PlanBody {
             .iter()
             .map(|l| to_limit(&l.metric_code, l.limit, &l.enforcement, l.period.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
-        PlanSpec::new(Name::parse(&self.name)?, limits)
+        let close_after = self.close_after.as_deref().map(CloseAfter::parse).transpose()?;
+        Ok(PlanSpec::new(Name::parse(&self.name)?, limits)?.with_close_after(close_after))
     }
+}
+
+/// A signed repair of a counter, with its reason (admin).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionBody {
+    /// `[a-z][a-z0-9_]*`, 1–64 chars; a counter (a gauge is corrected with `set`).
+    pub metric_code: String,
+    /// Signed, nonzero, -1000000000000..=1000000000000.
+    pub amount: i64,
+    /// Why, 1–500 characters.
+    pub reason: String,
+    /// The instant whose period moves (RFC 3339 with an offset); default now. Any period
+    /// that is not closed, past ones included: not bound by `max_event_age`.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// 1–255 visible ASCII chars, in the usage key space.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+impl CorrectionBody {
+    /// The validated correction for `tenant`, audited as `key_id`.
+    pub fn to_request(
+        &self,
+        tenant: &TenantId,
+        key_id: Option<uuid::Uuid>,
+    ) -> Result<CorrectionRequest, DomainError> {
+        Ok(CorrectionRequest {
+            tenant_id: tenant.clone(),
+            metric_code: MetricCode::parse(&self.metric_code)?,
+            amount: CorrectionRequest::check_amount(self.amount)?,
+            reason: Reason::parse(&self.reason)?,
+            idempotency_key: self.idempotency_key.as_deref().map(IdempotencyKey::parse).transpose()?,
+            timestamp: self.timestamp.as_deref().map(parse_rfc3339).transpose()?,
+            key_id,
+        })
+    }
+}
+
+/// Close every period ending at or before `before` (admin).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseBody {
+    /// RFC 3339, at most now.
+    pub before: String,
+}
+
+/// Reopen one closed period (admin).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReopenBody {
+    /// The metric.
+    pub metric_code: String,
+    /// The period's first instant, RFC 3339.
+    pub period_start: String,
+    /// Why, 1–500 characters.
+    pub reason: String,
+}
+
+/// What a close did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CloseResponse {
+    /// The tenant's watermark now: periods ending at or before it are closed.
+    pub closed_before: String,
+    /// Existing records newly closed.
+    pub closed: u64,
+}
+
+/// One period, as a billing system reads it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PeriodResponse {
+    pub metric_code: String,
+    /// The period kind the tenant's plan gives the metric now; null when it has none.
+    pub period: Option<String>,
+    pub period_start: String,
+    pub period_end: String,
+    pub current_usage: i64,
+    pub limit: Option<i64>,
+    pub enforcement: Option<String>,
+    /// When it was closed; null while it is open.
+    pub closed_at: Option<String>,
+    /// When it was last reopened.
+    pub reopened_at: Option<String>,
+}
+
+impl From<&PeriodView> for PeriodResponse {
+    fn from(p: &PeriodView) -> PeriodResponse {
+        PeriodResponse {
+            metric_code: p.metric_code.to_string(),
+            period: p.period_kind.map(|k| k.as_str().to_owned()),
+            period_start: format_rfc3339(p.period.start()),
+            period_end: format_rfc3339(p.period.end()),
+            current_usage: p.current_usage,
+            limit: p.limit,
+            enforcement: p.enforcement.map(|e| e.as_str().to_owned()),
+            closed_at: p.closed_at.map(format_rfc3339),
+            reopened_at: p.reopened_at.map(format_rfc3339),
+        }
+    }
+}
+
+/// A page of periods, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PeriodsResponse {
+    pub periods: Vec<PeriodResponse>,
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET .../periods`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodsQuery {
+    /// `true` or `false`.
+    pub closed: Option<String>,
+    /// Only this metric.
+    pub metric_code: Option<String>,
+    /// 1..=1000, default 100.
+    pub limit: Option<String>,
+    /// From a previous page.
+    pub cursor: Option<String>,
 }
 
 /// A tenant's attributes.
@@ -292,6 +419,8 @@ pub struct EventsQuery {
     pub limit: Option<String>,
     /// From a previous page.
     pub cursor: Option<String>,
+    /// `usage` or `correction`.
+    pub kind: Option<String>,
 }
 
 /// Query of `GET .../history`.
@@ -373,6 +502,9 @@ pub struct UsageResponse {
     pub period_end: Option<String>,
     pub exceeded: bool,
     pub replayed: bool,
+    /// `"correction"` on the answer of a correction; absent on usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
 }
 
 /// `[start, end)` on the wire: `null`s for the unbounded period of a gauge.
@@ -398,6 +530,7 @@ impl From<&UsageOutcome> for UsageResponse {
             period_end: period_wire(&o.period).1,
             exceeded: o.exceeded,
             replayed: o.replayed,
+            kind: (o.kind == EventKind::Correction).then_some("correction"),
         }
     }
 }
@@ -542,6 +675,10 @@ pub struct EventResponse {
     pub idempotency_key: Option<String>,
     pub timestamp: String,
     pub created_at: String,
+    /// `usage` or `correction`.
+    pub kind: String,
+    /// A correction's reason; null for usage.
+    pub reason: Option<String>,
 }
 
 impl From<&RecordedEvent> for EventResponse {
@@ -554,6 +691,8 @@ impl From<&RecordedEvent> for EventResponse {
             idempotency_key: e.event.idempotency_key.as_ref().map(|k| k.to_string()),
             timestamp: format_rfc3339(e.event.timestamp),
             created_at: format_rfc3339(e.event.created_at),
+            kind: e.event.kind.as_str().to_owned(),
+            reason: e.event.reason.as_ref().map(|r| r.as_str().to_owned()),
         }
     }
 }
@@ -591,6 +730,8 @@ pub struct PlanResponse {
     pub plan_code: String,
     pub name: String,
     pub limits: Vec<LimitResponse>,
+    /// Periods close this long after they end; null: only by hand.
+    pub close_after: Option<String>,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -602,6 +743,7 @@ impl From<&Plan> for PlanResponse {
             plan_code: p.code.to_string(),
             name: p.name.to_string(),
             limits: p.limits.iter().map(LimitResponse::from).collect(),
+            close_after: p.close_after.map(|c| c.to_string()),
             version: p.version,
             created_at: format_rfc3339(p.created_at),
             updated_at: format_rfc3339(p.updated_at),

@@ -205,6 +205,29 @@ impl ApiError {
             UsageError::TenantNotFound { .. } | UsageError::UsageRecordNotFound => {
                 ApiError::not_found(detail)
             }
+            UsageError::PeriodClosed { metric, period, closed_at } => {
+                ApiError::new(StatusCode::CONFLICT, "period_closed", "Period closed", detail)
+                    .with("metric_code", json!(metric.as_str()))
+                    .with("period_start", json!(format_rfc3339(period.start())))
+                    .with("period_end", json!(format_rfc3339(period.end())))
+                    .with("closed_at", json!(format_rfc3339(closed_at)))
+            }
+            UsageError::CorrectionBelowZero { metric, current, amount } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "correction_below_zero",
+                "Correction below zero",
+                detail,
+            )
+            .with("metric_code", json!(metric.as_str()))
+            .with("current_usage", json!(current))
+            .with("requested", json!(amount)),
+            UsageError::CorrectionNotApplicable { metric } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "correction_not_applicable",
+                "Correction not applicable",
+                detail,
+            )
+            .with("metric_code", json!(metric.as_str())),
             UsageError::Invalid(d) => d.into(),
         }
     }

@@ -5,6 +5,7 @@
 pub mod admin_routes;
 pub mod admin_ui;
 pub mod auth;
+pub mod closing_routes;
 pub mod compat_routes;
 pub mod docs_page;
 pub mod dto;
@@ -31,8 +32,8 @@ pub use router::{route_table, router};
 pub use state::AppState;
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish. Beside it run the metrics upkeep, the reservation sweeper and
-/// the webhook delivery worker.
+/// in-flight requests finish. Beside it run the metrics upkeep, the reservation sweeper, the
+/// webhook delivery worker and the automatic close of periods (`close_after`).
 pub async fn serve<S: Store>(
     listener: TcpListener,
     state: AppState<S>,
@@ -41,6 +42,10 @@ pub async fn serve<S: Store>(
     let sender =
         webhook_sender::HttpSender::new(state.webhook_roots_pem.as_deref()).map_err(std::io::Error::other)?;
     let sweeper = tokio::spawn(tally_service::reservations::sweep_forever(state.tally.clone()));
+    let closer = tokio::spawn(tally_service::closing::close_forever(
+        state.tally.clone(),
+        tally_service::closing::AUTO_CLOSE_INTERVAL,
+    ));
     let deliveries = tokio::spawn(tally_service::webhooks::deliver_forever(
         state.tally.clone(),
         std::sync::Arc::new(sender),
@@ -50,6 +55,7 @@ pub async fn serve<S: Store>(
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     upkeep.abort();
     sweeper.abort();
+    closer.abort();
     deliveries.abort();
     served
 }

@@ -24,10 +24,10 @@ macro_rules! route_doc {
                 (status = 401, body = Problem, content_type = "application/problem+json", description = "unauthorized"),
                 (status = 403, body = Problem, content_type = "application/problem+json", description = "forbidden"),
                 (status = 404, body = Problem, content_type = "application/problem+json", description = "not_found"),
-                (status = 409, body = Problem, content_type = "application/problem+json", description = "conflict or idempotency_conflict"),
+                (status = 409, body = Problem, content_type = "application/problem+json", description = "conflict, idempotency_conflict or period_closed"),
                 (status = 413, body = Problem, content_type = "application/problem+json", description = "payload_too_large"),
                 (status = 415, body = Problem, content_type = "application/problem+json", description = "unsupported_media_type"),
-                (status = 422, body = Problem, content_type = "application/problem+json", description = "quota_not_found, no_subscription, event_out_of_window or gauge_below_zero"),
+                (status = 422, body = Problem, content_type = "application/problem+json", description = "quota_not_found, no_subscription, event_out_of_window, gauge_below_zero, correction_below_zero or correction_not_applicable"),
                 (status = 429, body = Problem, content_type = "application/problem+json", description = "quota_exceeded; nothing was recorded"),
                 (status = 503, body = Problem, content_type = "application/problem+json", description = "unavailable; retry"),
             ),
@@ -89,8 +89,46 @@ route_doc!(events, get, "/v1/tenants/{tenant_id}/events", "usage", "Usage events
            ("from" = Option<String>, Query, description = "Timestamp at or after (RFC 3339)"),
            ("to" = Option<String>, Query, description = "Timestamp before (RFC 3339)"),
            ("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
-           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+           ("kind" = Option<String>, Query, description = "usage or correction")),
     request(), ok((status = 200, body = EventsResponse, description = "Success")));
+route_doc!(
+    correct,
+    post,
+    "/v1/tenants/{tenant_id}/usage/corrections",
+    "usage",
+    "Correct a counter by a signed amount (admin; audited; never refused by a limit)",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = CorrectionBody,),
+    ok((status = 200, body = UsageResponse, description = "The usage body with kind: correction"))
+);
+route_doc!(
+    close_periods,
+    post,
+    "/v1/tenants/{tenant_id}/periods/close",
+    "periods",
+    "Close every period ending at or before `before` (admin; audited; the watermark only moves forward)",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = CloseBody,),
+    ok((status = 200, body = CloseResponse, description = "Success"))
+);
+route_doc!(
+    reopen_period,
+    post,
+    "/v1/tenants/{tenant_id}/periods/reopen",
+    "periods",
+    "Reopen one closed period (admin; audited); 409 when it is not closed",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request(request_body = ReopenBody,),
+    ok((status = 200, body = PeriodResponse, description = "The period, open again"))
+);
+route_doc!(list_periods, get, "/v1/tenants/{tenant_id}/periods", "periods", "A tenant's periods with their closing state, newest first (admin)",
+    params(("tenant_id" = String, Path, description = "Tenant id"),
+           ("closed" = Option<bool>, Query, description = "true: closed periods only; false: open ones only"),
+           ("metric_code" = Option<String>, Query, description = "Only this metric"),
+           ("limit" = Option<u32>, Query, description = "1..=1000, default 100"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    request(), ok((status = 200, body = PeriodsResponse, description = "Success")));
 route_doc!(
     reset,
     post,
@@ -460,7 +498,8 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally", description = "Usage metering and quota enforcement for SaaS products."),
-    paths(record, record_batch, check, usage, history, events, reset, reserve, list_reservations,
+    paths(record, record_batch, check, usage, history, events, reset, correct, close_periods, reopen_period,
+          list_periods, reserve, list_reservations,
           commit_reservation, release_reservation, put_metric, list_metrics, get_metric,
           put_webhook, list_webhooks, get_webhook, delete_webhook, list_deliveries, redeliver,
           put_plan, list_plans, get_plan, delete_plan,

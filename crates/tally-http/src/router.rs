@@ -17,7 +17,9 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::error::{ApiError, FailureCause};
 use crate::state::AppState;
-use crate::{admin_routes, compat_routes, ops_routes, reservation_routes, usage_routes, webhook_routes};
+use crate::{
+    admin_routes, closing_routes, compat_routes, ops_routes, reservation_routes, usage_routes, webhook_routes,
+};
 use tracing::Instrument;
 
 /// A request that takes longer than this is answered 503 `unavailable`.
@@ -33,6 +35,10 @@ pub fn route_table<S: Store>() -> Vec<(&'static str, Method, MethodRouter<AppSta
         ("/v1/tenants/{tenant_id}/usage/{metric_code}/history", Method::GET, get(usage_routes::history::<S>)),
         ("/v1/tenants/{tenant_id}/usage/{metric_code}/reset", Method::POST, post(usage_routes::reset::<S>)),
         ("/v1/tenants/{tenant_id}/events", Method::GET, get(usage_routes::events::<S>)),
+        ("/v1/tenants/{tenant_id}/usage/corrections", Method::POST, post(closing_routes::correct::<S>)),
+        ("/v1/tenants/{tenant_id}/periods", Method::GET, get(closing_routes::list::<S>)),
+        ("/v1/tenants/{tenant_id}/periods/close", Method::POST, post(closing_routes::close::<S>)),
+        ("/v1/tenants/{tenant_id}/periods/reopen", Method::POST, post(closing_routes::reopen::<S>)),
         ("/v1/tenants/{tenant_id}/reservations", Method::POST, post(reservation_routes::reserve::<S>)),
         ("/v1/tenants/{tenant_id}/reservations", Method::GET, get(reservation_routes::list::<S>)),
         (

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Request, State};
 use serde_json::{Value, json};
 use tally_domain::limits::{EVENT_BATCH_LEN_MAX, PAGE_LEN_DEFAULT, PAGE_LEN_MAX};
-use tally_domain::{DomainError, MetricCode, TenantId, UsageError};
+use tally_domain::{DomainError, EventKind, MetricCode, TenantId, UsageError};
 use tally_service::ServiceError;
 use tally_service::usage::EventFilter;
 use tally_store::Store;
@@ -186,6 +186,7 @@ pub async fn events<S: Store>(
         to: parse_instant("to", q.to.as_deref())?,
         limit: parse_limit(q.limit.as_deref(), PAGE_LEN_DEFAULT)?,
         cursor: q.cursor,
+        kind: q.kind.as_deref().map(EventKind::parse).transpose()?,
     };
     let page = state.tally.events(&tenant, &filter).await?;
     Ok(Json(EventsResponse {

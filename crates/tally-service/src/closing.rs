@@ -261,7 +261,12 @@ impl<S: Store> Tally<S> {
         let mark = match marks.get(tenant) {
             Some(m) => *m,
             None => {
-                let m = self.store().find_watermark(tenant).await?;
+                // A tenant not created yet (an import's dry run) has closed nothing.
+                let m = match self.store().find_watermark(tenant).await {
+                    Ok(m) => m,
+                    Err(StoreError::NotFound(_)) => None,
+                    Err(e) => return Err(e.into()),
+                };
                 marks.insert(tenant.clone(), m);
                 m
             }

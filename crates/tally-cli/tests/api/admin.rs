@@ -25,8 +25,9 @@ async fn plan_put_creates_with_201_then_replaces_with_200_and_bumps_the_version(
     let created = app.put("/v1/plans/pro", &json!({"name": "Pro", "limits": pro_limits()})).await.ok(201);
     assert_eq!(
         keys(&created),
-        sorted(&["plan_code", "name", "limits", "version", "created_at", "updated_at"])
+        sorted(&["plan_code", "name", "limits", "close_after", "version", "created_at", "updated_at"])
     );
+    assert_eq!(created["close_after"], Value::Null);
     assert_eq!(created["plan_code"], "pro");
     assert_eq!(created["name"], "Pro");
     assert_eq!(created["version"], 1);

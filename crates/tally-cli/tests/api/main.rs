@@ -9,6 +9,7 @@ mod admin_ui;
 mod auth;
 mod bad_input;
 mod batch;
+mod closing;
 mod compat;
 mod concurrency;
 mod errors;

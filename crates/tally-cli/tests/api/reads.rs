@@ -283,8 +283,19 @@ async fn events_are_listed_newest_first_by_timestamp_then_id(backend: Backend) {
     let first = &events[3];
     assert_eq!(
         keys(first),
-        sorted(&["id", "metric_code", "amount", "metadata", "idempotency_key", "timestamp", "created_at"])
+        sorted(&[
+            "id",
+            "metric_code",
+            "amount",
+            "metadata",
+            "idempotency_key",
+            "timestamp",
+            "created_at",
+            "kind",
+            "reason"
+        ])
     );
+    assert_eq!((first["kind"].as_str(), &first["reason"]), (Some("usage"), &Value::Null));
     assert_eq!(first["metric_code"], "api_calls");
     assert_eq!(first["amount"], 1);
     assert_eq!(first["metadata"], json!({"n": 1}));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, limit};
+use crate::helpers::{Backend, NOW, TestApp, limit};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -427,6 +427,85 @@ async fn bad_filters_answer_a_400_page_that_names_the_field(backend: Backend) {
     assert_eq!(b.get(&format!("/admin/records?q={long}")).await.status, 400, "a search term has a bound");
 }
 
+async fn corrections_and_closed_periods_show_as_such(backend: Backend) {
+    // Monthly periods from the 15th: 2026-10-15 to 2026-11-15 (to be closed), then the current one.
+    let app = TestApp::spawn_at(backend, "2026-11-10T12:00:00Z").await;
+    app.put_plan("pro", json!([limit("api_calls", Some(1000), "hard", "month")])).await;
+    app.put_tenant("acme").await;
+    app.subscribe("acme", "pro", Some("2026-10-15T00:00:00Z")).await;
+    app.record("acme", "api_calls", 5).await;
+    app.set_now(NOW);
+    app.record("acme", "api_calls", 3).await;
+    let corrected = app
+        .post(
+            "/v1/tenants/acme/usage/corrections",
+            &json!({"metric_code": "api_calls", "amount": -1, "reason": "refund <b>x</b>", "timestamp": "2026-11-10T13:00:00Z"}),
+        )
+        .await
+        .ok(200);
+    assert_eq!(corrected["kind"], "correction", "{corrected}");
+    let correction_id = corrected["event_id"].as_str().expect("event id").to_owned();
+    let closed =
+        app.post("/v1/tenants/acme/periods/close", &json!({"before": "2026-11-15T00:00:00Z"})).await.ok(200);
+    assert_eq!(closed["closed"], 1, "{closed}");
+    app.set_admin_password(PASSWORD).await;
+    let mut b = signed_in(&app).await;
+
+    let events = b.html("/admin/events?tenant_id=acme").await;
+    assert_eq!(rows(&events, "event-row"), 3, "{events}");
+    assert_eq!(events.matches(r#"data-kind="correction""#).count(), 1, "{events}");
+    assert_eq!(events.matches(r#"data-kind="usage""#).count(), 2, "{events}");
+    let row_at = events.find(r#"data-kind="correction""#).expect("the correction's row");
+    let row = events[row_at..].split("</tr>").next().expect("row");
+    assert!(row.contains(r#"<span class="badge kind-correction">correction</span>"#), "{row}");
+    assert!(row.contains("refund &lt;b&gt;x&lt;/b&gt;"), "the reason is text: {row}");
+    assert!(row.contains("-1"), "{row}");
+    assert!(!events.contains("<b>x</b>"), "nothing from the reason is markup");
+
+    let detail = b.html(&format!("/admin/tenants/acme/events/{correction_id}")).await;
+    assert!(detail.contains(r#"<dd id="kind" data-kind="correction">"#), "{detail}");
+    assert!(detail.contains(r#"<dd id="reason">refund &lt;b&gt;x&lt;/b&gt;</dd>"#), "{detail}");
+    assert!(!detail.contains("<b>x</b>"));
+
+    let page = b.html("/admin/tenants/acme").await;
+    assert_eq!(rows(&page, "period-row"), 2, "{page}");
+    let row_of = |page: &str, state: &str| -> String {
+        let at = page
+            .find(&format!(r#"data-metric="api_calls" data-state="{state}""#))
+            .unwrap_or_else(|| panic!("a {state} period in {page}"));
+        page[at..].split("</tr>").next().expect("row").to_owned()
+    };
+    let past = row_of(&page, "closed");
+    assert!(past.contains("2026-10-15 00:00:00 UTC to 2026-11-15 00:00:00 UTC"), "{past}");
+    assert!(past.contains("4 of 1,000 (hard)"), "5 less the correction: {past}");
+    assert!(
+        past.contains(r#"<span class="badge period-closed">closed</span> 2026-11-29 10:00:00 UTC"#),
+        "{past}"
+    );
+    let current = row_of(&page, "open");
+    assert!(current.contains("2026-11-15 00:00:00 UTC to 2026-12-15 00:00:00 UTC"), "{current}");
+    assert!(
+        current.contains("3 of 1,000 (hard)") && current.contains("<td class=\"state\">open</td>"),
+        "{current}"
+    );
+
+    app.set_now("2026-11-29T11:00:00Z");
+    app.post(
+        "/v1/tenants/acme/periods/reopen",
+        &json!({"metric_code": "api_calls", "period_start": "2026-10-15T00:00:00Z", "reason": "late invoice fix"}),
+    )
+    .await
+    .ok(200);
+    let page = b.html("/admin/tenants/acme").await;
+    let reopened = row_of(&page, "reopened");
+    assert!(reopened.contains("2026-10-15 00:00:00 UTC to 2026-11-15 00:00:00 UTC"), "{reopened}");
+    assert!(
+        reopened.contains(r#"<span class="badge period-reopened">reopened</span> 2026-11-29 11:00:00 UTC"#),
+        "{reopened}"
+    );
+    assert!(!page.contains(r#"data-state="closed""#), "{page}");
+}
+
 store_tests!(
     anonymous_pages_redirect_to_the_sign_in_page,
     signing_in_with_the_password_sets_a_strict_http_only_session_cookie,
@@ -442,4 +521,5 @@ store_tests!(
     the_plan_pages_show_limits_versions_and_subscribers,
     the_webhook_pages_show_each_delivery_with_its_status_and_attempts,
     bad_filters_answer_a_400_page_that_names_the_field,
+    corrections_and_closed_periods_show_as_such,
 );

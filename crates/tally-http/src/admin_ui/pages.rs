@@ -7,9 +7,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use futures::StreamExt;
 use maud::{Markup, html};
 use tally_domain::limits::ADMIN_PAGE_LEN;
-use tally_domain::{MetricCode, PlanCode, QuotaLimit, TenantId};
+use tally_domain::{EventKind, MetricCode, PlanCode, QuotaLimit, TenantId, UsageEvent};
 use tally_service::ServiceError;
 use tally_service::admin_ui::ResolvedSearch;
+use tally_service::closing::{PeriodFilter, PeriodView};
 use tally_store::{AdminSearch, EventListQuery, RecordCursor, RecordListQuery, Store};
 use uuid::Uuid;
 
@@ -23,6 +24,9 @@ const STYLESHEET: &str = include_str!("admin.css");
 
 /// Tenant views read at once for a page of the tenants search.
 const TENANT_READS_IN_FLIGHT: usize = 8;
+
+/// The most recent periods the tenant page lists (the API's `GET .../periods` pages on).
+const TENANT_PERIODS_LEN: u32 = ADMIN_PAGE_LEN;
 
 /// `GET /admin/admin.css`.
 pub async fn stylesheet() -> Response {
@@ -333,14 +337,15 @@ async fn events_page<S: Store>(
             p.empty id="no-rows" { "No usage events match." }
         } @else {
             (table(
-                html! { th { "id" } th { "tenant_id" } th { "metric_code" } th.num { "amount" } th { "created_at" } },
+                html! { th { "id" } th { "tenant_id" } th { "metric_code" } th { "kind" } th.num { "amount" } th { "created_at" } },
                 html! {
                     @for r in &rows {
                         @let e = &r.event;
-                        tr.event-row data-id=(e.id) {
+                        tr.event-row data-id=(e.id) data-kind=(e.kind.as_str()) {
                             td { a href=(format!("/admin/tenants/{}/events/{}", super::urlencode(e.tenant_id.as_str()), e.id)) { code { (e.id) } } }
                             td.wrap { a href=(format!("/admin/tenants/{}", super::urlencode(e.tenant_id.as_str()))) { (e.tenant_id.as_str()) } }
                             td { (e.metric_code.as_str()) }
+                            td.wrap.kind { (kind_cell(e)) }
                             td.num { (int(e.amount)) }
                             td { (time(e.created_at)) }
                         }
@@ -351,6 +356,23 @@ async fn events_page<S: Store>(
         (pager(first, next))
     };
     Ok(respond(StatusCode::OK, page("Usage events", "/admin/events", Some(&op.signed()), body)))
+}
+
+/// An event's kind: usage as a word, a correction as a badge followed by its reason.
+fn kind_cell(e: &UsageEvent) -> Markup {
+    html! {
+        @match e.kind {
+            EventKind::Usage => { "usage" }
+            EventKind::Correction => {
+                (kind_badge(e.kind))
+                @if let Some(reason) = &e.reason { " " span.reason { (reason.as_str()) } }
+            }
+        }
+    }
+}
+
+fn kind_badge(kind: EventKind) -> Markup {
+    html! { span class={"badge kind-" (kind.as_str())} { (kind.as_str()) } }
 }
 
 /// `GET /admin/tenants/{tenant_id}/events/{event_id}`: one event with its metadata.
@@ -371,12 +393,22 @@ async fn event_page<S: Store>(state: &AppState<S>, op: &Operator, tenant: &str, 
     let e = &recorded.event;
     let r = &recorded.receipt;
     let metadata = serde_json::to_string_pretty(&e.metadata).unwrap_or_default();
+    let title = match e.kind {
+        EventKind::Usage => "Usage event",
+        EventKind::Correction => "Correction",
+    };
     let body = html! {
-        h1 { "Usage event " code { (e.id) } }
+        h1 { (title) " " code { (e.id) } }
         dl.facts {
             dt { "id" } dd { code { (e.id) } }
             dt { "tenant_id" } dd { a href=(format!("/admin/tenants/{}", super::urlencode(e.tenant_id.as_str()))) { (e.tenant_id.as_str()) } }
             dt { "metric_code" } dd { (e.metric_code.as_str()) }
+            dt { "kind" } dd id="kind" data-kind=(e.kind.as_str()) {
+                @match e.kind { EventKind::Usage => { "usage" } EventKind::Correction => { (kind_badge(e.kind)) } }
+            }
+            @if e.kind == EventKind::Correction {
+                dt { "reason" } dd id="reason" { @if let Some(r) = &e.reason { (r.as_str()) } @else { "none" } }
+            }
             dt { "amount" } dd { (int(e.amount)) }
             dt { "idempotency_key" } dd id="idempotency-key" { @if let Some(k) = &e.idempotency_key { code { (k.as_str()) } } @else { "none" } }
             dt { "timestamp" } dd { (time(e.timestamp)) @if !r.timestamp_explicit { " (time of recording)" } }
@@ -388,7 +420,7 @@ async fn event_page<S: Store>(state: &AppState<S>, op: &Operator, tenant: &str, 
         pre id="metadata" { (metadata) }
         p { a href=(link("/admin/events", &[("tenant_id", Some(e.tenant_id.as_str()))])) { "All events of this tenant" } }
     };
-    Ok(respond(StatusCode::OK, page("Usage event", "/admin/events", Some(&op.signed()), body)))
+    Ok(respond(StatusCode::OK, page(title, "/admin/events", Some(&op.signed()), body)))
 }
 
 /// `GET /admin/tenants`: tenants by id, searchable by id prefix.
@@ -512,7 +544,10 @@ pub async fn tenant<S: Store>(
 
 async fn tenant_page<S: Store>(state: &AppState<S>, op: &Operator, tenant: &str) -> Outcome {
     let tenant = TenantId::parse(tenant).map_err(invalid(op))?;
-    let o = state.tally.tenant_overview(&tenant).await.map_err(ok(op))?;
+    let filter = PeriodFilter { limit: TENANT_PERIODS_LEN, ..PeriodFilter::default() };
+    let (o, periods) =
+        futures::try_join!(state.tally.tenant_overview(&tenant), state.tally.periods(&tenant, &filter))
+            .map_err(ok(op))?;
     let t = &o.view.tenant;
     let body = html! {
         h1 { "Tenant " span id="tenant-id" { (t.tenant_id.as_str()) } }
@@ -557,8 +592,63 @@ async fn tenant_page<S: Store>(state: &AppState<S>, op: &Operator, tenant: &str)
                 }
             }
         }
+        h2 { "Periods" }
+        p.legend {
+            "The most recent periods with a counter, newest first. A closed period is final: usage, "
+            "corrections and commits into it are refused until it is reopened."
+        }
+        @if periods.periods.is_empty() {
+            p.empty id="no-periods" { "No periods yet: nothing has been recorded." }
+        } @else {
+            div id="periods" { (periods_table(&periods.periods)) }
+            @if periods.next_cursor.is_some() {
+                p.notice role="status" id="more-periods" {
+                    "Only the " (TENANT_PERIODS_LEN) " most recent periods are shown: "
+                    code { "GET /v1/tenants/" (t.tenant_id.as_str()) "/periods" } " lists them all."
+                }
+            }
+        }
     };
     Ok(respond(StatusCode::OK, page(t.tenant_id.as_str(), "/admin/tenants", Some(&op.signed()), body)))
+}
+
+/// One row per period: metric, bounds, usage of its limit, and whether it is closed.
+fn periods_table(periods: &[PeriodView]) -> Markup {
+    table(
+        html! { th { "metric_code" } th { "period" } th.num { "usage" } th { "state" } },
+        html! {
+            @for v in periods {
+                @let state = period_state(v);
+                tr.period-row data-metric=(v.metric_code.as_str()) data-state=(state) {
+                    td { (v.metric_code.as_str()) }
+                    td {
+                        @if let Some((start, end)) = v.period.bounds() { (time(start)) " to " (time(end)) }
+                        @else { "none (gauge level)" }
+                    }
+                    td.num {
+                        (int(v.current_usage)) " of " (limit_text(v.limit))
+                        @if let Some(e) = v.enforcement { " (" (enforcement_word(e)) ")" }
+                    }
+                    td.state {
+                        @match (v.closed_at, v.reopened_at) {
+                            (Some(at), _) => { span.badge.period-closed { "closed" } " " (time(at)) }
+                            (None, Some(at)) => { span.badge.period-reopened { "reopened" } " " (time(at)) }
+                            (None, None) => { "open" }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// `closed`, `reopened` (open again after a close) or `open`.
+fn period_state(v: &PeriodView) -> &'static str {
+    match (v.closed_at, v.reopened_at) {
+        (Some(_), _) => "closed",
+        (None, Some(_)) => "reopened",
+        (None, None) => "open",
+    }
 }
 
 /// `GET /admin/plans`.

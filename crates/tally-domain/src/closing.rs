@@ -124,6 +124,44 @@ impl Watermark {
     pub fn covers(&self, period: Period) -> bool {
         period.end() <= self.closed_before
     }
+
+    /// The watermark a close asking for `before` leaves, and whether it moved: it only
+    /// ever moves forward.
+    pub fn after_close(old: Option<Watermark>, before: Timestamp) -> (Timestamp, bool) {
+        match old {
+            Some(w) if before <= w.closed_before => (w.closed_before, false),
+            _ => (before, true),
+        }
+    }
+}
+
+/// A period's closing state as its record keeps it (no record: both `None`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordClosing {
+    /// When the period was closed, while it is.
+    pub closed_at: Option<Timestamp>,
+    /// When it was last reopened.
+    pub reopened_at: Option<Timestamp>,
+}
+
+impl RecordClosing {
+    /// Reopened since its last close: open, whatever the watermark says.
+    pub fn reopened(&self) -> bool {
+        self.reopened_at.is_some() && self.closed_at.is_none()
+    }
+
+    /// When `period` was closed, if it is: its record says so, or it lies under the
+    /// tenant's watermark (`mark`) and was not reopened since. The one rule every store,
+    /// the decision step and the reads share.
+    pub fn closed_since(&self, mark: Option<Watermark>, period: Period) -> Option<Timestamp> {
+        if let Some(at) = self.closed_at {
+            return Some(at);
+        }
+        if self.reopened() {
+            return None;
+        }
+        mark.filter(|m| m.covers(period)).map(|m| m.moved_at)
+    }
 }
 
 /// A plan's `close_after`: periods that ended at least this long ago are closed
@@ -214,6 +252,34 @@ mod tests {
         for bad in ["", "d", "3", "3x", "-1d", "3 d", "400d", "99999999999999d"] {
             assert!(CloseAfter::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_period_is_closed_by_its_record_or_by_the_watermark_unless_reopened() {
+        let t = |s: &str| crate::time::parse_rfc3339(s).unwrap();
+        let october = Period::new(t("2026-10-01T00:00:00Z"), t("2026-11-01T00:00:00Z")).unwrap();
+        let mark =
+            Watermark { closed_before: t("2026-11-01T00:00:00Z"), moved_at: t("2026-11-02T00:00:00Z") };
+        let low = Watermark { closed_before: t("2026-10-15T00:00:00Z"), ..mark };
+        let none = RecordClosing::default();
+        assert_eq!(none.closed_since(Some(mark), october), Some(mark.moved_at));
+        assert_eq!(none.closed_since(Some(low), october), None);
+        assert_eq!(none.closed_since(None, october), None);
+        let marked = RecordClosing { closed_at: Some(t("2026-11-03T00:00:00Z")), reopened_at: None };
+        assert_eq!(marked.closed_since(None, october), Some(t("2026-11-03T00:00:00Z")));
+        let reopened = RecordClosing { closed_at: None, reopened_at: Some(t("2026-11-04T00:00:00Z")) };
+        assert_eq!(reopened.closed_since(Some(mark), october), None);
+        let closed_again = RecordClosing { closed_at: Some(t("2026-11-05T00:00:00Z")), ..reopened };
+        assert_eq!(closed_again.closed_since(Some(mark), october), Some(t("2026-11-05T00:00:00Z")));
+        assert_eq!(
+            Watermark::after_close(Some(mark), t("2026-10-01T00:00:00Z")),
+            (mark.closed_before, false)
+        );
+        assert_eq!(Watermark::after_close(Some(mark), mark.closed_before), (mark.closed_before, false));
+        assert_eq!(
+            Watermark::after_close(None, t("2026-10-01T00:00:00Z")),
+            (t("2026-10-01T00:00:00Z"), true)
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod usage;
 pub mod webhook;
 
 pub use admin::{ApiKey, AuditAction, AuditEntry, KeyScope};
-pub use closing::{CloseAfter, CorrectionRequest, Reason, Watermark};
+pub use closing::{CloseAfter, CorrectionRequest, Reason, RecordClosing, Watermark};
 pub use error::DomainError;
 pub use ids::{Amount, IdempotencyKey, Metadata, MetricCode, Name, PlanCode, TenantId, WebhookId};
 pub use metric::{Metric, MetricKind, MetricSpec};

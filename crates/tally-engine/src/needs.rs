@@ -56,6 +56,20 @@ impl Needs {
     }
 }
 
+/// The record a write of `metric` for `tenant` at `at` (now when `None`) counts in, when
+/// the tenant's entitlement has the metric.
+fn target<E: Entitlements + ?Sized>(
+    tenant: &TenantId,
+    metric: &tally_domain::MetricCode,
+    at: Option<tally_domain::Timestamp>,
+    ents: &E,
+    ctx: &Ctx,
+) -> Option<RecordKey> {
+    let (limit, anchor) = resolve_limit(tenant, metric, ents.lookup(tenant)).ok()?;
+    let period = limit.period.containing(at.unwrap_or(ctx.now), anchor).ok()?;
+    Some(RecordKey { tenant_id: tenant.clone(), metric_code: metric.clone(), period })
+}
+
 /// What `ops` need, given the entitlements they will be decided against. `webhooks` says
 /// whether any webhook is registered (threshold states are read only then).
 pub fn needs<E: Entitlements + ?Sized>(ops: &[WriteOp], ents: &E, ctx: &Ctx, webhooks: bool) -> Needs {
@@ -74,43 +88,23 @@ pub fn needs<E: Entitlements + ?Sized>(ops: &[WriteOp], ents: &E, ctx: &Ctx, web
                 if ctx.check_window(req.timestamp).is_err() {
                     continue;
                 }
-                let Ok((limit, anchor)) =
-                    resolve_limit(&req.tenant_id, &req.metric_code, ents.lookup(&req.tenant_id))
-                else {
-                    continue;
-                };
-                let Ok(period) = limit.period.containing(req.timestamp.unwrap_or(ctx.now), anchor) else {
-                    continue;
-                };
-                if ctx.may_be_closed(period.end()) {
-                    watermarks.insert(req.tenant_id.clone());
+                if let Some(key) = target(&req.tenant_id, &req.metric_code, req.timestamp, ents, ctx) {
+                    if ctx.may_be_closed(key.period.end()) {
+                        watermarks.insert(req.tenant_id.clone());
+                    }
+                    records.insert(key);
                 }
-                records.insert(RecordKey {
-                    tenant_id: req.tenant_id.clone(),
-                    metric_code: req.metric_code.clone(),
-                    period,
-                });
             }
             WriteOp::Correct(req) => {
                 if let Some(key) = &req.idempotency_key {
                     event_keys.insert((req.tenant_id.clone(), key.clone()));
                 }
-                let Ok((limit, anchor)) =
-                    resolve_limit(&req.tenant_id, &req.metric_code, ents.lookup(&req.tenant_id))
-                else {
-                    continue;
-                };
-                let Ok(period) = limit.period.containing(req.timestamp.unwrap_or(ctx.now), anchor) else {
-                    continue;
-                };
-                if ctx.may_be_closed(period.end()) {
-                    watermarks.insert(req.tenant_id.clone());
+                if let Some(key) = target(&req.tenant_id, &req.metric_code, req.timestamp, ents, ctx) {
+                    if ctx.may_be_closed(key.period.end()) {
+                        watermarks.insert(req.tenant_id.clone());
+                    }
+                    records.insert(key);
                 }
-                records.insert(RecordKey {
-                    tenant_id: req.tenant_id.clone(),
-                    metric_code: req.metric_code.clone(),
-                    period,
-                });
             }
             WriteOp::Reserve(req) => {
                 if let Some(key) = &req.idempotency_key {

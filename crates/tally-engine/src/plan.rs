@@ -12,8 +12,8 @@ use tally_domain::usage::checked_usage;
 use tally_domain::{
     AuditAction, AuditEntry, Change, CommitRequest, CorrectionRequest, Delivery, DomainError,
     EntitlementLookup, EventKind, EventReceipt, IdempotencyKey, MetricCode, PeriodKind, QuotaLimit,
-    RecordKey, RecordedEvent, Reservation, ReservationStatus, ReserveOutcome, ReserveRequest, TenantId,
-    Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRequest, decide_with_reserved,
+    RecordClosing, RecordKey, RecordedEvent, Reservation, ReservationStatus, ReserveOutcome, ReserveRequest,
+    TenantId, Timestamp, UsageError, UsageEvent, UsageOutcome, UsageRequest, decide_with_reserved,
 };
 use uuid::Uuid;
 
@@ -235,19 +235,24 @@ impl<'l> Work<'l> {
             period: key.period,
             closed_at,
         };
-        if let Some(at) = lock.closed_at {
-            return Err(closed(at));
-        }
-        if lock.reopened || !self.ctx.may_be_closed(key.period.end()) {
-            return Ok(());
-        }
-        match self.loaded.watermarks.get(&key.tenant_id) {
-            None => {
+        let closing = RecordClosing {
+            closed_at: lock.closed_at,
+            // Only whether it was reopened matters here, not when.
+            reopened_at: lock.reopened.then_some(self.ctx.now),
+        };
+        let needs_mark =
+            closing.closed_at.is_none() && !lock.reopened && self.ctx.may_be_closed(key.period.end());
+        let mark = match self.loaded.watermarks.get(&key.tenant_id) {
+            Some(mark) => *mark,
+            None if needs_mark => {
                 self.missing_watermarks.insert(key.tenant_id.clone());
-                Err(UsageError::UsageRecordNotFound)
+                return Err(UsageError::UsageRecordNotFound);
             }
-            Some(Some(mark)) if mark.covers(key.period) => Err(closed(mark.moved_at)),
-            Some(_) => Ok(()),
+            None => None,
+        };
+        match closing.closed_since(mark, key.period) {
+            Some(at) => Err(closed(at)),
+            None => Ok(()),
         }
     }
 

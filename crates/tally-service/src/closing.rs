@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tally_domain::limits::AUTO_CLOSE_INTERVAL_MS;
 use tally_domain::{
-    CorrectionRequest, DomainError, LimitEnforcement, MetricCode, Period, PeriodKind, Reason, TenantId,
-    Timestamp, UsageOutcome, Watermark,
+    CorrectionRequest, DomainError, LimitEnforcement, MetricCode, Period, PeriodKind, Reason, RecordClosing,
+    TenantId, Timestamp, UsageOutcome, Watermark,
 };
 use tally_store::{
     Answer, CloseMode, CloseOutcome, EntitlementLookup, PeriodCursor, PeriodQuery, PeriodRecord, Store,
@@ -271,7 +271,9 @@ impl<S: Store> Tally<S> {
                 m
             }
         };
-        let Some(mark) = mark.filter(|m| m.covers(period)) else { return Ok(None) };
+        if !mark.is_some_and(|m| m.covers(period)) {
+            return Ok(None);
+        }
         let query = PeriodQuery {
             metric_code: Some(metric.clone()),
             from: Some(period.start()),
@@ -279,11 +281,11 @@ impl<S: Store> Tally<S> {
             limit: 1,
             ..PeriodQuery::default()
         };
-        Ok(match self.store().list_periods(tenant, &query).await?.into_iter().next() {
-            Some(p) if p.closed_at.is_none() && p.reopened_at.is_some() => None,
-            Some(p) => Some(p.closed_at.unwrap_or(mark.moved_at)),
-            None => Some(mark.moved_at),
-        })
+        let found = self.store().list_periods(tenant, &query).await?.into_iter().next();
+        let closing = found
+            .map(|p| RecordClosing { closed_at: p.closed_at, reopened_at: p.reopened_at })
+            .unwrap_or_default();
+        Ok(closing.closed_since(mark, period))
     }
 
     /// One run of the automatic close: every subscriber of a plan with `close_after` gets

@@ -13,7 +13,7 @@
 
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection};
-use tally_domain::{MetricCode, Period, Reason, TenantId, Timestamp, Watermark};
+use tally_domain::{MetricCode, Period, Reason, RecordClosing, TenantId, Timestamp, Watermark};
 use tally_store::{
     CloseMode, CloseOutcome, PeriodQuery, PeriodRecord, PeriodStore, StoreError, close_audit, reopen_audit,
 };
@@ -102,11 +102,7 @@ async fn close_in_tx(
     let log = &store.log;
     let (scope, old) = lock_tenant(store, conn, tenant).await?;
     // The watermark only moves forward.
-    let moved = old.is_none_or(|w| before > w.closed_before);
-    let closed_before = match old {
-        Some(w) if !moved => w.closed_before,
-        _ => before,
-    };
+    let (closed_before, moved) = Watermark::after_close(old, before);
     if moved {
         log.query("UPDATE tally_tenant SET closed_before = $2, closed_before_at = $3 WHERE tenant_id = $1")
             .bind(tenant.as_str())
@@ -168,7 +164,8 @@ async fn reopen_in_tx(
     for _ in 0..UPSERT_PASSES_MAX {
         let reopened = match lock_period(log, conn, &scope, tenant, metric, period.start()).await? {
             Some(found) => {
-                let closed = found.closed_at.is_some() || (found.reopened_at.is_none() && under_mark);
+                let closing = RecordClosing { closed_at: found.closed_at, reopened_at: found.reopened_at };
+                let closed = closing.closed_since(mark, period).is_some();
                 if !closed {
                     return Err(not_closed());
                 }

@@ -4,7 +4,7 @@
 
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
-use tally_domain::{MetricCode, Period, Reason, TenantId, Timestamp, UsageRecord, Watermark};
+use tally_domain::{MetricCode, Period, Reason, RecordClosing, TenantId, Timestamp, UsageRecord, Watermark};
 use tally_store::{
     CloseMode, CloseOutcome, PeriodQuery, PeriodRecord, PeriodStore, StoreError, close_audit, reopen_audit,
 };
@@ -88,8 +88,7 @@ async fn close_in_tx(
     key_id: Option<Uuid>,
 ) -> Result<CloseOutcome, StoreError> {
     let old = tenant_watermark(log, conn, tenant).await?;
-    let moved = old.is_none_or(|w| before > w.closed_before);
-    let closed_before = if moved { before } else { old.map_or(before, |w| w.closed_before) };
+    let (closed_before, moved) = Watermark::after_close(old, before);
     if moved {
         log.query("UPDATE tally_tenant SET closed_before = ?1, closed_before_at = ?2 WHERE tenant_id = ?3")
             .bind(micros(before))
@@ -149,8 +148,8 @@ async fn reopen_in_tx(
     };
     let reopened = match find_period(log, conn, tenant, metric, period.start()).await? {
         Some(found) => {
-            let closed = found.closed_at.is_some() || (found.reopened_at.is_none() && under_mark);
-            if !closed {
+            let closing = RecordClosing { closed_at: found.closed_at, reopened_at: found.reopened_at };
+            if closing.closed_since(mark, period).is_none() {
                 return Err(not_closed());
             }
             log.query(

@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ServiceConfig { max_event_age: parse_age(&cli.global.max_event_age)?, ..ServiceConfig::default() };
     if let Command::Serve { server, .. } | Command::Demo { server } = &cli.command {
         config.webhook_retry = webhook_retry(server)?;
+        rate_limits(server)?;
     }
     match &cli.command {
         Command::Bench(args) => return crate::bench::run(args.clone()).await,
@@ -108,6 +109,22 @@ pub fn parse_duration(flag: &str, raw: &str) -> anyhow::Result<std::time::Durati
             bail!("{flag}: {raw:?} must be a positive duration like 250ms, 5s, 90m, 1h or 2d, at most a year")
         }
     }
+}
+
+/// `--rate-limit-tenant-key` and `--rate-limit-admin-key` of `tally serve`, read at start
+/// (a bad one is an error naming the flag: exit 2).
+fn rate_limits(
+    server: &crate::ServerArgs,
+) -> anyhow::Result<(Option<tally_domain::RateLimit>, Option<tally_domain::RateLimit>)> {
+    let read = |flag: &str, raw: &Option<String>| {
+        raw.as_deref()
+            .map(|r| tally_domain::RateLimit::parse(r.trim()).with_context(|| format!("{flag}: {r:?}")))
+            .transpose()
+    };
+    Ok((
+        read("--rate-limit-tenant-key", &server.rate_limit_tenant_key)?,
+        read("--rate-limit-admin-key", &server.rate_limit_admin_key)?,
+    ))
 }
 
 /// The webhook retry settings of `tally serve`.
@@ -267,17 +284,21 @@ async fn run_with<S: Store>(tally: Tally<S>, command: Command) -> anyhow::Result
             let sub = tally.subscribe(&tenant(&t)?, &plan(&p)?, instant(anchor.as_deref())?, None).await?;
             println!("{t}: subscribed to {} (anchor {})", sub.plan_code, format_rfc3339(sub.anchor));
         }
-        Command::Keys(KeysCmd::Create { admin, tenant: t }) => {
+        Command::Keys(KeysCmd::Create { admin, tenant: t, rate_limit }) => {
             let scope = match (admin, t) {
                 (true, None) => KeyScope::Admin,
                 (false, Some(t)) => KeyScope::Tenant(tenant(&t)?),
                 _ => bail!("give exactly one of --admin or --tenant TENANT"),
             };
-            let (key, secret) = tally.create_key(scope, None).await?;
+            let rate_limit = rate_limit.as_deref().map(tally_domain::RateLimit::parse).transpose()?;
+            let (key, secret) = tally.create_key_with(scope, rate_limit, None).await?;
             println!("id: {}", key.id);
             match key.scope.tenant() {
                 Some(t) => println!("scope: tenant {t}"),
                 None => println!("scope: admin"),
+            }
+            if let Some(r) = key.rate_limit {
+                println!("rate limit: {r}");
             }
             println!("{secret}");
         }
@@ -554,6 +575,9 @@ fn print_effective_config(global: &Global, server: &crate::ServerArgs, no_migrat
     println!("webhook_retry_window = {:?}", server.webhook_retry_window);
     println!("webhook_timeout = {:?}", server.webhook_timeout);
     println!("webhook_ca_file = {:?}", server.webhook_ca_file);
+    let rate = |r: &Option<String>| r.as_deref().map_or("off".to_owned(), |r| format!("{r:?}"));
+    println!("rate_limit_tenant_key = {}", rate(&server.rate_limit_tenant_key));
+    println!("rate_limit_admin_key = {}", rate(&server.rate_limit_admin_key));
     println!("no_migrate = {no_migrate}");
 }
 
@@ -642,6 +666,7 @@ async fn serve_with<S: Store>(
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let (rate_limit_tenant_key, rate_limit_admin_key) = rate_limits(server)?;
     let opts = crate::serve::ServeOptions {
         admin_key: server.admin_key.clone(),
         metrics_token: server.metrics_token.clone(),
@@ -653,6 +678,8 @@ async fn serve_with<S: Store>(
             ),
             None => None,
         },
+        rate_limit_tenant_key,
+        rate_limit_admin_key,
         config,
         store_name,
         schema_version,

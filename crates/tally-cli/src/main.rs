@@ -105,6 +105,13 @@ pub struct ServerArgs {
     /// besides the system's (an internal CA).
     #[arg(long, env = "TALLY_WEBHOOK_CA_FILE")]
     pub webhook_ca_file: Option<std::path::PathBuf>,
+    /// The rate limit of every tenant key without one of its own (`1000/s`, `600/m`,
+    /// `10000/h`; the burst is twice the count). Off by default. Per instance.
+    #[arg(long, env = "TALLY_RATE_LIMIT_TENANT_KEY")]
+    pub rate_limit_tenant_key: Option<String>,
+    /// The rate limit of every admin key without one of its own. Off by default.
+    #[arg(long, env = "TALLY_RATE_LIMIT_ADMIN_KEY")]
+    pub rate_limit_admin_key: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -331,6 +338,10 @@ pub enum KeysCmd {
         admin: bool,
         #[arg(long)]
         tenant: Option<String>,
+        /// The key's own rate limit (`1000/s`, `600/m`, `10000/h`), which wins over the
+        /// server's `--rate-limit-*-key` default.
+        #[arg(long)]
+        rate_limit: Option<String>,
     },
     /// List keys (never the keys themselves).
     List {

@@ -32,6 +32,7 @@ pub fn verify_json(r: &VerifyReport) -> Value {
 pub fn key_json(k: &tally_domain::ApiKey) -> Value {
     json!({
         "id": k.id.to_string(), "scope": k.scope.kind(), "tenant_id": k.scope.tenant().map(|t| t.as_str()),
+        "rate_limit": k.rate_limit.map(|r| r.to_string()),
         "created_at": format_rfc3339(k.created_at), "last_used_at": k.last_used_at.map(format_rfc3339),
         "revoked_at": k.revoked_at.map(format_rfc3339),
     })

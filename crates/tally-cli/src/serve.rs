@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tally_domain::KeyScope;
+use tally_domain::{KeyScope, RateLimit};
 use tally_http::AppState;
 use tally_service::{ServiceConfig, SystemClock, Tally};
 use tally_store::Store;
@@ -23,6 +23,10 @@ pub struct ServeOptions {
     pub cookie_secure: bool,
     /// Extra root certificates (PEM) for https webhook receivers.
     pub webhook_roots_pem: Option<Vec<u8>>,
+    /// The rate limit of tenant keys without one of their own (`--rate-limit-tenant-key`).
+    pub rate_limit_tenant_key: Option<RateLimit>,
+    /// The rate limit of admin keys without one of their own (`--rate-limit-admin-key`).
+    pub rate_limit_admin_key: Option<RateLimit>,
     pub config: ServiceConfig,
     pub store_name: String,
     pub schema_version: i64,
@@ -99,7 +103,8 @@ pub async fn run_server<S: Store>(store: S, listener: TcpListener, opts: ServeOp
         .with_admin_key(opts.admin_key.as_deref())
         .with_metrics_token(opts.metrics_token.as_deref())
         .with_cookie_secure(opts.cookie_secure)
-        .with_webhook_roots(opts.webhook_roots_pem);
+        .with_webhook_roots(opts.webhook_roots_pem)
+        .with_rate_limits(opts.rate_limit_tenant_key, opts.rate_limit_admin_key);
     let addr = listener.local_addr().context("reading the bound address")?;
     let signal = shutdown_signal()?;
     tracing::info!(address = %addr, store = %opts.store_name, schema_version = opts.schema_version, "tally listening on http://{addr}");

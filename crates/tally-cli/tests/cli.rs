@@ -412,3 +412,38 @@ fn corrections_and_closed_periods_on_sqlite() {
 async fn corrections_and_closed_periods_on_postgres_schema_tenancy() {
     corrections_and_closed_periods_from_the_command_line(&Db::postgres("schema").await);
 }
+
+/// `tally keys create --rate-limit RATE` (issue 19): the key's own rate limit is printed,
+/// stored and listed; a bad one is an error (exit 2) that creates nothing.
+fn keys_take_their_own_rate_limit(db: &Db) {
+    setup(db);
+    let out = db.ok(&["keys", "create", "--tenant", "acme", "--rate-limit", "600/m"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"rate limit: 600/m"), "{out}");
+    assert!(lines.last().unwrap().starts_with("tly_"), "the key is still the last line: {out}");
+    let admin = db.ok(&["keys", "create", "--admin"]);
+    assert!(!admin.contains("rate limit"), "no rate limit of its own: {admin}");
+    let keys: serde_json::Value = serde_json::from_str(&db.ok(&["keys", "list", "--json"])).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2, "{keys}");
+    assert_eq!(keys[0]["rate_limit"], "600/m", "{keys}");
+    assert_eq!(keys[1]["rate_limit"], serde_json::Value::Null, "{keys}");
+
+    let bad = db.tally(&["keys", "create", "--tenant", "acme", "--rate-limit", "5/d"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    let err = text(&bad.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("rate_limit"), "{err}");
+    assert!(text(&bad.stdout).is_empty(), "nothing printed, no key shown: {}", text(&bad.stdout));
+    let keys: serde_json::Value = serde_json::from_str(&db.ok(&["keys", "list", "--json"])).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2, "a refused key was created: {keys}");
+}
+
+#[test]
+fn keys_take_their_own_rate_limit_on_sqlite() {
+    keys_take_their_own_rate_limit(&Db::sqlite());
+}
+
+#[tokio::test]
+async fn keys_take_their_own_rate_limit_on_postgres() {
+    keys_take_their_own_rate_limit(&Db::postgres("shared").await);
+}

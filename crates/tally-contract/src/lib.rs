@@ -885,6 +885,7 @@ pub async fn keys_are_stored_found_listed_touched_and_revoked<S: Store>(store: S
         created_at: now(),
         last_used_at: None,
         revoked_at: None,
+        rate_limit: None,
     };
     let scoped = ApiKey {
         id: Uuid::now_v7(),
@@ -893,6 +894,8 @@ pub async fn keys_are_stored_found_listed_touched_and_revoked<S: Store>(store: S
         created_at: now(),
         last_used_at: None,
         revoked_at: None,
+        // A key's own rate limit round-trips.
+        rate_limit: Some(tally_domain::RateLimit::parse("600/m").unwrap()),
     };
     let ka = audit(AuditAction::KeyCreate, None);
     store.insert_key(&admin, &ka).await.unwrap();
@@ -1040,6 +1043,7 @@ pub async fn config_version_grows_with_every_configuration_change_and_only_then<
         created_at: now(),
         last_used_at: None,
         revoked_at: None,
+        rate_limit: None,
     };
     grows!("key create", store.insert_key(&key, &a(AuditAction::KeyCreate)).await.unwrap());
     stays!("key touch", store.touch_key(key.id, now()).await.unwrap());

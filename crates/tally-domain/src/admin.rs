@@ -51,6 +51,84 @@ pub struct ApiKey {
     pub last_used_at: Option<Timestamp>,
     /// When it was revoked; a revoked key authenticates nothing.
     pub revoked_at: Option<Timestamp>,
+    /// Its own rate limit, which wins over the server's default for its scope.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A rate: `count` requests per `unit` (`1000/s`, `600/m`, `10000/h`), with a burst of
+/// twice `count` (a token bucket that holds `2 × count` and refills `count` per unit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    count: u32,
+    unit_seconds: u32,
+}
+
+impl RateLimit {
+    /// Reads `N/s`, `N/m` or `N/h`, with `N` in `1..=RATE_LIMIT_COUNT_MAX`.
+    pub fn parse(raw: &str) -> Result<RateLimit, DomainError> {
+        let bad = || {
+            DomainError::invalid(
+                "rate_limit",
+                format!(
+                    "must be N/s, N/m or N/h with N between 1 and {}, got {raw:?}",
+                    crate::limits::RATE_LIMIT_COUNT_MAX
+                ),
+            )
+        };
+        let (count, unit) = raw.split_once('/').ok_or_else(bad)?;
+        if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) || count.len() > 10 {
+            return Err(bad());
+        }
+        let count: u32 = count.parse().map_err(|_| bad())?;
+        if !(1..=crate::limits::RATE_LIMIT_COUNT_MAX).contains(&count) {
+            return Err(bad());
+        }
+        let unit_seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            _ => return Err(bad()),
+        };
+        Ok(RateLimit { count, unit_seconds })
+    }
+
+    /// Requests per unit.
+    pub fn count(self) -> u32 {
+        self.count
+    }
+
+    /// The unit, in seconds (1, 60 or 3600).
+    pub fn unit_seconds(self) -> u32 {
+        self.unit_seconds
+    }
+
+    /// Tokens the bucket holds at most: twice the count.
+    pub fn burst(self) -> u64 {
+        2 * u64::from(self.count)
+    }
+
+    /// Tokens added per second.
+    pub fn per_second(self) -> f64 {
+        f64::from(self.count) / f64::from(self.unit_seconds)
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.unit_seconds {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl FromStr for RateLimit {
+    type Err = DomainError;
+    fn from_str(raw: &str) -> Result<RateLimit, DomainError> {
+        RateLimit::parse(raw)
+    }
 }
 
 /// What an audit entry records.
@@ -113,6 +191,25 @@ impl AuditAction {
             AuditAction::UsageCorrect => "usage.correct",
             AuditAction::PeriodClose => "period.close",
             AuditAction::PeriodReopen => "period.reopen",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_reads_and_writes_its_three_units() {
+        let r = RateLimit::parse("1000/s").unwrap();
+        assert_eq!(
+            (r.count(), r.unit_seconds(), r.burst(), r.to_string()),
+            (1000, 1, 2000, "1000/s".to_owned())
+        );
+        assert_eq!(RateLimit::parse("600/m").unwrap().per_second(), 10.0);
+        assert_eq!(RateLimit::parse("7200/h").unwrap().to_string(), "7200/h");
+        for bad in ["", "/s", "0/s", "10", "10/d", "-1/s", "1.5/s", "10 /s", "99999999999/s", "1000001/s"] {
+            assert!(RateLimit::parse(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod time;
 pub mod usage;
 pub mod webhook;
 
-pub use admin::{ApiKey, AuditAction, AuditEntry, KeyScope};
+pub use admin::{ApiKey, AuditAction, AuditEntry, KeyScope, RateLimit};
 pub use closing::{CloseAfter, CorrectionRequest, Reason, RecordClosing, Watermark};
 pub use error::DomainError;
 pub use ids::{Amount, IdempotencyKey, Metadata, MetricCode, Name, PlanCode, TenantId, WebhookId};

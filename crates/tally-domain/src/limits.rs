@@ -23,6 +23,11 @@ pub const AUTO_CLOSE_INTERVAL_MS: u64 = 60_000;
 pub const CLOSE_CLOCK_SKEW_SECONDS_MAX: i64 = EVENT_FUTURE_SECONDS_MAX;
 /// Rows one export page reads at a time (periods or events).
 pub const EXPORT_PAGE_LEN: u32 = 1_000;
+/// The most requests a rate limit may allow per unit (`N/s`, `N/m`, `N/h`).
+pub const RATE_LIMIT_COUNT_MAX: u32 = 1_000_000;
+/// Keys whose token buckets one instance keeps at once; beyond it the least recently used
+/// bucket is dropped (it starts full again when its key comes back).
+pub const RATE_LIMIT_BUCKETS_MAX: usize = 100_000;
 /// Length of a tenant id in bytes.
 pub const TENANT_ID_LEN_MAX: usize = 64;
 /// Length of a metric code in bytes.

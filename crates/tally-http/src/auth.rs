@@ -1,6 +1,10 @@
 //! Who is calling: an admin key (configured, or made by `tally keys create --admin`) or a
 //! tenant key, presented as `Authorization: Bearer <key>`. Keys are compared as SHA-256
 //! hashes, in constant time; no key ever sits in memory or in the store in clear.
+//!
+//! Every extractor here goes through `Principal`, which applies the key's rate limit
+//! (`rate_limit.rs`) right after authenticating it and before anything else of the request
+//! (path, query, body) is read: the order is auth → rate limit → permission → the rest.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,7 @@ use tally_store::Store;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::rate_limit::{CONFIGURED_ADMIN_BUCKET, LimitScope, RateLimiter};
 use crate::state::AppState;
 
 /// `last_used_at` is written at most this often per key, off the request path.
@@ -104,10 +109,12 @@ impl<S: Store> FromRequestParts<AppState<S>> for Principal {
         if let Some(admin_hash) = &state.admin_key_hash
             && constant_time_eq(hash_key(token).as_bytes(), admin_hash.as_bytes())
         {
+            limit(&state.rate_limiter, LimitScope::Admin, CONFIGURED_ADMIN_BUCKET, None)?;
             return Ok(Principal::Admin { key_id: None });
         }
         let key =
             state.tally.authenticate(token).await?.ok_or_else(|| ApiError::unauthorized("unknown key"))?;
+        limit(&state.rate_limiter, LimitScope::of(&key.scope), key.id, key.rate_limit)?;
         if state.touches.due(key.id) {
             let tally = state.tally.clone();
             let id = key.id;
@@ -123,6 +130,24 @@ impl<S: Store> FromRequestParts<AppState<S>> for Principal {
             KeyScope::Tenant(tenant) => Principal::Tenant { key_id: key.id, tenant },
         })
     }
+}
+
+/// Takes a token from the key's bucket, or answers 429 `rate_limited`. Without a limit for
+/// the key (neither its own nor its scope's default) this is one branch: no lock, no clock.
+#[inline]
+fn limit(
+    limiter: &RateLimiter,
+    scope: LimitScope,
+    bucket: Uuid,
+    own: Option<tally_domain::RateLimit>,
+) -> Result<(), ApiError> {
+    let Some(rate) = limiter.limit_for(scope, own) else {
+        return Ok(());
+    };
+    limiter.take(bucket, rate).map_err(|limited| {
+        crate::rate_limit::count_limited(scope);
+        ApiError::rate_limited(&limited)
+    })
 }
 
 /// An admin caller, checked before anything else of the request is read: a tenant key gets

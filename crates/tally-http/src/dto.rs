@@ -1087,3 +1087,106 @@ pub struct DeliveriesResponse {
     /// The `cursor` of the next page; `null` on the last one.
     pub next_cursor: Option<String>,
 }
+
+/// A key to create (`POST /v1/keys`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBody {
+    /// `admin` (everything) or `tenant` (one tenant's usage routes).
+    pub scope: String,
+    /// The tenant of a `tenant` key (which must exist); absent or `null` for an `admin` key.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// The key's own rate limit, `N/s`, `N/m` or `N/h` (burst 2× the rate), which wins over
+    /// the server's `--rate-limit-*-key`; absent or `null`: the server's.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+}
+
+impl KeyBody {
+    /// The validated scope and rate limit.
+    pub fn to_input(&self) -> Result<(tally_domain::KeyScope, Option<tally_domain::RateLimit>), DomainError> {
+        let scope = match (self.scope.as_str(), &self.tenant_id) {
+            ("admin", None) => tally_domain::KeyScope::Admin,
+            ("admin", Some(_)) => {
+                return Err(DomainError::invalid("tenant_id", "must be absent for an admin key"));
+            }
+            ("tenant", Some(t)) => tally_domain::KeyScope::Tenant(TenantId::parse(t)?),
+            ("tenant", None) => {
+                return Err(DomainError::invalid("tenant_id", "is required for a tenant key"));
+            }
+            (other, _) => {
+                return Err(DomainError::invalid("scope", format!("must be admin or tenant, got {other:?}")));
+            }
+        };
+        let rate_limit = self.rate_limit.as_deref().map(tally_domain::RateLimit::parse).transpose()?;
+        Ok((scope, rate_limit))
+    }
+}
+
+/// A key just created: the only answer that shows `key`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyResponse {
+    pub id: String,
+    /// The secret, `tly_` and 64 hex digits: shown this once, only its SHA-256 is kept.
+    pub key: String,
+    /// `admin` or `tenant`.
+    pub scope: String,
+    /// `null` for an admin key.
+    pub tenant_id: Option<String>,
+    /// `N/s`, `N/m` or `N/h`; `null`: the server's default for its scope.
+    pub rate_limit: Option<String>,
+    pub created_at: String,
+}
+
+impl KeyResponse {
+    /// The answer for `k`, created with `secret`.
+    pub fn new(k: &tally_domain::ApiKey, secret: String) -> KeyResponse {
+        KeyResponse {
+            id: k.id.to_string(),
+            key: secret,
+            scope: k.scope.kind().to_owned(),
+            tenant_id: k.scope.tenant().map(|t| t.to_string()),
+            rate_limit: k.rate_limit.map(|r| r.to_string()),
+            created_at: format_rfc3339(k.created_at),
+        }
+    }
+}
+
+/// A stored key, as listed: never its secret nor its hash.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyEntryResponse {
+    pub id: String,
+    /// `admin` or `tenant`.
+    pub scope: String,
+    /// `null` for an admin key.
+    pub tenant_id: Option<String>,
+    /// `N/s`, `N/m` or `N/h`; `null`: the server's default for its scope.
+    pub rate_limit: Option<String>,
+    pub created_at: String,
+    /// Noted at most once a minute; `null`: never used.
+    pub last_used_at: Option<String>,
+    /// `null` while the key works.
+    pub revoked_at: Option<String>,
+}
+
+impl From<&tally_domain::ApiKey> for KeyEntryResponse {
+    fn from(k: &tally_domain::ApiKey) -> KeyEntryResponse {
+        KeyEntryResponse {
+            id: k.id.to_string(),
+            scope: k.scope.kind().to_owned(),
+            tenant_id: k.scope.tenant().map(|t| t.to_string()),
+            rate_limit: k.rate_limit.map(|r| r.to_string()),
+            created_at: format_rfc3339(k.created_at),
+            last_used_at: k.last_used_at.map(format_rfc3339),
+            revoked_at: k.revoked_at.map(format_rfc3339),
+        }
+    }
+}
+
+/// Every stored key, revoked ones included, oldest first (the configured admin key is not
+/// stored, so not listed).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeysResponse {
+    pub keys: Vec<KeyEntryResponse>,
+}

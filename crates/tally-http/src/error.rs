@@ -28,6 +28,10 @@ pub struct ApiError {
     pub extra: Map<String, Value>,
     /// Seconds for `Retry-After`, when a retry can succeed later.
     pub retry_after: Option<i64>,
+    /// `RateLimit-Limit` of a 429 `rate_limited` (the limit's count per unit). With it the
+    /// answer also carries `RateLimit-Remaining: 0` and `RateLimit-Reset` equal to
+    /// `Retry-After`. (A `NonZeroU32`: it fits beside `status`, so `ApiError` does not grow.)
+    pub rate_limit: Option<std::num::NonZeroU32>,
     /// Why a 5xx happened, for the log only (never in the body).
     pub cause: Option<Box<str>>,
 }
@@ -51,6 +55,7 @@ impl ApiError {
             detail: detail.into(),
             extra: Map::new(),
             retry_after: None,
+            rate_limit: None,
             cause: None,
         }
     }
@@ -73,6 +78,25 @@ impl ApiError {
     /// 503 `unavailable`.
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+    }
+    /// 429 `rate_limited`: the key's rate limit is spent; `Retry-After` and the `RateLimit-*`
+    /// headers say when a token is back. Nothing was recorded.
+    pub fn rate_limited(limited: &crate::rate_limit::Limited) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Rate limited",
+            format!(
+                "this key's rate limit of {} (burst {}) is spent; retry in {} s",
+                limited.limit,
+                limited.limit.burst(),
+                limited.retry_after
+            ),
+        );
+        let secs = i64::try_from(limited.retry_after).unwrap_or(i64::MAX);
+        err.retry_after = Some(secs.max(1));
+        err.rate_limit = std::num::NonZeroU32::new(limited.limit.count());
+        err
     }
     /// 500 `internal`: the body says nothing more.
     pub fn internal() -> ApiError {
@@ -112,6 +136,13 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Some(count) = self.rate_limit {
+            let reset = self.retry_after.unwrap_or(1).max(1);
+            let headers = resp.headers_mut();
+            headers.insert("ratelimit-limit", HeaderValue::from(count.get()));
+            headers.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+            headers.insert("ratelimit-reset", HeaderValue::from(reset));
         }
         if let Some(cause) = self.cause {
             resp.extensions_mut().insert(FailureCause(cause.into_string()));

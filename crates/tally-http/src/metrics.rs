@@ -48,6 +48,7 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (only in tests that embed several
             // servers); then metrics still render, from this handle, empty.
             let _ = metrics::set_global_recorder(recorder);
+            crate::rate_limit::register_metrics();
             handle
         })
         .clone()

@@ -408,6 +408,37 @@ route_doc!(audit, get, "/v1/audit", "audit", "The admin audit log, newest first"
     request(), ok((status = 200, body = AuditResponse, description = "Success")));
 
 route_doc!(
+    create_key,
+    post,
+    "/v1/keys",
+    "keys",
+    "Create an API key (admin; audited); the secret is shown this once, only its hash is kept",
+    params(),
+    request(request_body = KeyBody,),
+    ok((status = 201, body = KeyResponse, description = "Created; `key` is shown this once"))
+);
+route_doc!(
+    list_keys,
+    get,
+    "/v1/keys",
+    "keys",
+    "List the stored API keys, revoked ones included, oldest first (without secrets)",
+    params(),
+    request(),
+    ok((status = 200, body = KeysResponse, description = "Success"))
+);
+route_doc!(
+    revoke_key,
+    delete,
+    "/v1/keys/{key_id}",
+    "keys",
+    "Revoke an API key (admin; audited); every instance refuses it within a second",
+    params(("key_id" = String, Path, description = "Key id (a UUID)")),
+    request(),
+    ok((status = 204, description = "Revoked; no body"))
+);
+
+route_doc!(
     compat_ingest,
     post,
     "/api/v1/events",
@@ -504,7 +535,8 @@ impl Modify for BearerAuth {
           put_webhook, list_webhooks, get_webhook, delete_webhook, list_deliveries, redeliver,
           put_plan, list_plans, get_plan, delete_plan,
           put_tenant, list_tenants, get_tenant, put_subscription, delete_subscription, put_override, delete_override,
-          audit, compat_ingest, compat_lago_batch, compat_entitlement_v1, compat_entitlement_v2,
+          audit, create_key, list_keys, revoke_key,
+          compat_ingest, compat_lago_batch, compat_entitlement_v1, compat_entitlement_v2,
           compat_meter_query, compat_current_usage, healthz, readyz, metrics, openapi_json, docs),
     components(schemas(Problem)),
     modifiers(&BearerAuth)

@@ -88,6 +88,9 @@ pub fn route_table<S: Store>() -> Vec<(&'static str, Method, MethodRouter<AppSta
             delete(admin_routes::delete_override::<S>),
         ),
         ("/v1/audit", Method::GET, get(admin_routes::audit::<S>)),
+        ("/v1/keys", Method::POST, post(crate::key_routes::create::<S>)),
+        ("/v1/keys", Method::GET, get(crate::key_routes::list::<S>)),
+        ("/v1/keys/{key_id}", Method::DELETE, delete(crate::key_routes::revoke::<S>)),
         ("/api/v1/events", Method::POST, post(compat_routes::ingest::<S>)),
         ("/api/v1/events/batch", Method::POST, post(compat_routes::ingest_lago_batch::<S>)),
         (

@@ -7,6 +7,7 @@ use tally_service::keys::hash_key;
 use tally_store::Store;
 
 use crate::auth::KeyTouches;
+use crate::rate_limit::RateLimiter;
 
 /// Shared by all handlers; cloning is cheap.
 pub struct AppState<S: Store> {
@@ -26,6 +27,8 @@ pub struct AppState<S: Store> {
     pub login_throttle: LoginThrottle,
     /// Extra root certificates (PEM) that webhook deliveries trust (`--webhook-ca-file`).
     pub webhook_roots_pem: Option<Vec<u8>>,
+    /// Per-key token buckets and the default limit of each scope (off unless set).
+    pub rate_limiter: RateLimiter,
 }
 
 impl<S: Store> Clone for AppState<S> {
@@ -39,6 +42,7 @@ impl<S: Store> Clone for AppState<S> {
             cookie_secure: self.cookie_secure,
             login_throttle: self.login_throttle.clone(),
             webhook_roots_pem: self.webhook_roots_pem.clone(),
+            rate_limiter: self.rate_limiter.clone(),
         }
     }
 }
@@ -55,6 +59,7 @@ impl<S: Store> AppState<S> {
             cookie_secure: false,
             login_throttle: LoginThrottle::default(),
             webhook_roots_pem: None,
+            rate_limiter: RateLimiter::default(),
         }
     }
 
@@ -74,6 +79,18 @@ impl<S: Store> AppState<S> {
     /// system's.
     pub fn with_webhook_roots(mut self, pem: Option<Vec<u8>>) -> AppState<S> {
         self.webhook_roots_pem = pem;
+        self
+    }
+
+    /// Limits every tenant key and every admin key (the configured one included) without a
+    /// rate limit of its own to these (`--rate-limit-tenant-key`, `--rate-limit-admin-key`;
+    /// `None`: no limit). A key's own limit applies whatever these are.
+    pub fn with_rate_limits(
+        mut self,
+        tenant_key: Option<tally_domain::RateLimit>,
+        admin_key: Option<tally_domain::RateLimit>,
+    ) -> AppState<S> {
+        self.rate_limiter = RateLimiter::new(tenant_key, admin_key);
         self
     }
 

@@ -2,7 +2,7 @@
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tally_domain::{ApiKey, AuditAction, AuditEntry, KeyScope};
+use tally_domain::{ApiKey, AuditAction, AuditEntry, KeyScope, RateLimit};
 use tally_store::Store;
 use uuid::Uuid;
 
@@ -53,10 +53,21 @@ pub fn generate_secret() -> String {
 }
 
 impl<S: Store> Tally<S> {
-    /// Creates a key; returns it stored (hash only) and the secret, which is shown once.
+    /// Creates a key with the server's default rate limit for its scope; returns it stored
+    /// (hash only) and the secret, which is shown once.
     pub async fn create_key(
         &self,
         scope: KeyScope,
+        actor: Option<Uuid>,
+    ) -> Result<(ApiKey, String), ServiceError> {
+        self.create_key_with(scope, None, actor).await
+    }
+
+    /// `create_key`, with the key's own rate limit (which wins over the server's default).
+    pub async fn create_key_with(
+        &self,
+        scope: KeyScope,
+        rate_limit: Option<RateLimit>,
         actor: Option<Uuid>,
     ) -> Result<(ApiKey, String), ServiceError> {
         if let KeyScope::Tenant(t) = &scope {
@@ -70,8 +81,13 @@ impl<S: Store> Tally<S> {
             created_at: self.now(),
             last_used_at: None,
             revoked_at: None,
+            rate_limit,
         };
-        let details = serde_json::json!({"key_id": key.id.to_string(), "scope": key.scope.kind()});
+        let details = serde_json::json!({
+            "key_id": key.id.to_string(),
+            "scope": key.scope.kind(),
+            "rate_limit": key.rate_limit.map(|r| r.to_string()),
+        });
         let audit =
             AuditEntry::new(self.now(), actor, AuditAction::KeyCreate, key.scope.tenant().cloned(), details);
         self.store.insert_key(&key, &audit).await?;

@@ -605,8 +605,9 @@ impl KeyStore for PgStore {
     async fn insert_key(&self, key: &ApiKey, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut tx = self.log.begin(self.pool(), "BEGIN").await.map_err(map_err)?;
         self.log.query(
-            "INSERT INTO tally_api_key (id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO tally_api_key (id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at,
+                                        rate_limit)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(key.id)
         .bind(key.key_hash.as_str())
@@ -615,6 +616,7 @@ impl KeyStore for PgStore {
         .bind(key.created_at)
         .bind(key.last_used_at)
         .bind(key.revoked_at)
+        .bind(key.rate_limit.map(|r| r.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;

@@ -86,6 +86,11 @@ pub const PUBLIC_SET: MigrationSet = MigrationSet {
             name: "closed_periods",
             sql: include_str!("../migrations/public/0007_closed_periods.sql"),
         },
+        Migration {
+            version: 8,
+            name: "key_rate_limit",
+            sql: include_str!("../migrations/public/0008_key_rate_limit.sql"),
+        },
     ],
 };
 

@@ -216,7 +216,8 @@ pub(crate) fn override_from_row(row: &PgRow) -> Result<QuotaLimit, StoreError> {
 }
 
 /// The columns `key_from_row` reads.
-pub(crate) const KEY_COLUMNS: &str = "id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at";
+pub(crate) const KEY_COLUMNS: &str =
+    "id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at, rate_limit";
 
 /// An API key.
 pub(crate) fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
@@ -235,6 +236,9 @@ pub(crate) fn key_from_row(row: &PgRow) -> Result<ApiKey, StoreError> {
         created_at: get(row, "created_at")?,
         last_used_at: get(row, "last_used_at")?,
         revoked_at: get(row, "revoked_at")?,
+        rate_limit: get::<Option<&str>>(row, "rate_limit")?
+            .map(tally_domain::RateLimit::parse)
+            .transpose()?,
     })
 }
 

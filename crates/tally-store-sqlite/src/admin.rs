@@ -667,7 +667,7 @@ async fn insert_key_in_tx(
     log.query(concat!(
         "INSERT INTO tally_api_key (",
         key_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))
     .bind(key.id.to_string())
     .bind(key.key_hash.as_str())
@@ -676,6 +676,7 @@ async fn insert_key_in_tx(
     .bind(micros(key.created_at))
     .bind(key.last_used_at.map(micros))
     .bind(key.revoked_at.map(micros))
+    .bind(key.rate_limit.map(|r| r.to_string()))
     .execute(&mut *conn)
     .await
     .map_err(store_error)?;

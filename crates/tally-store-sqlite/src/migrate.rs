@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "corrections_closed_periods",
         sql: include_str!("../migrations/0008_corrections_closed_periods.sql"),
     },
+    Migration {
+        version: 9,
+        name: "key_rate_limit",
+        sql: include_str!("../migrations/0009_key_rate_limit.sql"),
+    },
 ];
 
 const _: () = {

@@ -403,16 +403,17 @@ pub(crate) fn quota_limit(row: OverrideRow) -> Result<QuotaLimit, StoreError> {
 /// The columns of `KeyRow`, in order.
 macro_rules! key_columns {
     () => {
-        "id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at"
+        "id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at, rate_limit"
     };
 }
 pub(crate) use key_columns;
 
 /// A `tally_api_key` row.
-pub(crate) type KeyRow = (String, String, String, Option<String>, i64, Option<i64>, Option<i64>);
+pub(crate) type KeyRow =
+    (String, String, String, Option<String>, i64, Option<i64>, Option<i64>, Option<String>);
 
 pub(crate) fn key(row: KeyRow) -> Result<ApiKey, StoreError> {
-    let (id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at) = row;
+    let (id, key_hash, scope, tenant_id, created_at, last_used_at, revoked_at, rate_limit) = row;
     let id = uuid("tally_api_key.id", &id)?;
     let scope = match (scope.as_str(), tenant_id) {
         ("admin", None) => KeyScope::Admin,
@@ -428,6 +429,7 @@ pub(crate) fn key(row: KeyRow) -> Result<ApiKey, StoreError> {
         created_at: instant("created_at", created_at)?,
         last_used_at: opt_instant("last_used_at", last_used_at)?,
         revoked_at: opt_instant("revoked_at", revoked_at)?,
+        rate_limit: rate_limit.as_deref().map(tally_domain::RateLimit::parse).transpose()?,
     })
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use tally_domain::{ApiKey, KeyScope, TenantId};
+use tally_domain::{ApiKey, KeyScope, RateLimit, TenantId};
 use tally_http::AppState;
 use tally_service::{Clock, ManualClock, ServiceConfig, SystemClock, Tally};
 use tally_store_postgres::{PgStore, Tenancy};
@@ -225,6 +225,25 @@ impl TestApp {
         TestApp::start_with_roots(backend, None, config, webhook_roots).await
     }
 
+    /// A server on the system clock whose tenant keys and admin keys without a rate limit of
+    /// their own are limited to these (`2/s`; `None`: off), as with `--rate-limit-tenant-key`
+    /// and `--rate-limit-admin-key`.
+    pub async fn spawn_rate_limited(
+        backend: Backend,
+        tenant_key: Option<&str>,
+        admin_key: Option<&str>,
+    ) -> TestApp {
+        let rate = |r: Option<&str>| r.map(|r| RateLimit::parse(r).expect("a valid test rate limit"));
+        TestApp::start_full(
+            backend,
+            None,
+            ServiceConfig::default(),
+            None,
+            (rate(tenant_key), rate(admin_key)),
+        )
+        .await
+    }
+
     async fn start(backend: Backend, clock: Option<ManualClock>, config: ServiceConfig) -> TestApp {
         TestApp::start_with_roots(backend, clock, config, None).await
     }
@@ -234,6 +253,16 @@ impl TestApp {
         clock: Option<ManualClock>,
         config: ServiceConfig,
         webhook_roots: Option<Vec<u8>>,
+    ) -> TestApp {
+        TestApp::start_full(backend, clock, config, webhook_roots, (None, None)).await
+    }
+
+    async fn start_full(
+        backend: Backend,
+        clock: Option<ManualClock>,
+        config: ServiceConfig,
+        webhook_roots: Option<Vec<u8>>,
+        (tenant_rate, admin_rate): (Option<RateLimit>, Option<RateLimit>),
     ) -> TestApp {
         let clock_dyn: Arc<dyn Clock> = match &clock {
             Some(c) => Arc::new(c.clone()),
@@ -252,7 +281,8 @@ impl TestApp {
                 let tally = Tally::with_clock(store, clock_dyn, config);
                 let state = AppState::new(tally.clone())
                     .with_admin_key(Some(ADMIN_KEY))
-                    .with_webhook_roots(webhook_roots);
+                    .with_webhook_roots(webhook_roots)
+                    .with_rate_limits(tenant_rate, admin_rate);
                 tokio::spawn(tally_http::serve(listener, state, stop));
                 Service::Sqlite(tally)
             }
@@ -261,7 +291,8 @@ impl TestApp {
                 let tally = Tally::with_clock(store, clock_dyn, config);
                 let state = AppState::new(tally.clone())
                     .with_admin_key(Some(ADMIN_KEY))
-                    .with_webhook_roots(webhook_roots);
+                    .with_webhook_roots(webhook_roots)
+                    .with_rate_limits(tenant_rate, admin_rate);
                 tokio::spawn(tally_http::serve(listener, state, stop));
                 Service::Postgres(tally)
             }
@@ -499,9 +530,29 @@ impl TestApp {
     }
 
     async fn create_key(&self, scope: KeyScope) -> (ApiKey, String) {
+        self.create_key_with(scope, None).await
+    }
+
+    /// A key bound to `tenant` with its own rate limit (`"2/s"`), created through the
+    /// service: (id, secret).
+    pub async fn tenant_key_with_limit(&self, tenant: &str, rate: &str) -> (Uuid, String) {
+        let tenant = TenantId::parse(tenant).expect("a valid tenant id");
+        let rate = RateLimit::parse(rate).expect("a valid test rate limit");
+        let (key, secret) = self.create_key_with(KeyScope::Tenant(tenant), Some(rate)).await;
+        (key.id, secret)
+    }
+
+    /// A stored admin key with its own rate limit, created through the service: (id, secret).
+    pub async fn stored_admin_key_with_limit(&self, rate: &str) -> (Uuid, String) {
+        let rate = RateLimit::parse(rate).expect("a valid test rate limit");
+        let (key, secret) = self.create_key_with(KeyScope::Admin, Some(rate)).await;
+        (key.id, secret)
+    }
+
+    async fn create_key_with(&self, scope: KeyScope, rate: Option<RateLimit>) -> (ApiKey, String) {
         match &self.service {
-            Service::Sqlite(t) => t.create_key(scope, None).await,
-            Service::Postgres(t) => t.create_key(scope, None).await,
+            Service::Sqlite(t) => t.create_key_with(scope, rate, None).await,
+            Service::Postgres(t) => t.create_key_with(scope, rate, None).await,
         }
         .expect("create a key")
     }

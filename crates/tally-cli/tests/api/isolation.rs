@@ -76,6 +76,9 @@ fn tenantless_admin_routes() -> Vec<(Method, String, Option<Value>)> {
             "/v1/webhooks/ops/deliveries/0190f0c8-0000-7000-8000-000000000000/redeliver".to_owned(),
             None,
         ),
+        (Method::GET, "/v1/keys".to_owned(), None),
+        (Method::POST, "/v1/keys".to_owned(), Some(json!({"scope": "admin"}))),
+        (Method::DELETE, "/v1/keys/0190f0c8-0000-7000-8000-000000000000".to_owned(), None),
     ]
 }
 
@@ -220,9 +223,9 @@ async fn a_tenant_key_is_forbidden_on_every_admin_route_of_its_own_tenant(backen
     assert_eq!(snapshot(&app, "acme").await, own, "{backend:?}: acme changed");
     assert_eq!(global_snapshot(&app).await, global, "{backend:?}: plans, tenants or the audit log changed");
 
-    // Keys are managed only by `tally keys` (CLI.md): no HTTP route creates, lists or revokes
-    // one, for anybody. Should one appear, it belongs in the lists above.
-    for path in ["/v1/keys", "/v1/tenants/acme/keys", "/admin/keys"] {
+    // Keys are managed under /v1/keys (admin only, in the lists above) and by `tally keys`:
+    // no route under a tenant or the admin UI touches them.
+    for path in ["/v1/tenants/acme/keys", "/admin/keys"] {
         for auth in [Auth::Key(&key), Auth::Admin] {
             let r = app.call(Method::GET, path, auth, None).await;
             assert_eq!(r.status, 404, "{backend:?}: {auth:?} {}: {}", r.what, r.text);

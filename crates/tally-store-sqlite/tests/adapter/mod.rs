@@ -60,7 +60,7 @@ async fn migrating_twice_changes_nothing() {
     assert_eq!(reports.len(), 1);
     let report = &reports[0];
     assert_eq!((report.schema.as_str(), report.tenant_id.as_ref()), ("main", None));
-    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 8, None));
+    assert_eq!((report.applied, report.version, report.error.as_deref()), (0, 9, None));
     assert_eq!(schema_sql(&store).await, schema_before);
     let tracked: Vec<(String, i64, String)> =
         sqlx::query_as("SELECT set_name, version, name FROM tally_schema_migrations ORDER BY version")
@@ -77,10 +77,11 @@ async fn migrating_twice_changes_nothing() {
             ("main".to_owned(), 5, "catalog_gauges_reservations".to_owned()),
             ("main".to_owned(), 6, "webhooks".to_owned()),
             ("main".to_owned(), 7, "metric_value_property".to_owned()),
-            ("main".to_owned(), 8, "corrections_closed_periods".to_owned())
+            ("main".to_owned(), 8, "corrections_closed_periods".to_owned()),
+            ("main".to_owned(), 9, "key_rate_limit".to_owned())
         ]
     );
-    assert_eq!(store.schema_version().await.unwrap(), 8);
+    assert_eq!(store.schema_version().await.unwrap(), 9);
 }
 
 #[tokio::test]
@@ -108,6 +109,7 @@ async fn a_database_at_version_one_is_brought_to_the_latest_version() {
         ("tally_tenant", "closed_before_at"),
         ("tally_plan", "close_after_seconds"),
         ("tally_plan_version", "close_after_seconds"),
+        ("tally_api_key", "rate_limit"),
     ] {
         let sql = format!("ALTER TABLE {table} DROP COLUMN {column}");
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(store.pool()).await.unwrap();
@@ -118,7 +120,7 @@ async fn a_database_at_version_one_is_brought_to_the_latest_version() {
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), 1);
     let report = store.migrate().await.unwrap().remove(0);
-    assert_eq!((report.applied, report.version), (7, 8));
+    assert_eq!((report.applied, report.version), (8, 9));
     let n = scalar_i64(
         &store,
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN \
@@ -166,8 +168,8 @@ async fn two_stores_opening_one_new_file_at_once_both_migrate_it() {
     let url = path.url();
     let (a, b) = tokio::join!(SqliteStore::open(&url), SqliteStore::open(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (8, 8));
-    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 8);
+    assert_eq!((a.schema_version().await.unwrap(), b.schema_version().await.unwrap()), (9, 9));
+    assert_eq!(scalar_i64(&a, "SELECT COUNT(*) FROM tally_schema_migrations").await, 9);
     // And migrating both again at once applies nothing.
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     assert_eq!((ra.unwrap()[0].applied, rb.unwrap()[0].applied), (0, 0));

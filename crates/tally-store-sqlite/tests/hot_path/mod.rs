@@ -249,6 +249,7 @@ async fn configure<S: Store>(store: &S) -> String {
         created_at: now(),
         last_used_at: None,
         revoked_at: None,
+        rate_limit: None,
     };
     store.insert_key(&key, &audit(AuditAction::KeyCreate, None)).await.unwrap();
     // Low thresholds, so that the load fires some (and refusals fire `usage.limit_refused`).
